@@ -1,0 +1,45 @@
+# Two commands a newcomer needs:
+#   make serve   fetch the example models, build their plugins, serve them on :8000
+#   make test    everything CI runs: unit tests, end-to-end tests, the Python client tests
+# The rest are their steps.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PORT ?= 8000
+EXAMPLE_PLUGINS := magika minilm
+WASM_OUT := plugins/target/wasm32-wasip2/release
+
+.PHONY: serve test examples models plugins lint venv
+
+serve: examples
+	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
+
+examples: models plugins
+
+models:
+	$(PYTHON) scripts/fetch_models.py examples/models
+
+plugins:
+	@rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
+	cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+	for p in $(EXAMPLE_PLUGINS); do cp $(WASM_OUT)/$${p}_plugin.wasm examples/models/$$p/plugin.wasm; done
+	cp $(WASM_OUT)/faulty_plugin.wasm tests/models/faulty/plugin.wasm
+
+# Test-only Python packages (tritonclient, onnxruntime for its library and the references).
+$(VENV)/installed: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/installed
+
+test: examples venv
+	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace
+	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" $(VPY) -m pytest tests/python -q
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings

@@ -1,0 +1,224 @@
+//! A model's configuration: `model.toml` in the model's directory.
+//!
+//! ```toml
+//! version = "1"
+//! description = "file-type detection"
+//!
+//! [graph]
+//! file = "model.onnx"
+//! backend = "tract"        # or "onnx" (ONNX Runtime)
+//! target = "cpu"           # or "gpu" (ONNX Runtime's CUDA provider)
+//!
+//! [plugin]
+//! file = "plugin.wasm"
+//! data = "data"            # granted to the plugin, read-only, at /data
+//!
+//! [[inputs]]
+//! name = "bytes"
+//! datatype = "BYTES"
+//! shape = [-1]
+//!
+//! [[outputs]]
+//! name = "label"
+//! datatype = "BYTES"
+//! shape = [-1]
+//! ```
+
+use crate::tensor::Datatype;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The file name of a model's config inside its directory.
+pub const FILE_NAME: &str = "model.toml";
+
+/// A model's `model.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The version this directory serves (default "1").
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// One line for humans; shown in metadata.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The graph the model runs.
+    pub graph: GraphConfig,
+    /// The plugin that pre- and post-processes.
+    pub plugin: PluginConfig,
+    /// The tensors a client sends (the plugin's view, not the graph's).
+    pub inputs: Vec<TensorSpec>,
+    /// The tensors a client receives.
+    pub outputs: Vec<TensorSpec>,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+
+/// Which inference engine runs a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// tract: pure Rust, built in, CPU.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded from a shared library at start-up; CPU or CUDA.
+    Onnx,
+}
+
+/// Where a graph runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The host's CPU.
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU through ONNX Runtime's CUDA execution provider.
+    Gpu,
+}
+
+/// `[graph]`: the model file and how to run it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// The ONNX file, relative to the model directory.
+    pub file: PathBuf,
+    /// Inference engine (default tract).
+    #[serde(default)]
+    pub backend: Backend,
+    /// Device (default cpu).
+    #[serde(default)]
+    pub target: Target,
+    /// With `target = "gpu"`: run on the CPU when no GPU is usable instead of failing.
+    #[serde(default)]
+    pub gpu_fallback: bool,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+/// `[plugin]`: the WebAssembly component and what it may see.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The `.wasm` component, relative to the model directory.
+    pub file: PathBuf,
+    /// A directory granted read-only at `/data` inside the plugin.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// Linear-memory cap per plugin instance, in MiB.
+    #[serde(default = "default_memory_limit_mib")]
+    pub memory_limit_mib: usize,
+    /// Wall-clock limit for one plugin call, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_memory_limit_mib() -> usize {
+    256
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A tensor as the client sees it. `-1` in a shape means any size.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub datatype: Datatype,
+    /// Dimensions; -1 for a variable one.
+    pub shape: Vec<i64>,
+}
+
+impl ModelConfig {
+    /// Read and check `dir/model.toml`; errors name the file and the field.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(FILE_NAME);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Self = toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        config.check().with_context(|| format!("invalid {}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for (kind, specs) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            anyhow::ensure!(!specs.is_empty(), "`{kind}`: a model needs at least one");
+            for (i, spec) in specs.iter().enumerate() {
+                anyhow::ensure!(
+                    spec.shape.iter().all(|&d| d >= -1),
+                    "`{kind}[{i}].shape`: dimensions are >= 0, or -1 for any size"
+                );
+                anyhow::ensure!(
+                    !specs[..i].iter().any(|s| s.name == spec.name),
+                    "`{kind}[{i}].name`: '{}' appears twice",
+                    spec.name
+                );
+            }
+        }
+        anyhow::ensure!(
+            !(self.graph.target == Target::Gpu && self.graph.backend == Backend::Tract),
+            "`graph.target = \"gpu\"` needs `graph.backend = \"onnx\"`: tract runs on the CPU only"
+        );
+        anyhow::ensure!(self.plugin.memory_limit_mib > 0, "`plugin.memory_limit_mib` must be > 0");
+        anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<ModelConfig> {
+        let config: ModelConfig = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    const MINIMAL: &str = r#"
+[graph]
+file = "m.onnx"
+[plugin]
+file = "p.wasm"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 3]
+[[outputs]]
+name = "y"
+datatype = "BYTES"
+shape = [-1]
+"#;
+
+    #[test]
+    fn defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.version, "1");
+        assert_eq!(c.graph.backend, Backend::Tract);
+        assert_eq!(c.graph.target, Target::Cpu);
+        assert_eq!(c.plugin.memory_limit_mib, 256);
+        assert_eq!(c.inputs[0].datatype, Datatype::Fp32);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = parse(&MINIMAL.replace("[plugin]", "[plugin]\ndatta = \"d\"")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("unknown field `datta`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_datatype_and_gpu_on_tract_are_rejected() {
+        let err = parse(&MINIMAL.replace("\"FP32\"", "\"FLOAT\"")).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant `FLOAT`"), "{err:#}");
+        let err =
+            parse(&MINIMAL.replace("file = \"m.onnx\"", "file = \"m.onnx\"\ntarget = \"gpu\"")).unwrap_err();
+        assert!(err.to_string().contains("tract runs on the CPU only"), "{err}");
+    }
+}

@@ -1,0 +1,84 @@
+//! The errors a request can end in, and the one place they become HTTP status codes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Why a request failed. Every variant's message is written for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or does not fit the model (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such model or version (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than the server accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The server cannot serve this yet (503): models still loading.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A plugin refused the client's input (400).
+    #[error("plugin '{plugin}' rejected the input: {message}")]
+    PluginInput {
+        /// The model whose plugin answered.
+        plugin: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// A plugin failed, trapped or ran past its limits (500).
+    #[error("plugin '{plugin}' failed: {message}")]
+    PluginFailed {
+        /// The model whose plugin failed.
+        plugin: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The inference backend failed (500).
+    #[error("inference failed for model '{model}': {message}")]
+    Inference {
+        /// The model whose graph failed.
+        model: String,
+        /// The backend's message.
+        message: String,
+    },
+    /// A bug or an unexpected state in the server (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A 400 with this message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest(message.into())
+    }
+
+    /// The status code this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) | Error::PluginInput { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+/// OIP error body: `{"error": "..."}`.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(%status, error = %self, "request failed");
+        } else {
+            tracing::debug!(%status, error = %self, "request rejected");
+        }
+        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Result of request handling.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,240 @@
+//! infer: run a model's graph natively on a backend.
+//!
+//! Backends implement wasmtime-wasi-nn's backend traits, so a graph loaded once serves both
+//! the host's pipeline ([`run`]) and plugins that call it themselves through `wasi:nn`
+//! (`load-by-name`, via [`Graphs`]).
+
+mod tract;
+
+#[cfg(feature = "onnx")]
+mod onnx;
+
+use crate::config::{Backend, GraphConfig};
+use crate::tensor::{Datatype, Tensor};
+use anyhow::{Context, anyhow, bail};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime_wasi_nn::backend::{BackendError, NamedTensor};
+use wasmtime_wasi_nn::wit::TensorType;
+use wasmtime_wasi_nn::{Graph, GraphRegistry};
+
+/// Server-wide settings for the backends.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// ONNX Runtime's shared library (`libonnxruntime.so`), needed by `backend = "onnx"`.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+/// Load the graph at `path` on the backend its config names.
+pub fn load(path: &Path, config: &GraphConfig, options: &BackendOptions) -> anyhow::Result<Graph> {
+    let model = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match config.backend {
+        Backend::Tract => tract::load(&model),
+        #[cfg(feature = "onnx")]
+        Backend::Onnx => onnx::load(&model, config, options),
+        #[cfg(not(feature = "onnx"))]
+        Backend::Onnx => {
+            let _ = options;
+            bail!(
+                "this wasmserve was built without the `onnx` feature: rebuild with `--features onnx` or use backend = \"tract\""
+            )
+        }
+    }
+}
+
+/// Run `graph` on `inputs` (named as the graph names them); returns every graph output.
+pub fn run(graph: &Graph, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
+    let inputs = inputs.into_iter().map(to_wasi_nn).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut context = graph.init_execution_context().map_err(backend_error)?;
+    let outputs = context.compute_with_io(inputs).map_err(backend_error)?;
+    outputs.into_iter().map(from_wasi_nn).collect()
+}
+
+/// Backend errors carry their cause one level down; keep it in the message.
+fn backend_error(e: BackendError) -> anyhow::Error {
+    match e {
+        BackendError::BackendAccess(inner) => anyhow::Error::from(inner),
+        other => anyhow!(other),
+    }
+}
+
+fn to_wasi_nn(tensor: Tensor) -> anyhow::Result<NamedTensor> {
+    let ty = match tensor.datatype {
+        Datatype::Fp16 => TensorType::Fp16,
+        Datatype::Bf16 => TensorType::Bf16,
+        Datatype::Fp32 => TensorType::Fp32,
+        Datatype::Fp64 => TensorType::Fp64,
+        Datatype::Uint8 => TensorType::U8,
+        Datatype::Int32 => TensorType::I32,
+        Datatype::Int64 => TensorType::I64,
+        other => bail!(
+            "graph input '{}' is {other}; wasi-nn graphs take FP16, BF16, FP32, FP64, UINT8, INT32 or INT64",
+            tensor.name
+        ),
+    };
+    let dimensions = tensor
+        .shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("graph input '{}' has shape {:?}", tensor.name, tensor.shape))?;
+    Ok(NamedTensor { name: tensor.name, tensor: wasmtime_wasi_nn::Tensor::new(dimensions, ty, tensor.data) })
+}
+
+fn from_wasi_nn(named: NamedTensor) -> anyhow::Result<Tensor> {
+    let datatype = match named.tensor.ty {
+        TensorType::Fp16 => Datatype::Fp16,
+        TensorType::Bf16 => Datatype::Bf16,
+        TensorType::Fp32 => Datatype::Fp32,
+        TensorType::Fp64 => Datatype::Fp64,
+        TensorType::U8 => Datatype::Uint8,
+        TensorType::I32 => Datatype::Int32,
+        TensorType::I64 => Datatype::Int64,
+    };
+    Ok(Tensor {
+        name: named.name,
+        datatype,
+        shape: named.tensor.dimensions.iter().map(|&d| i64::from(d)).collect(),
+        data: named.tensor.data,
+    })
+}
+
+/// Every loaded graph by model name: the registry behind `wasi:nn`'s `load-by-name`.
+/// Built once; each plugin store gets a cheap clone.
+#[derive(Clone, Default)]
+pub struct Graphs(Arc<HashMap<String, Graph>>);
+
+impl Graphs {
+    /// A registry holding these graphs.
+    pub fn new(graphs: HashMap<String, Graph>) -> Self {
+        Self(Arc::new(graphs))
+    }
+}
+
+impl GraphRegistry for Graphs {
+    fn get(&self, name: &str) -> Option<&Graph> {
+        self.0.get(name)
+    }
+
+    fn get_mut(&mut self, _name: &str) -> Option<&mut Graph> {
+        // Shared graphs are never mutated.
+        None
+    }
+}
+
+/// wasi-nn's error type wraps wasmtime's, not anyhow's.
+fn nn_error(e: anyhow::Error) -> BackendError {
+    BackendError::BackendAccess(wasmtime::Error::from_anyhow(e))
+}
+
+/// Index of the tensor `id` names in `names`, for backends' `set_input`/`get_output`.
+fn position(names: &[String], id: &wasmtime_wasi_nn::backend::Id) -> Result<usize, BackendError> {
+    use wasmtime_wasi_nn::backend::Id;
+    let found = match id {
+        Id::Index(i) => Some(*i as usize).filter(|&i| i < names.len()),
+        Id::Name(n) => names.iter().position(|x| x == n),
+    };
+    found.ok_or_else(|| nn_error(anyhow!("graph has no tensor {id:?}; it has {names:?}")))
+}
+
+/// What a backend provides: named tensors in, every named output out.
+trait Runner: Send + Sync + 'static {
+    /// The graph's input names, in its order.
+    fn inputs(&self) -> &[String];
+    /// The graph's output names, in its order.
+    fn outputs(&self) -> &[String];
+    /// One inference.
+    fn run(&self, inputs: Vec<NamedTensor>) -> anyhow::Result<Vec<NamedTensor>>;
+}
+
+/// Wrap a backend's runner as a wasi-nn graph.
+fn graph(runner: impl Runner) -> Graph {
+    let graph: Box<dyn wasmtime_wasi_nn::backend::BackendGraph> = Box::new(RunnerGraph(Arc::new(runner)));
+    graph.into()
+}
+
+/// Order `inputs` as the graph declares them; errors name what is missing or unknown.
+fn in_graph_order(
+    names: &[String],
+    inputs: Vec<NamedTensor>,
+) -> anyhow::Result<Vec<wasmtime_wasi_nn::Tensor>> {
+    if let Some(extra) = inputs.iter().find(|t| !names.contains(&t.name)) {
+        bail!("the graph has no input '{}'; its inputs are {names:?}", extra.name);
+    }
+    let mut slots: Vec<Option<wasmtime_wasi_nn::Tensor>> = vec![None; names.len()];
+    for input in inputs {
+        let i = names.iter().position(|n| *n == input.name).expect("checked above");
+        slots[i] = Some(input.tensor);
+    }
+    slots
+        .into_iter()
+        .zip(names)
+        .map(|(slot, name)| slot.ok_or_else(|| anyhow!("graph input '{name}' was not provided")))
+        .collect()
+}
+
+struct RunnerGraph(Arc<dyn Runner>);
+
+impl wasmtime_wasi_nn::backend::BackendGraph for RunnerGraph {
+    fn init_execution_context(&self) -> Result<wasmtime_wasi_nn::ExecutionContext, BackendError> {
+        let context: Box<dyn wasmtime_wasi_nn::backend::BackendExecutionContext> = Box::new(RunnerContext {
+            inputs: vec![None; self.0.inputs().len()],
+            outputs: Vec::new(),
+            runner: self.0.clone(),
+        });
+        Ok(context.into())
+    }
+}
+
+/// Execution state for the witx-style calls (`set_input`, `compute`, `get_output`).
+struct RunnerContext {
+    runner: Arc<dyn Runner>,
+    inputs: Vec<Option<wasmtime_wasi_nn::Tensor>>,
+    outputs: Vec<wasmtime_wasi_nn::Tensor>,
+}
+
+impl wasmtime_wasi_nn::backend::BackendExecutionContext for RunnerContext {
+    fn set_input(
+        &mut self,
+        id: wasmtime_wasi_nn::backend::Id,
+        tensor: &wasmtime_wasi_nn::Tensor,
+    ) -> Result<(), BackendError> {
+        let i = position(self.runner.inputs(), &id)?;
+        self.inputs[i] = Some(tensor.clone());
+        Ok(())
+    }
+
+    fn get_output(
+        &mut self,
+        id: wasmtime_wasi_nn::backend::Id,
+    ) -> Result<wasmtime_wasi_nn::Tensor, BackendError> {
+        let i = position(self.runner.outputs(), &id)?;
+        self.outputs.get(i).cloned().ok_or_else(|| nn_error(anyhow!("no output yet: call compute first")))
+    }
+
+    fn compute(
+        &mut self,
+        inputs: Option<Vec<NamedTensor>>,
+    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+        match inputs {
+            Some(inputs) => Ok(Some(self.runner.run(inputs).map_err(nn_error)?)),
+            None => {
+                let inputs = self
+                    .runner
+                    .inputs()
+                    .iter()
+                    .zip(&self.inputs)
+                    .map(|(name, t)| {
+                        let tensor = t.clone().ok_or_else(|| anyhow!("input '{name}' was not set"))?;
+                        Ok(NamedTensor { name: name.clone(), tensor })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .map_err(nn_error)?;
+                self.outputs =
+                    self.runner.run(inputs).map_err(nn_error)?.into_iter().map(|t| t.tensor).collect();
+                Ok(None)
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The tract backend: pure Rust, built in, CPU.
+//!
+//! A graph is optimised once with its symbolic dimensions (batch, sequence) left symbolic,
+//! so one plan serves every shape. Some exports compute shapes in ways tract cannot type
+//! symbolically (magika's one-hot `Expand`); those get a plan per distinct set of input
+//! shapes instead, made on first use and kept (up to [`MAX_PLANS`]).
+
+use super::{Runner, graph, in_graph_order};
+use anyhow::{Context, anyhow};
+use std::sync::{Arc, Mutex};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use wasmtime_wasi_nn::backend::NamedTensor;
+use wasmtime_wasi_nn::wit::TensorType;
+
+#[cfg(target_endian = "big")]
+compile_error!("tensor data is little-endian on the wire and in memory: big-endian hosts are not supported");
+
+/// Most per-shape plans kept for one graph; past it the oldest-made is dropped.
+const MAX_PLANS: usize = 32;
+
+type Plan = Arc<TypedSimplePlan>;
+type Shapes = Vec<(DatumType, Vec<usize>)>;
+
+enum Plans {
+    Symbolic(Plan),
+    PerShape { model: InferenceModel, plans: Mutex<Vec<(Shapes, Plan)>> },
+}
+
+struct Tract {
+    plans: Plans,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+/// tract's errors carry their cause chain; keep it on one line.
+fn err(e: TractError) -> anyhow::Error {
+    anyhow!("{e:#}")
+}
+
+/// Parse, optimise and plan an ONNX model.
+pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &*model)
+        .map_err(err)
+        .context("tract cannot parse the ONNX model")?;
+    let inputs =
+        model.input_outlets().map_err(err)?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let outputs = model
+        .output_outlets()
+        .map_err(err)?
+        .iter()
+        .map(|o| model.outlet_label(*o).unwrap_or(&model.node(o.node).name).to_string())
+        .collect();
+    let plans = match model.clone().into_optimized().and_then(|m| m.into_runnable()) {
+        Ok(plan) => Plans::Symbolic(plan),
+        Err(symbolic) => {
+            // Check now that the graph plans at all, with every unknown dimension at 1.
+            let shapes = default_shapes(&model)?;
+            let plan = plan_for(&model, &shapes)
+                .with_context(|| format!("tract cannot optimise the model ({symbolic:#})"))?;
+            tracing::info!("tract plans this graph per input shape: {symbolic:#}");
+            Plans::PerShape { model, plans: Mutex::new(vec![(shapes, plan)]) }
+        }
+    };
+    Ok(graph(Tract { plans, inputs, outputs }))
+}
+
+fn default_shapes(model: &InferenceModel) -> anyhow::Result<Shapes> {
+    (0..model.inputs.len())
+        .map(|i| {
+            let fact = model.input_fact(i).map_err(err)?;
+            let dt = fact.datum_type.concretize().with_context(|| format!("input {i} has no known type"))?;
+            let dims = fact
+                .shape
+                .dims()
+                .map(|d| d.concretize().and_then(|d| d.as_i64()).map_or(1, |d| d.max(1) as usize))
+                .collect();
+            Ok((dt, dims))
+        })
+        .collect()
+}
+
+fn plan_for(model: &InferenceModel, shapes: &Shapes) -> anyhow::Result<Plan> {
+    let mut model = model.clone();
+    for (i, (dt, shape)) in shapes.iter().enumerate() {
+        model.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.clone())).map_err(err)?;
+    }
+    model.into_optimized().and_then(|m| m.into_runnable()).map_err(err)
+}
+
+impl Tract {
+    fn plan(&self, inputs: &TVec<TValue>) -> anyhow::Result<Plan> {
+        match &self.plans {
+            Plans::Symbolic(plan) => Ok(plan.clone()),
+            Plans::PerShape { model, plans } => {
+                let shapes: Shapes = inputs.iter().map(|t| (t.datum_type(), t.shape().to_vec())).collect();
+                if let Some((_, plan)) = plans.lock().expect("plan cache").iter().find(|(s, _)| *s == shapes)
+                {
+                    return Ok(plan.clone());
+                }
+                let plan = plan_for(model, &shapes)?;
+                let mut plans = plans.lock().expect("plan cache");
+                if plans.len() >= MAX_PLANS {
+                    plans.remove(0);
+                }
+                plans.push((shapes, plan.clone()));
+                Ok(plan)
+            }
+        }
+    }
+}
+
+impl Runner for Tract {
+    fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Vec<NamedTensor>) -> anyhow::Result<Vec<NamedTensor>> {
+        let inputs = in_graph_order(&self.inputs, inputs)?
+            .iter()
+            .map(|t| to_tract(t).map(TValue::from))
+            .collect::<anyhow::Result<TVec<_>>>()?;
+        let outputs = self.plan(&inputs)?.run(inputs).map_err(err)?;
+        outputs
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(t, name)| Ok(NamedTensor { name: name.clone(), tensor: from_tract(&t)? }))
+            .collect()
+    }
+}
+
+fn to_tract(t: &wasmtime_wasi_nn::Tensor) -> anyhow::Result<Tensor> {
+    let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
+    let d = &t.data;
+    match t.ty {
+        TensorType::Fp16 => Tensor::from_shape::<f16>(&shape, &bytemuck::pod_collect_to_vec(d)),
+        TensorType::Fp32 => Tensor::from_shape::<f32>(&shape, &bytemuck::pod_collect_to_vec(d)),
+        TensorType::Fp64 => Tensor::from_shape::<f64>(&shape, &bytemuck::pod_collect_to_vec(d)),
+        TensorType::U8 => Tensor::from_shape::<u8>(&shape, d),
+        TensorType::I32 => Tensor::from_shape::<i32>(&shape, &bytemuck::pod_collect_to_vec(d)),
+        TensorType::I64 => Tensor::from_shape::<i64>(&shape, &bytemuck::pod_collect_to_vec(d)),
+        TensorType::Bf16 => anyhow::bail!("tract does not take BF16 inputs"),
+    }
+    .map_err(err)
+}
+
+fn from_tract(t: &Tensor) -> anyhow::Result<wasmtime_wasi_nn::Tensor> {
+    let ty = match t.datum_type() {
+        DatumType::F16 => TensorType::Fp16,
+        DatumType::F32 => TensorType::Fp32,
+        DatumType::F64 => TensorType::Fp64,
+        DatumType::U8 => TensorType::U8,
+        DatumType::I32 => TensorType::I32,
+        DatumType::I64 => TensorType::I64,
+        other => anyhow::bail!("graph output of type {other:?} has no wasi-nn equivalent"),
+    };
+    let dimensions = t.shape().iter().map(|&d| u32::try_from(d)).collect::<Result<_, _>>()?;
+    Ok(wasmtime_wasi_nn::Tensor::new(dimensions, ty, t.as_bytes().to_vec()))
+}

@@ -1,0 +1,20 @@
+//! wasmserve: a model server. Pre- and post-processing run in sandboxed WebAssembly plugins,
+//! inference runs natively through wasi-nn backends (tract, ONNX Runtime), and clients speak
+//! the Open Inference Protocol (KServe v2).
+//!
+//! The modules follow one request:
+//! [`server`] -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
+//! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
+//! directories, each described by a [`config`].
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod decode;
+pub mod encode;
+pub mod error;
+pub mod infer;
+pub mod plugin;
+pub mod repository;
+pub mod schedule;
+pub mod server;
+pub mod tensor;

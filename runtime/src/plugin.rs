@@ -1,0 +1,264 @@
+//! plugin: a model's pre- and post-processing, run in a sandboxed WebAssembly component.
+//!
+//! Each request gets a fresh instance (from a pre-linked `InstancePre`), so nothing leaks
+//! between requests and a plugin that traps only fails its own request. An instance sees
+//! only its model's data directory (read-only, at `/data`): no network, no environment,
+//! no arguments. Memory is capped per instance and every call has a wall-clock deadline.
+
+use crate::config::PluginConfig;
+use crate::error::Error;
+use crate::infer::Graphs;
+use crate::tensor::{Datatype, Tensor};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "model-plugin",
+        path: "../wit",
+    });
+}
+use bindings::wasmserve::plugin::types as wit;
+
+/// How often the deadline clock ticks.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Where a plugin sees its data directory.
+pub const DATA_DIR: &str = "/data";
+
+/// Compiles plugins and holds what every instance shares: the engine and the linker.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<State>,
+}
+
+impl PluginHost {
+    /// An engine with deadlines (epoch interruption) and the WASI + wasi-nn imports.
+    pub fn new() -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("plugin-deadline-clock".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        })?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut State| {
+            WasiNnView::new(&mut s.table, &mut s.nn)
+        })?;
+        Ok(Self { engine, linker })
+    }
+
+    /// Compile and link the plugin of model `name`; `dir` is the model directory.
+    pub fn load(
+        &self,
+        name: &str,
+        dir: &Path,
+        config: &PluginConfig,
+        graphs: Graphs,
+    ) -> anyhow::Result<Plugin> {
+        let file = dir.join(&config.file);
+        let component = Component::from_file(&self.engine, &file)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot compile plugin {}", file.display()))?;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| {
+                format!("plugin {} does not fit the wasmserve:plugin world", file.display())
+            })?;
+        let pre =
+            bindings::ModelPluginPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
+                format!("plugin {} does not export the wasmserve:plugin world", file.display())
+            })?;
+        let data = match &config.data {
+            Some(data) => {
+                let data = dir.join(data);
+                anyhow::ensure!(data.is_dir(), "plugin data directory {} does not exist", data.display());
+                Some(data)
+            }
+            None => None,
+        };
+        Ok(Plugin {
+            name: name.to_string(),
+            pre,
+            data,
+            memory_limit: config.memory_limit_mib << 20,
+            timeout: Duration::from_millis(config.timeout_ms),
+            graphs,
+        })
+    }
+}
+
+/// A compiled, linked plugin ready to instantiate.
+pub struct Plugin {
+    name: String,
+    pre: bindings::ModelPluginPre<State>,
+    data: Option<PathBuf>,
+    memory_limit: usize,
+    timeout: Duration,
+    graphs: Graphs,
+}
+
+/// What each instance's store holds.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    nn: WasiNnCtx,
+    limits: StoreLimits,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// One instance, serving one request's pre- and post-processing.
+pub struct Instance<'p> {
+    plugin: &'p Plugin,
+    store: Store<State>,
+    bindings: bindings::ModelPlugin,
+}
+
+/// What preprocess produced.
+pub struct Prepared {
+    /// The graph's inputs.
+    pub graph_inputs: Vec<Tensor>,
+    /// Handed back to postprocess.
+    pub context: Vec<Tensor>,
+}
+
+impl Plugin {
+    /// A fresh, isolated instance.
+    pub fn instantiate(&self) -> Result<Instance<'_>, Error> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr();
+        if let Some(data) = &self.data {
+            wasi.preopened_dir(data, DATA_DIR, FsPerms::ReadOnly)
+                .map_err(|e| self.failed(format!("cannot open its data directory: {e:#}")))?;
+        }
+        let state = State {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            // No backends: a plugin runs the server's loaded graphs, never loads its own.
+            nn: WasiNnCtx::new([], self.graphs.clone().into()),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory_limit)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
+        Ok(Instance { plugin: self, store, bindings })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1
+    }
+
+    fn failed(&self, message: String) -> Error {
+        Error::PluginFailed { plugin: self.name.clone(), message }
+    }
+
+    fn trapped(&self, e: wasmtime::Error) -> Error {
+        let message = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => {
+                format!("exceeded its time limit of {} ms", self.timeout.as_millis())
+            }
+            _ => format!("trapped: {e:#}"),
+        };
+        self.failed(message)
+    }
+
+    fn refused(&self, e: wit::PluginError) -> Error {
+        match e {
+            wit::PluginError::InvalidInput(message) => {
+                Error::PluginInput { plugin: self.name.clone(), message }
+            }
+            wit::PluginError::Internal(message) => self.failed(message),
+        }
+    }
+
+    /// Tensors a plugin returns must be well-formed, like a client's.
+    fn checked(&self, call: &str, tensors: Vec<wit::Tensor>) -> Result<Vec<Tensor>, Error> {
+        tensors
+            .into_iter()
+            .map(|t| {
+                let t = from_wit(t);
+                t.validate().map_err(|e| self.failed(format!("{call} returned a malformed tensor: {e}")))?;
+                Ok(t)
+            })
+            .collect()
+    }
+}
+
+impl Instance<'_> {
+    /// Client tensors in, graph inputs and context out.
+    pub fn preprocess(
+        &mut self,
+        inputs: Vec<Tensor>,
+        params: &Vec<(String, String)>,
+    ) -> Result<Prepared, Error> {
+        let inputs: Vec<wit::Tensor> = inputs.into_iter().map(to_wit).collect();
+        self.store.set_epoch_deadline(self.plugin.deadline_ticks());
+        let prepared = self
+            .bindings
+            .call_preprocess(&mut self.store, &inputs, params)
+            .map_err(|e| self.plugin.trapped(e))?
+            .map_err(|e| self.plugin.refused(e))?;
+        Ok(Prepared {
+            graph_inputs: self.plugin.checked("preprocess", prepared.graph_inputs)?,
+            context: self.plugin.checked("preprocess", prepared.context)?,
+        })
+    }
+
+    /// Graph outputs and context in, client tensors out.
+    pub fn postprocess(
+        &mut self,
+        outputs: Vec<Tensor>,
+        context: Vec<Tensor>,
+        params: &Vec<(String, String)>,
+    ) -> Result<Vec<Tensor>, Error> {
+        let outputs: Vec<wit::Tensor> = outputs.into_iter().map(to_wit).collect();
+        let context: Vec<wit::Tensor> = context.into_iter().map(to_wit).collect();
+        self.store.set_epoch_deadline(self.plugin.deadline_ticks());
+        let result = self
+            .bindings
+            .call_postprocess(&mut self.store, &outputs, &context, params)
+            .map_err(|e| self.plugin.trapped(e))?
+            .map_err(|e| self.plugin.refused(e))?;
+        self.plugin.checked("postprocess", result)
+    }
+}
+
+/// One list, both directions: OIP datatype <-> WIT datatype.
+macro_rules! datatypes {
+    ($($v:ident),*) => {
+        fn to_wit_datatype(d: Datatype) -> wit::Datatype {
+            match d { $(Datatype::$v => wit::Datatype::$v),* }
+        }
+        fn from_wit_datatype(d: wit::Datatype) -> Datatype {
+            match d { $(wit::Datatype::$v => Datatype::$v),* }
+        }
+    };
+}
+datatypes!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Bf16, Fp32, Fp64, Bytes);
+
+fn to_wit(t: Tensor) -> wit::Tensor {
+    wit::Tensor { name: t.name, datatype: to_wit_datatype(t.datatype), shape: t.shape, data: t.data }
+}
+
+fn from_wit(t: wit::Tensor) -> Tensor {
+    Tensor { name: t.name, datatype: from_wit_datatype(t.datatype), shape: t.shape, data: t.data }
+}

@@ -1,0 +1,53 @@
+//! schedule: where a request's model work runs, and the order of its steps.
+//!
+//! Plugin calls and inference are CPU-bound and synchronous, so they run on tokio's
+//! blocking pool, never on the threads that accept connections and answer health checks.
+
+use crate::error::Error;
+use crate::infer;
+use crate::repository::Model;
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
+pub async fn run(
+    model: Arc<Model>,
+    inputs: Vec<Tensor>,
+    params: Vec<(String, String)>,
+) -> Result<Vec<Tensor>, Error> {
+    tokio::task::spawn_blocking(move || pipeline(&model, inputs, &params))
+        .await
+        .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?
+}
+
+fn pipeline(
+    model: &Model,
+    inputs: Vec<Tensor>,
+    params: &Vec<(String, String)>,
+) -> Result<Vec<Tensor>, Error> {
+    let mut instance = model.plugin.instantiate()?;
+    let prepared = instance.preprocess(inputs, params)?;
+    let outputs = infer::run(&model.graph, prepared.graph_inputs)
+        .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })?;
+    let outputs = instance.postprocess(outputs, prepared.context, params)?;
+    check_outputs(model, &outputs)?;
+    Ok(outputs)
+}
+
+/// The plugin must return what the model's config promises clients.
+fn check_outputs(model: &Model, outputs: &[Tensor]) -> Result<(), Error> {
+    let failed = |message: String| Error::PluginFailed { plugin: model.name.clone(), message };
+    for spec in &model.config.outputs {
+        let output = outputs
+            .iter()
+            .find(|o| o.name == spec.name)
+            .ok_or_else(|| failed(format!("postprocess returned no '{}' output", spec.name)))?;
+        if output.datatype != spec.datatype {
+            return Err(failed(format!(
+                "postprocess returned '{}' as {}, the config declares {}",
+                spec.name, output.datatype, spec.datatype
+            )));
+        }
+    }
+    Ok(())
+}
