@@ -42,4 +42,5 @@ test: examples venv
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings

@@ -117,10 +117,10 @@ fn raw(body: &[u8], declared: &[TensorSpec]) -> Result<InferRequest> {
             let fixed: usize = spec.shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
             let variable = spec.shape.iter().filter(|&&d| d < 0).count();
             let elements = body.len() / size;
-            if body.len() % size != 0
+            if !body.len().is_multiple_of(size)
                 || variable > 1
                 || fixed == 0
-                || elements % fixed != 0
+                || !elements.is_multiple_of(fixed)
                 || (variable == 0 && elements != fixed)
             {
                 return Err(Error::bad_request(format!(

@@ -17,7 +17,7 @@ use crate::schedule;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -146,9 +146,14 @@ async fn run_inference(
 ) -> Result<Response> {
     let model = state.model(&model, version.as_deref())?;
     let limit = state.0.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"))
-    })?;
+    let too_large =
+        || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
+    // Refuse on the declared length before reading anything; chunked bodies stop at the limit.
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
     let header_length = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))

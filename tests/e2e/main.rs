@@ -1,1 +1,312 @@
+//! End-to-end tests: each starts the real `wasmserve` binary and talks HTTP to it.
+//! Run with `make test` (it fetches the models, builds the plugins and sets ORT_DYLIB_PATH).
+
 mod server;
+
+use serde_json::{Value, json};
+use server::{Server, edited_repository, examples, onnxruntime_library, run_to_failure, test_models};
+use std::path::Path;
+
+const RAW: [(&str, &str); 1] = [("Inference-Header-Content-Length", "0")];
+
+fn fixture(path: &str) -> std::path::PathBuf {
+    server::root().join("tests/fixtures").join(path)
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Label and score of one file, sent raw (`curl --data-binary @file`).
+fn identify(server: &Server, bytes: &[u8]) -> (String, f32) {
+    let r = server.post("/v2/models/magika/infer", &RAW, bytes);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let label = r.output("label")["data"][0].as_str().unwrap().to_string();
+    (label, r.output("score")["data"][0].as_f64().unwrap() as f32)
+}
+
+/// Embeddings of `sentences`, one row each.
+fn embed(server: &Server, sentences: &[&str], params: Value) -> Vec<Vec<f32>> {
+    let r = server.infer(
+        "minilm",
+        &json!({"parameters": params, "inputs": [{"name": "text", "shape": [sentences.len()], "datatype": "BYTES", "data": sentences}]}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let out = r.output("embedding");
+    assert_eq!(out["shape"], json!([sentences.len(), 384]));
+    f32s(&out["data"]).chunks(384).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn magika_labels_match_the_python_package() {
+    let server = Server::start(&examples(), &[]);
+    let expected = read_json(&fixture("magika/expected.json"));
+    let expected = expected.as_object().unwrap();
+    assert!(expected.len() >= 12, "need at least 12 sample files");
+    let mut mismatches = Vec::new();
+    for (name, want) in expected {
+        let bytes = std::fs::read(fixture("magika/files").join(name)).unwrap();
+        let (label, score) = identify(&server, &bytes);
+        let want_score = want["score"].as_f64().unwrap() as f32;
+        if label != want["label"] || (score - want_score).abs() > 0.01 {
+            mismatches.push(format!("{name}: got {label} {score:.4}, python magika says {want}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+
+    // Several files in one request, through the binary tensor extension.
+    let names = ["doc.pdf", "main.rs", "photo.jpg"];
+    let mut data = Vec::new();
+    for name in names {
+        let bytes = std::fs::read(fixture("magika/files").join(name)).unwrap();
+        data.extend((bytes.len() as u32).to_le_bytes());
+        data.extend(bytes);
+    }
+    let header = json!({"inputs": [{"name": "bytes", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": data.len()}}],
+                        "outputs": [{"name": "label"}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(&data);
+    let len = header.len().to_string();
+    let r = server.post("/v2/models/magika/infer", &[("Inference-Header-Content-Length", &len)], &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["outputs"].as_array().unwrap().len(), 1, "only the requested output");
+    assert_eq!(r.output("label")["data"], json!(["pdf", "rust", "jpeg"]));
+}
+
+#[test]
+fn minilm_embeddings_match_the_reference() {
+    let server = Server::start(&examples(), &[]);
+    let expected = read_json(&fixture("minilm/expected.json"));
+    let sentences: Vec<&str> =
+        expected["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let got = embed(&server, &sentences, json!({}));
+    for (i, (row, want)) in got.iter().zip(expected["embeddings"].as_array().unwrap()).enumerate() {
+        let c = cosine(row, &f32s(want));
+        assert!(c >= 0.999, "sentence {i} ({:?}): cosine {c} with the reference", sentences[i]);
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "sentence {i} is not L2-normalised: {norm}");
+    }
+    assert!(cosine(&got[0], &got[1]) > cosine(&got[0], &got[2]) + 0.3, "similar pair must score higher");
+    // One at a time (no padding) gives the same vectors as the padded batch.
+    let alone = embed(&server, &sentences[2..3], json!({}));
+    assert!(cosine(&alone[0], &got[2]) > 0.9999);
+    // Request parameters reach the plugin.
+    let raw = embed(&server, &sentences[..1], json!({"normalize": false}));
+    let norm = raw[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() > 0.01, "normalize=false must skip normalisation (norm {norm})");
+}
+
+#[test]
+fn health_metadata_and_binary_outputs() {
+    let server = Server::start(&examples(), &[]);
+    assert_eq!(server.get("/v2/health/live").0, 200);
+    assert_eq!(server.get("/v2/health/ready").0, 200);
+    assert_eq!(server.get("/v2/models/magika/ready").0, 200);
+    assert_eq!(server.get("/v2/models/magika/versions/1/ready").0, 200);
+    let (status, body) = server.get("/v2");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["name"], "wasmserve");
+    let (status, body) = server.get("/v2/models/minilm");
+    assert_eq!(status, 200);
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(meta["inputs"], json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}]));
+    assert_eq!(meta["outputs"], json!([{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]));
+    assert_eq!(meta["versions"], json!(["1"]));
+
+    // binary_data_output: the embedding comes back as raw little-endian floats after the JSON.
+    let request = json!({"id": "req-7", "parameters": {"binary_data_output": true},
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]});
+    let r = server.infer("minilm", &request);
+    assert_eq!(r.status, 200);
+    let n = r.header_length.expect("binary response carries Inference-Header-Content-Length");
+    let json = r.json();
+    assert_eq!(json["id"], "req-7");
+    assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 384 * 4);
+    let floats: Vec<f32> = r.body[n..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let as_json = embed(&server, &["hello"], json!({}));
+    assert_eq!(floats, as_json[0]);
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let server = Server::start(&examples(), &["--max-body-mib", "1"]);
+    let text = |data: Value, datatype: &str, shape: Value| json!({"inputs": [{"name": "text", "shape": shape, "datatype": datatype, "data": data}]});
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("minilm", b"{\"inputs\": [".to_vec(), 400, "malformed inference request"),
+        (
+            "minilm",
+            text(json!([1.0]), "FP32", json!([1])).to_string().into(),
+            400,
+            "input 'text' must be BYTES, got FP32",
+        ),
+        (
+            "minilm",
+            text(json!(["a", "b"]), "BYTES", json!([3])).to_string().into(),
+            400,
+            "holds 3 elements but data has 2",
+        ),
+        (
+            "minilm",
+            text(json!(["a"]), "BYTES", json!([1, 1])).to_string().into(),
+            400,
+            "input 'text' has shape [1, 1]",
+        ),
+        ("minilm", json!({"inputs": []}).to_string().into(), 400, "missing input 'text'"),
+        (
+            "minilm",
+            text(json!(["a"]), "STRING", json!([1])).to_string().into(),
+            400,
+            "unknown datatype 'STRING'",
+        ),
+        ("nope", text(json!(["a"]), "BYTES", json!([1])).to_string().into(), 404, "unknown model 'nope'"),
+    ];
+    for (model, body, status, message) in cases {
+        let r = server.post(&format!("/v2/models/{model}/infer"), &[], &body);
+        assert_eq!(r.status, status, "{message}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.error().contains(message), "expected {message:?} in {:?}", r.error());
+    }
+    let r = server.post("/v2/models/minilm/versions/9/infer", &[], b"{}");
+    assert_eq!((r.status, r.error().contains("no version '9'")), (404, true), "{}", r.error());
+    let r = server.infer(
+        "minilm",
+        &json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "outputs": [{"name": "nope"}]}),
+    );
+    assert_eq!((r.status, r.error()), (400, "unknown output 'nope'".to_string()));
+    // A plugin's refusal names the plugin: minilm takes UTF-8 only.
+    let r = server.post("/v2/models/minilm/infer", &RAW, &[0xff, 0xfe, 0x00]);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error().starts_with("plugin 'minilm' rejected the input: text[0] is not UTF-8"),
+        "{}",
+        r.error()
+    );
+    // Too large: 413 on the declared length, before the body is read; the server carries on.
+    let (status, body) = server.raw_http(
+        "POST /v2/models/magika/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than 1048576 bytes"), "{body}");
+    assert_eq!(server.get("/v2/models/none/ready").0, 404);
+    assert_eq!(server.get("/v3/whatever").0, 404);
+    assert_eq!(identify(&server, b"#!/bin/sh\necho hello world\nexit 0\n").0, "shell");
+}
+
+/// `fault` asks the test plugin to misbehave; the graph squares nothing, it multiplies by W.
+fn faulty(server: &Server, fault: &str) -> server::Response {
+    server.infer(
+        "faulty",
+        &json!({"parameters": {"fault": fault}, "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [2, 2, 2, 2, 2, 2]}]}),
+    )
+}
+
+fn assert_serves(server: &Server) {
+    let r = faulty(server, "none");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.output("y")["data"], json!([2.0, 4.0, 6.0, 8.0, 10.0, 12.0]));
+}
+
+#[test]
+fn a_faulty_plugin_fails_only_its_own_request() {
+    let server = Server::start(&test_models(), &[]);
+    assert_serves(&server);
+    for (fault, status, message) in [
+        ("trap", 500, "plugin 'faulty' failed: trapped"),
+        ("loop", 500, "plugin 'faulty' failed: exceeded its time limit of 500 ms"),
+        ("memory", 500, "plugin 'faulty' failed: trapped"),
+        ("invalid", 400, "plugin 'faulty' rejected the input: asked to refuse"),
+        ("internal", 500, "plugin 'faulty' failed: asked to fail"),
+        ("malformed", 500, "preprocess returned a malformed tensor"),
+    ] {
+        let r = faulty(&server, fault);
+        assert_eq!(r.status, status, "{fault}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.error().contains(message), "{fault}: expected {message:?} in {:?}", r.error());
+        assert_serves(&server);
+    }
+    // The plugin sees no filesystem beyond what its config grants (here: nothing).
+    let r = faulty(&server, "read-outside");
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("reading /etc/passwd: Err"), "{}", r.error());
+
+    // Plugin work never blocks the threads that answer health checks.
+    std::thread::scope(|s| {
+        let loops: Vec<_> = (0..4).map(|_| s.spawn(|| faulty(&server, "loop").status)).collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        for _ in 0..5 {
+            assert_eq!(server.get("/v2/health/live").0, 200);
+        }
+        assert!(loops.into_iter().all(|h| h.join().unwrap() == 500));
+    });
+    assert_serves(&server);
+}
+
+#[test]
+fn start_up_errors_name_the_cause() {
+    let typo = edited_repository(&test_models(), &["faulty"], |t| t.replace("timeout_ms", "timeout_msec"));
+    let (_, log) = run_to_failure(typo.path(), &[], &[]);
+    assert!(log.contains("faulty/model.toml") && log.contains("unknown field `timeout_msec`"), "{log}");
+
+    let onnx = edited_repository(&test_models(), &["faulty"], |t| {
+        t.replace("[plugin]", "backend = \"onnx\"\n[plugin]")
+    });
+    let (_, log) = run_to_failure(onnx.path(), &[], &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    assert!(log.contains("/nonexistent/libonnxruntime.so does not exist"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let (_, log) = run_to_failure(empty.path(), &[], &[]);
+    assert!(log.contains("no models in"), "{log}");
+}
+
+#[test]
+fn onnx_runtime_agrees_with_tract() {
+    let Some(library) = onnxruntime_library() else { return };
+    let repo = edited_repository(&examples(), &["magika", "minilm"], |t| t.replace("\"tract\"", "\"onnx\""));
+    let onnx = Server::start_env(repo.path(), &[], &[("ORT_DYLIB_PATH", &library)]);
+    let tract = Server::start(&examples(), &[]);
+    let (_, meta) = onnx.get("/v2/models/magika");
+    assert!(meta.contains("onnx/onnx"), "{meta}");
+    for name in ["doc.pdf", "main.rs", "photo.jpg", "index.html", "notes.txt"] {
+        let bytes = std::fs::read(fixture("magika/files").join(name)).unwrap();
+        let (a, b) = (identify(&onnx, &bytes), identify(&tract, &bytes));
+        assert_eq!(a.0, b.0, "{name}");
+        assert!((a.1 - b.1).abs() < 1e-3, "{name}: scores {} vs {}", a.1, b.1);
+    }
+    let sentences = ["A man is playing a guitar.", "The report is due on Friday."];
+    for (a, b) in embed(&onnx, &sentences, json!({})).iter().zip(embed(&tract, &sentences, json!({}))) {
+        assert!(cosine(a, &b) > 0.999, "backends disagree: cosine {}", cosine(a, &b));
+    }
+}
+
+#[test]
+fn gpu_target_without_cuda_fails_or_falls_back_as_configured() {
+    let Some(library) = onnxruntime_library() else { return };
+    let library = library.to_str().unwrap();
+    let gpu = |fallback: bool| {
+        edited_repository(&test_models(), &["faulty"], move |t| {
+            t.replace(
+                "[plugin]",
+                &format!("backend = \"onnx\"\ntarget = \"gpu\"\ngpu_fallback = {fallback}\n[plugin]"),
+            )
+        })
+    };
+    // The CPU-only onnxruntime wheel has no CUDA provider (a GPU machine with onnxruntime-gpu
+    // passes the first half instead; this suite runs on CPU machines).
+    let strict = gpu(false);
+    let (_, log) = run_to_failure(strict.path(), &[], &[("ORT_DYLIB_PATH", library)]);
+    assert!(log.contains("target = \"gpu\" needs ONNX Runtime with CUDA"), "{log}");
+    let lenient = gpu(true);
+    let server = Server::start_env(lenient.path(), &[], &[("ORT_DYLIB_PATH", Path::new(library))]);
+    assert!(server.log().contains("running on the CPU as gpu_fallback allows"), "{}", server.log());
+    assert_serves(&server);
+}

@@ -135,6 +135,21 @@ impl Server {
         Response { status: r.status().as_u16(), header_length, body }
     }
 
+    /// Send a hand-written HTTP request; returns status and body.
+    pub fn raw_http(&self, request: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.base.trim_start_matches("http://")).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        // The server may keep the connection open waiting for the body it refused: read
+        // until the timeout; what arrived before it stays in the buffer.
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response);
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    }
+
     /// POST a JSON inference request to `model`.
     pub fn infer(&self, model: &str, request: &Value) -> Response {
         self.post(

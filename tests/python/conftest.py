@@ -1,0 +1,64 @@
+"""Start the real wasmserve binary for the client tests."""
+
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Server:
+    def __init__(self, repository: Path):
+        binary = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/debug/wasmserve"))
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--repository", str(repository), "--port", "0"],
+            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"},
+        )
+        self.log = []
+        found = threading.Event()
+
+        def pump():
+            for line in self.proc.stderr:
+                self.log.append(line)
+                m = re.search(r"listening on (\S+)", line)
+                if m and not found.is_set():
+                    self.address = m.group(1)
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(30):
+            self.stop()
+            raise RuntimeError("wasmserve did not start:\n" + "".join(self.log))
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server(ROOT / "examples/models")
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(s.address)
+    deadline = time.time() + 120
+    while not client.is_server_ready():
+        if s.proc.poll() is not None or time.time() > deadline:
+            s.stop()
+            raise RuntimeError("wasmserve never became ready:\n" + "".join(s.log))
+        time.sleep(0.1)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    import tritonclient.http as http
+
+    return http.InferenceServerClient(server.address)
