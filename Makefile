@@ -8,7 +8,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PORT ?= 8000
 EXAMPLE_PLUGINS := magika minilm
-WASM_OUT := plugins/target/wasm32-wasip2/release
+# Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
+WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
 .PHONY: serve test examples models plugins lint venv
 

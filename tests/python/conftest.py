@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Server:
     def __init__(self, repository: Path):
-        binary = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/debug/wasmserve"))
+        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+        binary = os.environ.get("WASMSERVE_BIN", str(target / "debug/wasmserve"))
         self.proc = subprocess.Popen(
             [binary, "serve", "--repository", str(repository), "--port", "0"],
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
