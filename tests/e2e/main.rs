@@ -238,6 +238,21 @@ fn a_faulty_plugin_fails_only_its_own_request() {
     assert_eq!(r.status, 400);
     assert!(r.error().contains("reading /etc/passwd: Err"), "{}", r.error());
 
+    // A plugin may run a loaded graph itself through wasi:nn, by model name.
+    let by_name = |graph: &str| {
+        server.infer(
+            "faulty",
+            &json!({"parameters": {"graph": graph},
+            "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]}),
+        )
+    };
+    let r = by_name("faulty");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.output("y")["data"], json!([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+    let r = by_name("nope");
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("wasi-nn load-by-name: ErrorCode::NotFound"), "{}", r.error());
+
     // Plugin work never blocks the threads that answer health checks.
     std::thread::scope(|s| {
         let loops: Vec<_> = (0..4).map(|_| s.spawn(|| faulty(&server, "loop").status)).collect();

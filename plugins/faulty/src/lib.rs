@@ -7,10 +7,28 @@
 //! - `invalid` / `internal`: return that plugin error;
 //! - `malformed`: return a graph input whose data does not fit its shape;
 //! - `read-outside`: try to read a file outside `/data`, fail with what happened.
+//!
+//! With `graph=NAME` it also runs graph NAME itself through `wasi:nn` (`load-by-name`) and
+//! answers with that result instead of the host's: the path an ensemble plugin takes.
 
+use wasmserve_plugin::bindings::wasi::nn::{errors::Error as NnError, graph, tensor as nn};
 use wasmserve_plugin::{
     Datatype, Guest, Params, PluginError, Prepared, Tensor, find, internal, invalid, param,
 };
+
+/// Run graph `name` on `x` (as its input `X`) through wasi:nn; its `Y` as tensor `y`.
+fn run_graph(name: &str, x: &Tensor) -> Result<Tensor, PluginError> {
+    let nn_error = |what: &str, e: NnError| invalid(format!("wasi-nn {what}: {:?}: {}", e.code(), e.data()));
+    let graph = graph::load_by_name(name).map_err(|e| nn_error("load-by-name", e))?;
+    let context = graph.init_execution_context().map_err(|e| nn_error("init-execution-context", e))?;
+    let dims: Vec<u32> = x.shape.iter().map(|&d| d as u32).collect();
+    let input = nn::Tensor::new(&dims, nn::TensorType::Fp32, &x.data);
+    let outputs = context.compute(vec![("X".to_string(), input)]).map_err(|e| nn_error("compute", e))?;
+    let (_, y) =
+        outputs.into_iter().find(|(n, _)| n == "Y").ok_or_else(|| internal("graph returned no Y"))?;
+    let shape = y.dimensions().iter().map(|&d| i64::from(d)).collect();
+    Ok(Tensor { name: "y".into(), datatype: Datatype::Fp32, shape, data: y.data() })
+}
 
 struct Faulty;
 
@@ -49,16 +67,23 @@ impl Guest for Faulty {
             }
             _ => {}
         }
+        let context = match param(&params, "graph") {
+            Some(name) => vec![run_graph(name, x)?],
+            None => vec![],
+        };
         let mut graph_input = x.clone();
         graph_input.name = "X".into();
-        Ok(Prepared { graph_inputs: vec![graph_input], context: vec![] })
+        Ok(Prepared { graph_inputs: vec![graph_input], context })
     }
 
     fn postprocess(
         outputs: Vec<Tensor>,
-        _context: Vec<Tensor>,
+        context: Vec<Tensor>,
         _params: Params,
     ) -> Result<Vec<Tensor>, PluginError> {
+        if let Some(y) = context.into_iter().next() {
+            return Ok(vec![y]);
+        }
         let mut y = find(&outputs, "Y")?.clone();
         y.name = "y".into();
         Ok(vec![y])

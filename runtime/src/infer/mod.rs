@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmtime_wasi_nn::backend::{BackendError, NamedTensor};
 use wasmtime_wasi_nn::wit::TensorType;
-use wasmtime_wasi_nn::{Graph, GraphRegistry};
+use wasmtime_wasi_nn::{Graph, GraphRegistry, Tensor as NnTensor};
 
 /// Server-wide settings for the backends.
 #[derive(Debug, Clone, Default)]
@@ -138,50 +138,71 @@ fn position(names: &[String], id: &wasmtime_wasi_nn::backend::Id) -> Result<usiz
     found.ok_or_else(|| nn_error(anyhow!("graph has no tensor {id:?}; it has {names:?}")))
 }
 
-/// What a backend provides: named tensors in, every named output out.
+/// What a backend provides: one inference, tensors in the graph's input order in, every
+/// output in the graph's output order out. Names live in [`graph`]'s wrapper.
 trait Runner: Send + Sync + 'static {
-    /// The graph's input names, in its order.
-    fn inputs(&self) -> &[String];
-    /// The graph's output names, in its order.
-    fn outputs(&self) -> &[String];
-    /// One inference.
-    fn run(&self, inputs: Vec<NamedTensor>) -> anyhow::Result<Vec<NamedTensor>>;
+    fn run(&self, inputs: Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>>;
 }
 
-/// Wrap a backend's runner as a wasi-nn graph.
-fn graph(runner: impl Runner) -> Graph {
-    let graph: Box<dyn wasmtime_wasi_nn::backend::BackendGraph> = Box::new(RunnerGraph(Arc::new(runner)));
+/// A graph's input and output names, in its order.
+struct Names {
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+/// Wrap a backend's runner as a wasi-nn graph with these input and output names.
+fn graph(inputs: Vec<String>, outputs: Vec<String>, runner: impl Runner) -> Graph {
+    let graph: Box<dyn wasmtime_wasi_nn::backend::BackendGraph> =
+        Box::new(RunnerGraph { names: Arc::new(Names { inputs, outputs }), runner: Arc::new(runner) });
     graph.into()
 }
 
-/// Order `inputs` as the graph declares them; errors name what is missing or unknown.
-fn in_graph_order(
-    names: &[String],
-    inputs: Vec<NamedTensor>,
-) -> anyhow::Result<Vec<wasmtime_wasi_nn::Tensor>> {
-    if let Some(extra) = inputs.iter().find(|t| !names.contains(&t.name)) {
-        bail!("the graph has no input '{}'; its inputs are {names:?}", extra.name);
-    }
-    let mut slots: Vec<Option<wasmtime_wasi_nn::Tensor>> = vec![None; names.len()];
-    for input in inputs {
-        let i = names.iter().position(|n| *n == input.name).expect("checked above");
-        slots[i] = Some(input.tensor);
-    }
-    slots
-        .into_iter()
-        .zip(names)
-        .map(|(slot, name)| slot.ok_or_else(|| anyhow!("graph input '{name}' was not provided")))
-        .collect()
+#[derive(Clone)]
+struct RunnerGraph {
+    names: Arc<Names>,
+    runner: Arc<dyn Runner>,
 }
 
-struct RunnerGraph(Arc<dyn Runner>);
+impl RunnerGraph {
+    /// Run named inputs (any order); name the outputs. Errors name what is missing or unknown.
+    fn run_named(&self, inputs: Vec<NamedTensor>) -> anyhow::Result<Vec<NamedTensor>> {
+        let names = &self.names.inputs;
+        if let Some(extra) = inputs.iter().find(|t| !names.contains(&t.name)) {
+            bail!("the graph has no input '{}'; its inputs are {names:?}", extra.name);
+        }
+        let mut slots: Vec<Option<NnTensor>> = vec![None; names.len()];
+        for input in inputs {
+            let i = names.iter().position(|n| *n == input.name).expect("checked above");
+            slots[i] = Some(input.tensor);
+        }
+        let ordered = slots
+            .into_iter()
+            .zip(names)
+            .map(|(slot, name)| slot.ok_or_else(|| anyhow!("graph input '{name}' was not provided")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let outputs = self.runner.run(ordered)?;
+        anyhow::ensure!(
+            outputs.len() == self.names.outputs.len(),
+            "the backend returned {} outputs for a graph of {}",
+            outputs.len(),
+            self.names.outputs.len()
+        );
+        Ok(self
+            .names
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(name, tensor)| NamedTensor { name: name.clone(), tensor })
+            .collect())
+    }
+}
 
 impl wasmtime_wasi_nn::backend::BackendGraph for RunnerGraph {
     fn init_execution_context(&self) -> Result<wasmtime_wasi_nn::ExecutionContext, BackendError> {
         let context: Box<dyn wasmtime_wasi_nn::backend::BackendExecutionContext> = Box::new(RunnerContext {
-            inputs: vec![None; self.0.inputs().len()],
+            inputs: vec![None; self.names.inputs.len()],
             outputs: Vec::new(),
-            runner: self.0.clone(),
+            graph: self.clone(),
         });
         Ok(context.into())
     }
@@ -189,27 +210,24 @@ impl wasmtime_wasi_nn::backend::BackendGraph for RunnerGraph {
 
 /// Execution state for the witx-style calls (`set_input`, `compute`, `get_output`).
 struct RunnerContext {
-    runner: Arc<dyn Runner>,
-    inputs: Vec<Option<wasmtime_wasi_nn::Tensor>>,
-    outputs: Vec<wasmtime_wasi_nn::Tensor>,
+    graph: RunnerGraph,
+    inputs: Vec<Option<NnTensor>>,
+    outputs: Vec<NnTensor>,
 }
 
 impl wasmtime_wasi_nn::backend::BackendExecutionContext for RunnerContext {
     fn set_input(
         &mut self,
         id: wasmtime_wasi_nn::backend::Id,
-        tensor: &wasmtime_wasi_nn::Tensor,
+        tensor: &NnTensor,
     ) -> Result<(), BackendError> {
-        let i = position(self.runner.inputs(), &id)?;
+        let i = position(&self.graph.names.inputs, &id)?;
         self.inputs[i] = Some(tensor.clone());
         Ok(())
     }
 
-    fn get_output(
-        &mut self,
-        id: wasmtime_wasi_nn::backend::Id,
-    ) -> Result<wasmtime_wasi_nn::Tensor, BackendError> {
-        let i = position(self.runner.outputs(), &id)?;
+    fn get_output(&mut self, id: wasmtime_wasi_nn::backend::Id) -> Result<NnTensor, BackendError> {
+        let i = position(&self.graph.names.outputs, &id)?;
         self.outputs.get(i).cloned().ok_or_else(|| nn_error(anyhow!("no output yet: call compute first")))
     }
 
@@ -218,21 +236,16 @@ impl wasmtime_wasi_nn::backend::BackendExecutionContext for RunnerContext {
         inputs: Option<Vec<NamedTensor>>,
     ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
         match inputs {
-            Some(inputs) => Ok(Some(self.runner.run(inputs).map_err(nn_error)?)),
+            Some(inputs) => Ok(Some(self.graph.run_named(inputs).map_err(nn_error)?)),
             None => {
                 let inputs = self
-                    .runner
-                    .inputs()
+                    .inputs
                     .iter()
-                    .zip(&self.inputs)
-                    .map(|(name, t)| {
-                        let tensor = t.clone().ok_or_else(|| anyhow!("input '{name}' was not set"))?;
-                        Ok(NamedTensor { name: name.clone(), tensor })
-                    })
+                    .zip(&self.graph.names.inputs)
+                    .map(|(t, name)| t.clone().ok_or_else(|| anyhow!("input '{name}' was not set")))
                     .collect::<anyhow::Result<Vec<_>>>()
                     .map_err(nn_error)?;
-                self.outputs =
-                    self.runner.run(inputs).map_err(nn_error)?.into_iter().map(|t| t.tensor).collect();
+                self.outputs = self.graph.runner.run(inputs).map_err(nn_error)?;
                 Ok(None)
             }
         }

@@ -4,23 +4,20 @@
 //! `libonnxruntime.so`, or `onnxruntime-gpu`'s for CUDA), so the binary needs nothing
 //! installed unless a model asks for this backend.
 
-use super::{BackendOptions, Runner, graph};
+use super::{BackendOptions, NnTensor, Runner, graph};
 use crate::config::{GraphConfig, Target};
 use anyhow::{Context, anyhow, bail};
 use ort::execution_providers::{CPUExecutionProvider, CUDAExecutionProvider, ExecutionProvider};
-use ort::session::{Session, builder::GraphOptimizationLevel};
+use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::tensor::TensorElementType;
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
-use wasmtime_wasi_nn::backend::NamedTensor;
 use wasmtime_wasi_nn::wit::TensorType;
 
 struct Onnx {
     /// `Session::run` takes `&mut self` in this ort release.
     session: Mutex<Session>,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
 }
 
 /// Load ONNX Runtime's library once per process. A missing or broken library is an error
@@ -84,7 +81,7 @@ pub fn load(
     };
     let inputs = session.inputs.iter().map(|i| i.name.clone()).collect();
     let outputs = session.outputs.iter().map(|o| o.name.clone()).collect();
-    Ok(graph(Onnx { session: Mutex::new(session), inputs, outputs }))
+    Ok(graph(inputs, outputs, Onnx { session: Mutex::new(session) }))
 }
 
 fn session(model: &[u8], config: &GraphConfig, gpu: bool) -> anyhow::Result<Session> {
@@ -105,29 +102,18 @@ fn session(model: &[u8], config: &GraphConfig, gpu: bool) -> anyhow::Result<Sess
 }
 
 impl Runner for Onnx {
-    fn inputs(&self) -> &[String] {
-        &self.inputs
-    }
-
-    fn outputs(&self) -> &[String] {
-        &self.outputs
-    }
-
-    fn run(&self, inputs: Vec<NamedTensor>) -> anyhow::Result<Vec<NamedTensor>> {
+    fn run(&self, inputs: Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>> {
         let inputs = inputs
             .into_iter()
-            .map(|t| Ok((t.name, to_ort(t.tensor)?)))
-            .collect::<anyhow::Result<Vec<(String, DynValue)>>>()?;
+            .map(|t| to_ort(t).map(SessionInputValue::from))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut session = self.session.lock().map_err(|_| anyhow!("session poisoned"))?;
-        let outputs = session.run(inputs)?;
-        outputs
-            .iter()
-            .map(|(name, value)| Ok(NamedTensor { name: name.to_string(), tensor: from_ort(&value)? }))
-            .collect()
+        let outputs = session.run(inputs.as_slice())?;
+        outputs.iter().map(|(_, value)| from_ort(&value)).collect()
     }
 }
 
-fn to_ort(t: wasmtime_wasi_nn::Tensor) -> anyhow::Result<DynValue> {
+fn to_ort(t: NnTensor) -> anyhow::Result<DynValue> {
     let shape: Vec<i64> = t.dimensions.iter().map(|&d| i64::from(d)).collect();
     let d = &t.data;
     Ok(match t.ty {
@@ -153,14 +139,14 @@ fn to_ort(t: wasmtime_wasi_nn::Tensor) -> anyhow::Result<DynValue> {
     })
 }
 
-fn from_ort(value: &ort::value::ValueRef<'_>) -> anyhow::Result<wasmtime_wasi_nn::Tensor> {
+fn from_ort(value: &ort::value::ValueRef<'_>) -> anyhow::Result<NnTensor> {
     fn extract<T: ort::tensor::PrimitiveTensorElementType + bytemuck::Pod>(
         value: &ort::value::ValueRef<'_>,
         ty: TensorType,
-    ) -> anyhow::Result<wasmtime_wasi_nn::Tensor> {
+    ) -> anyhow::Result<NnTensor> {
         let (shape, data) = value.try_extract_tensor::<T>()?;
         let dimensions = shape.iter().map(|&d| u32::try_from(d)).collect::<Result<_, _>>()?;
-        Ok(wasmtime_wasi_nn::Tensor::new(dimensions, ty, bytemuck::cast_slice(data).to_vec()))
+        Ok(NnTensor::new(dimensions, ty, bytemuck::cast_slice(data).to_vec()))
     }
     match value.dtype() {
         ValueType::Tensor { ty, .. } => match ty {

@@ -5,12 +5,11 @@
 //! symbolically (magika's one-hot `Expand`); those get a plan per distinct set of input
 //! shapes instead, made on first use and kept (up to [`MAX_PLANS`]).
 
-use super::{Runner, graph, in_graph_order};
+use super::{NnTensor, Runner, graph};
 use anyhow::{Context, anyhow};
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
-use wasmtime_wasi_nn::backend::NamedTensor;
 use wasmtime_wasi_nn::wit::TensorType;
 
 #[cfg(target_endian = "big")]
@@ -29,8 +28,6 @@ enum Plans {
 
 struct Tract {
     plans: Plans,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
 }
 
 /// tract's errors carry their cause chain; keep it on one line.
@@ -63,7 +60,7 @@ pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
             Plans::PerShape { model, plans: Mutex::new(vec![(shapes, plan)]) }
         }
     };
-    Ok(graph(Tract { plans, inputs, outputs }))
+    Ok(graph(inputs, outputs, Tract { plans }))
 }
 
 fn default_shapes(model: &InferenceModel) -> anyhow::Result<Shapes> {
@@ -112,29 +109,15 @@ impl Tract {
 }
 
 impl Runner for Tract {
-    fn inputs(&self) -> &[String] {
-        &self.inputs
-    }
-
-    fn outputs(&self) -> &[String] {
-        &self.outputs
-    }
-
-    fn run(&self, inputs: Vec<NamedTensor>) -> anyhow::Result<Vec<NamedTensor>> {
-        let inputs = in_graph_order(&self.inputs, inputs)?
-            .iter()
-            .map(|t| to_tract(t).map(TValue::from))
-            .collect::<anyhow::Result<TVec<_>>>()?;
+    fn run(&self, inputs: Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>> {
+        let inputs =
+            inputs.iter().map(|t| to_tract(t).map(TValue::from)).collect::<anyhow::Result<TVec<_>>>()?;
         let outputs = self.plan(&inputs)?.run(inputs).map_err(err)?;
-        outputs
-            .into_iter()
-            .zip(&self.outputs)
-            .map(|(t, name)| Ok(NamedTensor { name: name.clone(), tensor: from_tract(&t)? }))
-            .collect()
+        outputs.iter().map(|t| from_tract(t)).collect()
     }
 }
 
-fn to_tract(t: &wasmtime_wasi_nn::Tensor) -> anyhow::Result<Tensor> {
+fn to_tract(t: &NnTensor) -> anyhow::Result<Tensor> {
     let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
     let d = &t.data;
     match t.ty {
@@ -149,7 +132,7 @@ fn to_tract(t: &wasmtime_wasi_nn::Tensor) -> anyhow::Result<Tensor> {
     .map_err(err)
 }
 
-fn from_tract(t: &Tensor) -> anyhow::Result<wasmtime_wasi_nn::Tensor> {
+fn from_tract(t: &Tensor) -> anyhow::Result<NnTensor> {
     let ty = match t.datum_type() {
         DatumType::F16 => TensorType::Fp16,
         DatumType::F32 => TensorType::Fp32,
@@ -160,5 +143,5 @@ fn from_tract(t: &Tensor) -> anyhow::Result<wasmtime_wasi_nn::Tensor> {
         other => anyhow::bail!("graph output of type {other:?} has no wasi-nn equivalent"),
     };
     let dimensions = t.shape().iter().map(|&d| u32::try_from(d)).collect::<Result<_, _>>()?;
-    Ok(wasmtime_wasi_nn::Tensor::new(dimensions, ty, t.as_bytes().to_vec()))
+    Ok(NnTensor::new(dimensions, ty, t.as_bytes().to_vec()))
 }
