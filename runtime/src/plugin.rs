@@ -171,12 +171,20 @@ impl Plugin {
         Error::PluginFailed { plugin: self.name.clone(), message }
     }
 
+    /// A trap as the client sees it: the cause in one line. The wasm backtrace, and whatever
+    /// the plugin printed (a Rust panic's message goes to stderr), are in the server's log.
     fn trapped(&self, e: wasmtime::Error) -> Error {
+        tracing::warn!(plugin = %self.name, "plugin trapped: {e:?}");
+        let root = e.root_cause().to_string();
         let message = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => {
                 format!("exceeded its time limit of {} ms", self.timeout.as_millis())
             }
-            _ => format!("trapped: {e:#}"),
+            _ if root.contains("growing memory") => {
+                format!("exceeded its memory limit of {} MiB", self.memory_limit >> 20)
+            }
+            Some(trap) => format!("{trap} (details in the server log)"),
+            None => format!("trapped: {root}"),
         };
         self.failed(message)
     }

@@ -221,9 +221,9 @@ fn a_faulty_plugin_fails_only_its_own_request() {
     let server = Server::start(&test_models(), &[]);
     assert_serves(&server);
     for (fault, status, message) in [
-        ("trap", 500, "plugin 'faulty' failed: trapped"),
+        ("trap", 500, "plugin 'faulty' failed: wasm trap: wasm `unreachable` instruction executed"),
         ("loop", 500, "plugin 'faulty' failed: exceeded its time limit of 500 ms"),
-        ("memory", 500, "plugin 'faulty' failed: trapped"),
+        ("memory", 500, "plugin 'faulty' failed: exceeded its memory limit of 64 MiB"),
         ("invalid", 400, "plugin 'faulty' rejected the input: asked to refuse"),
         ("internal", 500, "plugin 'faulty' failed: asked to fail"),
         ("malformed", 500, "preprocess returned a malformed tensor"),
