@@ -2,12 +2,14 @@
 //!
 //! Plugin calls and inference are CPU-bound and synchronous, so they run on tokio's
 //! blocking pool, never on the threads that accept connections and answer health checks.
+//! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
 use crate::error::Error;
 use crate::infer;
 use crate::repository::Model;
 use crate::tensor::Tensor;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
 pub async fn run(
@@ -25,12 +27,22 @@ fn pipeline(
     inputs: Vec<Tensor>,
     params: &Vec<(String, String)>,
 ) -> Result<Vec<Tensor>, Error> {
+    let started = Instant::now();
     let mut instance = model.plugin.instantiate()?;
     let prepared = instance.preprocess(inputs, params)?;
+    let preprocessed = Instant::now();
     let outputs = infer::run(&model.graph, prepared.graph_inputs)
         .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })?;
+    let inferred = Instant::now();
     let outputs = instance.postprocess(outputs, prepared.context, params)?;
     check_outputs(model, &outputs)?;
+    tracing::debug!(
+        model = %model.name,
+        preprocess_us = (preprocessed - started).as_micros() as u64,
+        infer_us = (inferred - preprocessed).as_micros() as u64,
+        postprocess_us = inferred.elapsed().as_micros() as u64,
+        "request done"
+    );
     Ok(outputs)
 }
 

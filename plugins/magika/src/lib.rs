@@ -17,6 +17,7 @@
 
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use wasmserve_plugin::{
     Guest, Params, PluginError, Prepared, Tensor, batch_size, bytes_tensor, find, internal, tensor,
     unpack_bytes, values,
@@ -46,8 +47,16 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, PluginErro
     serde_json::from_slice(&text).map_err(|e| internal(format!("parsing {path}: {e}")))
 }
 
-fn config() -> Result<ModelConfig, PluginError> {
-    read_json("/data/config.min.json")
+/// Read once per instance (an instance may serve more than one call).
+fn config() -> Result<&'static ModelConfig, PluginError> {
+    static CONFIG: OnceLock<Result<ModelConfig, PluginError>> = OnceLock::new();
+    CONFIG.get_or_init(|| read_json("/data/config.min.json")).as_ref().map_err(Clone::clone)
+}
+
+/// Which labels are text, and their MIME types; read once per instance.
+fn content_types() -> Result<&'static HashMap<String, ContentType>, PluginError> {
+    static KB: OnceLock<Result<HashMap<String, ContentType>, PluginError>> = OnceLock::new();
+    KB.get_or_init(|| read_json("/data/content_types_kb.min.json")).as_ref().map_err(Clone::clone)
 }
 
 /// Python's `bytes.isspace` set.
@@ -110,7 +119,7 @@ impl Guest for Magika {
             features.extend(std::iter::repeat_n(config.padding_token, config.beg_size - beg.len()));
             features.extend(std::iter::repeat_n(config.padding_token, config.end_size - end.len()));
             features.extend(end.iter().map(|&b| i32::from(b)));
-            fixed.push(match label_without_model(file, beg, &config) {
+            fixed.push(match label_without_model(file, beg, config) {
                 None => 0,
                 Some("empty") => 1,
                 Some("txt") => 2,
@@ -130,7 +139,7 @@ impl Guest for Magika {
         _params: Params,
     ) -> Result<Vec<Tensor>, PluginError> {
         let config = config()?;
-        let kb: HashMap<String, ContentType> = read_json("/data/content_types_kb.min.json")?;
+        let kb = content_types()?;
         let probabilities = find(&outputs, "target_label")?;
         let classes = config.target_labels_space.len();
         let scores = values::<f32>(probabilities)?;

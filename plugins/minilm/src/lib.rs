@@ -9,6 +9,7 @@
 //! Request parameter `normalize=false` skips the L2 normalisation.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use unicode_general_category::{GeneralCategory as Gc, get_general_category};
 use unicode_normalization::UnicodeNormalization;
 use wasmserve_plugin::{
@@ -22,18 +23,26 @@ const MAX_TOKENS: usize = 256;
 const MAX_WORD_CHARS: usize = 100;
 
 struct Vocab {
-    ids: HashMap<String, i64>,
+    ids: HashMap<&'static str, i64>,
     unk: i64,
     cls: i64,
     sep: i64,
 }
 
 impl Vocab {
+    /// The vocabulary, read once per instance (an instance may serve more than one call).
+    fn get() -> Result<&'static Self, PluginError> {
+        static VOCAB: OnceLock<Result<Vocab, PluginError>> = OnceLock::new();
+        VOCAB.get_or_init(Self::load).as_ref().map_err(Clone::clone)
+    }
+
     fn load() -> Result<Self, PluginError> {
         let text = std::fs::read_to_string("/data/vocab.txt")
             .map_err(|e| internal(format!("reading /data/vocab.txt: {e}")))?;
-        let ids: HashMap<String, i64> =
-            text.lines().enumerate().map(|(i, t)| (t.to_string(), i as i64)).collect();
+        // Kept for the instance's lifetime: the map borrows its tokens instead of copying them.
+        let text: &'static str = String::leak(text);
+        let mut ids = HashMap::with_capacity(32 << 10);
+        ids.extend(text.lines().enumerate().map(|(i, t)| (t, i as i64)));
         let id = |t: &str| ids.get(t).copied().ok_or_else(|| internal(format!("vocab lacks {t}")));
         Ok(Self { unk: id("[UNK]")?, cls: id("[CLS]")?, sep: id("[SEP]")?, ids })
     }
@@ -55,7 +64,7 @@ impl Vocab {
                 if start > 0 {
                     piece.insert_str(0, "##");
                 }
-                if let Some(&id) = self.ids.get(&piece) {
+                if let Some(&id) = self.ids.get(piece.as_str()) {
                     found = Some(id);
                     break;
                 }
@@ -159,7 +168,7 @@ struct MiniLm;
 
 impl Guest for MiniLm {
     fn preprocess(inputs: Vec<Tensor>, _params: Params) -> Result<Prepared, PluginError> {
-        let vocab = Vocab::load()?;
+        let vocab = Vocab::get()?;
         let sentences = unpack_bytes(find(&inputs, "text")?)?;
         if sentences.is_empty() {
             return Err(invalid("tensor 'text' holds no sentences"));

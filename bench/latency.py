@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Sequential latency of the example models, tract against ONNX Runtime, in one run.
+
+Starts the release binary twice on the example models (as configured, on tract; and with
+backend = "onnx"), sends the same requests one at a time, and prints one table: client-side
+p50/p99 and the server's own median time per stage (preprocess, infer, postprocess), read
+from its debug log. No concurrency and no batching: the throughput benchmark against other
+servers is bench work still to come (see the issues).
+
+    make examples && cargo build --release
+    ORT_DYLIB_PATH=$(.venv/bin/python tests/onnxruntime_library.py) python3 bench/latency.py
+"""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARY = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/release/wasmserve"))
+RAW = {"Inference-Header-Content-Length": "0"}
+
+
+def serve(repo):
+    env = {**os.environ, "RUST_LOG": "wasmserve::schedule=debug,info", "NO_COLOR": "1"}
+    proc = subprocess.Popen([BINARY, "serve", "-r", str(repo), "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    log, addr = [], []
+
+    def pump():
+        for line in proc.stderr:
+            log.append(line)
+            if m := re.search(r"listening on (\S+)", line):
+                addr.append(m.group(1))
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit("wasmserve exited:\n" + "".join(log))
+        try:
+            if addr and urllib.request.urlopen(f"http://{addr[0]}/v2/health/ready").status == 200:
+                return proc, addr[0], log
+        except OSError:
+            pass
+        time.sleep(0.1)
+    sys.exit("wasmserve not ready:\n" + "".join(log))
+
+
+def post(addr, model, body, headers):
+    req = urllib.request.Request(f"http://{addr}/v2/models/{model}/infer", data=body, headers=headers)
+    with urllib.request.urlopen(req) as r:
+        return r.read()
+
+
+def main():
+    sentences = json.loads((ROOT / "tests/fixtures/minilm/expected.json").read_text())["sentences"][:7]
+    text = lambda n: json.dumps({"inputs": [{"name": "text", "shape": [n], "datatype": "BYTES", "data": (sentences * 5)[:n]}]}).encode()
+    cases = [
+        ("magika, 1 PDF (raw body)", "magika", (ROOT / "tests/fixtures/magika/files/doc.pdf").read_bytes(), RAW, 200),
+        ("minilm, 1 sentence", "minilm", text(1), {}, 100),
+        ("minilm, 32 sentences", "minilm", text(32), {}, 20),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = Path(tmp)
+        for model in ("magika", "minilm"):
+            (onnx / model).mkdir()
+            for f in (ROOT / "examples/models" / model).iterdir():
+                if f.name != "model.toml":
+                    (onnx / model / f.name).symlink_to(f)
+            toml = (ROOT / "examples/models" / model / "model.toml").read_text()
+            (onnx / model / "model.toml").write_text(toml.replace('backend = "tract"', 'backend = "onnx"'))
+        backends = [("tract", ROOT / "examples/models")]
+        if os.environ.get("ORT_DYLIB_PATH"):
+            backends.append(("onnxruntime", onnx))
+        else:
+            print("ORT_DYLIB_PATH not set: measuring tract only", file=sys.stderr)
+        for backend, repo in backends:
+            proc, addr, log = serve(repo)
+            try:
+                for name, model, body, headers, n in cases:
+                    for _ in range(5):
+                        post(addr, model, body, headers)
+                    mark = len(log)
+                    times = []
+                    for _ in range(n):
+                        t = time.perf_counter()
+                        post(addr, model, body, headers)
+                        times.append(1000 * (time.perf_counter() - t))
+                    time.sleep(0.2)
+                    stages = [tuple(map(int, m.groups())) for line in log[mark:]
+                              if (m := re.search(r"preprocess_us=(\d+) infer_us=(\d+) postprocess_us=(\d+)", line))]
+                    med = [statistics.median(s[i] for s in stages) / 1000 for i in range(3)] if stages else [float("nan")] * 3
+                    times.sort()
+                    rows.append((name, backend, n, times[len(times) // 2], times[int(0.99 * len(times)) - 1], *med))
+            finally:
+                proc.kill()
+                proc.wait()
+    print(f"{'request':26} {'backend':12} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'pre ms':>7} {'infer ms':>9} {'post ms':>8}")
+    for name, backend, n, p50, p99, pre, inf, post_ in sorted(rows):
+        print(f"{name:26} {backend:12} {n:4d} {p50:8.2f} {p99:8.2f} {pre:7.2f} {inf:9.2f} {post_:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
