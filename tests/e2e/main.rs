@@ -233,10 +233,20 @@ fn a_faulty_plugin_fails_only_its_own_request() {
         assert!(r.error().contains(message), "{fault}: expected {message:?} in {:?}", r.error());
         assert_serves(&server);
     }
-    // The plugin sees no filesystem beyond what its config grants (here: nothing).
+    // The plugin sees no filesystem beyond what its config grants (here: nothing), no
+    // environment, no arguments, and no network: not even the server's own open port.
     let r = faulty(&server, "read-outside");
     assert_eq!(r.status, 400);
     assert!(r.error().contains("reading /etc/passwd: Err"), "{}", r.error());
+    let r = faulty(&server, "env");
+    assert!(r.error().ends_with("env: 0 variables, 0 arguments"), "{}", r.error());
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let r = server.infer(
+        "faulty",
+        &json!({"parameters": {"fault": "connect", "addr": addr},
+        "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]}),
+    );
+    assert!(r.error().contains(&format!("connect {addr}: Err")), "{}", r.error());
 
     // A plugin may run a loaded graph itself through wasi:nn, by model name.
     let by_name = |graph: &str| {

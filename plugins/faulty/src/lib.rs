@@ -6,7 +6,10 @@
 //! - `memory`: allocate until the memory cap refuses;
 //! - `invalid` / `internal`: return that plugin error;
 //! - `malformed`: return a graph input whose data does not fit its shape;
-//! - `read-outside`: try to read a file outside `/data`, fail with what happened.
+//! - `read-outside`: try to read a file outside `/data`, fail with what happened;
+//! - `env`: fail with the number of environment variables and arguments it sees;
+//! - `connect`: try to open a TCP connection to the address in parameter `addr`, fail with
+//!   what happened.
 //!
 //! With `graph=NAME` it also runs graph NAME itself through `wasi:nn` (`load-by-name`) and
 //! answers with that result instead of the host's: the path an ensemble plugin takes.
@@ -64,6 +67,15 @@ impl Guest for Faulty {
             Some("read-outside") => {
                 let got = std::fs::read("/etc/passwd").map(|b| b.len());
                 return Err(invalid(format!("reading /etc/passwd: {got:?}")));
+            }
+            Some("env") => {
+                let (vars, args) = (std::env::vars().count(), std::env::args().count());
+                return Err(invalid(format!("env: {vars} variables, {args} arguments")));
+            }
+            Some("connect") => {
+                let addr = param(&params, "addr").unwrap_or("127.0.0.1:80");
+                let got = std::net::TcpStream::connect(addr).map(|_| "connected");
+                return Err(invalid(format!("connect {addr}: {got:?}")));
             }
             _ => {}
         }
