@@ -67,6 +67,16 @@ pub enum Backend {
     Onnx,
 }
 
+impl Backend {
+    /// The name used in configs and metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::Onnx => "onnx",
+        }
+    }
+}
+
 /// Where a graph runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

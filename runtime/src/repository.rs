@@ -34,8 +34,7 @@ pub struct Model {
 impl Model {
     /// `backend` for metadata, e.g. `onnx/tract`.
     pub fn platform(&self) -> String {
-        let backend = serde_json::to_value(self.config.graph.backend).ok();
-        format!("onnx/{}", backend.as_ref().and_then(|b| b.as_str()).unwrap_or("?"))
+        format!("onnx/{}", self.config.graph.backend.name())
     }
 }
 
@@ -78,7 +77,8 @@ impl Repository {
             let started = Instant::now();
             let graph = infer::load(&dir.join(&config.graph.file), &config.graph, options)
                 .with_context(|| format!("model '{name}': cannot load its graph"))?;
-            tracing::info!(model = %name, backend = ?config.graph.backend, target = ?config.graph.target, elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
+            tracing::info!(model = %name, backend = config.graph.backend.name(),
+                target = ?config.graph.target, elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
             graphs.insert(name.clone(), graph.clone());
             loaded.push((name, dir, config, graph));
         }

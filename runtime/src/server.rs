@@ -59,11 +59,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .fallback(|| async { Error::NotFound("no such endpoint; see /v2".into()) })
         // The infer handler applies its own limit, answering 413 in the OIP error format.
         .layer(DefaultBodyLimit::disable())
@@ -83,18 +83,21 @@ async fn server_ready(State(state): State<AppState>) -> StatusCode {
     if state.repository().is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
-async fn model_metadata(State(state): State<AppState>, Path(model): Path<String>) -> Result<Response> {
-    metadata(&*state.model(&model, None)?)
+/// `{model}` and, on the versioned routes, `{version}`.
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
 }
 
-async fn model_metadata_version(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<Response> {
-    metadata(&*state.model(&model, Some(&version))?)
+impl AppState {
+    fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
+        self.model(&path.model, path.version.as_deref())
+    }
 }
 
-fn metadata(model: &Model) -> Result<Response> {
+async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
+    let model = state.model_at(&path)?;
     let mut body = json!({
         "name": model.name,
         "versions": [model.config.version],
@@ -108,43 +111,17 @@ fn metadata(model: &Model) -> Result<Response> {
     Ok(axum::Json(body).into_response())
 }
 
-async fn model_ready(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
-    state.model(&model, None).map(|_| StatusCode::OK)
-}
-
-async fn model_ready_version(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<StatusCode> {
-    state.model(&model, Some(&version)).map(|_| StatusCode::OK)
+async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<StatusCode> {
+    state.model_at(&path).map(|_| StatusCode::OK)
 }
 
 async fn infer(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    run_inference(state, model, None, headers, body).await
-}
-
-async fn infer_version(
-    State(state): State<AppState>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    run_inference(state, model, Some(version), headers, body).await
-}
-
-async fn run_inference(
-    state: AppState,
-    model: String,
-    version: Option<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let model = state.model(&model, version.as_deref())?;
+    let model = state.model_at(&path)?;
     let limit = state.0.max_body_bytes;
     let too_large =
         || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
@@ -161,6 +138,7 @@ async fn run_inference(
     let mut request = decode::decode(&body, header_length, &model.config.inputs)?;
     drop(body);
     let inputs = std::mem::take(&mut request.inputs);
-    let outputs = schedule::run(model.clone(), inputs, request.params.clone()).await?;
+    let params = std::mem::take(&mut request.params);
+    let outputs = schedule::run(model.clone(), inputs, params).await?;
     encode::encode(&model.name, &model.config.version, &request, outputs)
 }

@@ -123,6 +123,8 @@ fn health_metadata_and_binary_outputs() {
     assert_eq!(meta["inputs"], json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}]));
     assert_eq!(meta["outputs"], json!([{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]));
     assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(server.get("/v2/models/minilm/versions/1"), (status, body));
+    assert_eq!(server.get("/v2/models/minilm/versions/2").0, 404);
 
     // binary_data_output: the embedding comes back as raw little-endian floats after the JSON.
     let request = json!({"id": "req-7", "parameters": {"binary_data_output": true},
