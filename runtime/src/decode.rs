@@ -225,6 +225,26 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
     })
 }
 
+impl InferRequest {
+    /// Every requested output is one the model declares, asked for once. Checked before
+    /// any work is done for the request.
+    pub fn check_outputs(&self, declared: &[TensorSpec]) -> Result<()> {
+        for (i, wanted) in self.outputs.iter().enumerate() {
+            if !declared.iter().any(|s| s.name == wanted.name) {
+                let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
+                return Err(Error::bad_request(format!(
+                    "unknown output '{}': the model's outputs are {names:?}",
+                    wanted.name
+                )));
+            }
+            if self.outputs[..i].iter().any(|o| o.name == wanted.name) {
+                return Err(Error::bad_request(format!("output '{}' is requested twice", wanted.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every input the model declares is present, with its datatype and a fitting shape.
 fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
     for input in inputs {
@@ -395,6 +415,23 @@ mod tests {
         let r = decode(&[0u8; 24], Some("0"), &[spec("x", Datatype::Fp32, &[-1, 3])]).unwrap();
         assert_eq!(r.inputs[0].shape, [2, 3]);
         assert!(decode(&[0u8; 5], Some("0"), &[spec("x", Datatype::Fp32, &[-1])]).is_err());
+    }
+
+    #[test]
+    fn requested_outputs_are_checked_before_any_work() {
+        let declared = [spec("x", Datatype::Fp32, &[1])];
+        let body = |outputs: &str| {
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}],"outputs":{outputs}}}"#
+            )
+        };
+        let outputs = [spec("y", Datatype::Fp32, &[1])];
+        let ok = decode(body(r#"[{"name":"y"}]"#).as_bytes(), None, &declared).unwrap();
+        assert!(ok.check_outputs(&outputs).is_ok());
+        let twice = decode(body(r#"[{"name":"y"},{"name":"y"}]"#).as_bytes(), None, &declared).unwrap();
+        assert!(twice.check_outputs(&outputs).unwrap_err().to_string().contains("requested twice"));
+        let unknown = decode(body(r#"[{"name":"z"}]"#).as_bytes(), None, &declared).unwrap();
+        assert!(unknown.check_outputs(&outputs).unwrap_err().to_string().contains("unknown output 'z'"));
     }
 
     #[test]

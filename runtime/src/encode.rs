@@ -21,10 +21,10 @@ pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<T
             .outputs
             .iter()
             .map(|wanted| {
-                let i = outputs
-                    .iter()
-                    .position(|t| t.name == wanted.name)
-                    .ok_or_else(|| Error::bad_request(format!("unknown output '{}'", wanted.name)))?;
+                // decode checked the names against the config, schedule the plugin's answer.
+                let i = outputs.iter().position(|t| t.name == wanted.name).ok_or_else(|| {
+                    Error::Internal(format!("output '{}' is missing from the plugin's answer", wanted.name))
+                })?;
                 Ok((outputs.swap_remove(i), wanted.binary.unwrap_or(request.binary_outputs)))
             })
             .collect::<Result<_>>()?

@@ -136,6 +136,7 @@ async fn infer(
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))
         .transpose()?;
     let mut request = decode::decode(&body, header_length, &model.config.inputs)?;
+    request.check_outputs(&model.config.outputs)?;
     drop(body);
     let inputs = std::mem::take(&mut request.inputs);
     let params = std::mem::take(&mut request.params);

@@ -184,7 +184,10 @@ fn bad_requests_get_clear_errors() {
         "minilm",
         &json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "outputs": [{"name": "nope"}]}),
     );
-    assert_eq!((r.status, r.error()), (400, "unknown output 'nope'".to_string()));
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "unknown output 'nope': the model's outputs are [\"embedding\"]".to_string())
+    );
     // A plugin's refusal names the plugin: minilm takes UTF-8 only.
     let r = server.post("/v2/models/minilm/infer", &RAW, &[0xff, 0xfe, 0x00]);
     assert_eq!(r.status, 400);
