@@ -50,6 +50,40 @@ pub struct ModelConfig {
     pub inputs: Vec<TensorSpec>,
     /// The tensors a client receives.
     pub outputs: Vec<TensorSpec>,
+    /// Requests run through the whole pipeline at start-up; the model is ready only once
+    /// every one succeeded.
+    #[serde(default)]
+    pub warmup: Vec<Warmup>,
+}
+
+/// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
+///
+/// ```toml
+/// [[warmup]]
+/// file = "samples/page.pdf"     # sent as the raw body of the model's one input
+///
+/// [[warmup]]
+/// inputs = [{ name = "text", shape = [1], datatype = "BYTES", data = ["warm up"] }]
+/// parameters = { normalize = false }
+/// count = 3
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    /// A file, relative to the model directory, sent as the raw body of the model's one input.
+    pub file: Option<PathBuf>,
+    /// Input tensors as in an OIP JSON request's `inputs`.
+    pub inputs: Option<serde_json::Value>,
+    /// Request parameters for the plugin.
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// How many times to send it.
+    #[serde(default = "one")]
+    pub count: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_version() -> String {
@@ -176,6 +210,13 @@ impl ModelConfig {
             "`graph.target = \"gpu\"` needs `graph.backend = \"onnx\"`: tract runs on the CPU only"
         );
         anyhow::ensure!(self.plugin.memory_limit_mib > 0, "`plugin.memory_limit_mib` must be > 0");
+        for (i, w) in self.warmup.iter().enumerate() {
+            anyhow::ensure!(
+                w.file.is_some() != w.inputs.is_some(),
+                "`warmup[{i}]`: give either `file` or `inputs`"
+            );
+            anyhow::ensure!(w.count > 0, "`warmup[{i}].count` must be > 0");
+        }
         anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
         Ok(())
     }

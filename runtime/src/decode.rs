@@ -201,17 +201,7 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
         request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
     Ok(InferRequest {
         id: request.id,
-        params: request
-            .parameters
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, v)
-            })
-            .collect(),
+        params: render_params(request.parameters),
         inputs,
         outputs: request
             .outputs
@@ -243,6 +233,17 @@ impl InferRequest {
         }
         Ok(())
     }
+}
+
+/// Request parameters as the plugin gets them: string values as they are, others as JSON.
+pub fn render_params(parameters: Map<String, Value>) -> Vec<(String, String)> {
+    parameters
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect()
 }
 
 /// Every input the model declares is present, with its datatype and a fitting shape.

@@ -4,9 +4,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 use wasmserve::infer::BackendOptions;
 use wasmserve::repository::Repository;
-use wasmserve::server::{AppState, router};
+use wasmserve::server::{AppState, ReadyWhen, router};
 
 /// A model server: WebAssembly plugins pre- and post-process, tract or ONNX Runtime infers,
 /// clients speak the Open Inference Protocol (KServe v2) over HTTP.
@@ -21,9 +24,15 @@ struct Cli {
 enum Command {
     /// Serve every model in a model repository over HTTP.
     ///
-    /// The server answers /v2/health/live at once and /v2/health/ready once every model's
-    /// graph is loaded and its plugin compiled. A model that fails to load stops the server
-    /// with a message naming the model and the cause.
+    /// The server listens at once: /v2/health/live answers 200 while models load.
+    /// Each model then loads its graph, compiles its plugin and runs its warm-up requests;
+    /// /v2/health/ready answers 200 once every model is ready. A model that fails stays
+    /// unavailable with the reason in its answers, in /v2/repository/index and in the log,
+    /// and the others serve (or, with --exit-on-error, the server stops).
+    ///
+    /// On SIGTERM or Ctrl-C: readiness turns false at once, requests keep being served for
+    /// --shutdown-delay-secs (so load balancers can stop sending), then the server stops
+    /// accepting connections, finishes the requests in flight and exits 0.
     Serve(ServeArgs),
 }
 
@@ -49,8 +58,30 @@ struct ServeArgs {
     onnxruntime_library: Option<PathBuf>,
 
     /// Largest request body accepted, in MiB; larger ones get 413.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
+
+    /// When /v2/health/ready answers 200: when all models are ready, or any one.
+    #[arg(long, value_enum, default_value_t = ReadyWhen::All, env = "WASMSERVE_READY_WHEN")]
+    ready_when: ReadyWhen,
+
+    /// Stop the server if any model fails to load or warm up, instead of serving the others.
+    #[arg(long, env = "WASMSERVE_EXIT_ON_ERROR")]
+    exit_on_error: bool,
+
+    /// Serve (and report ready) even when the repository holds no model.
+    #[arg(long, env = "WASMSERVE_ALLOW_EMPTY_REPOSITORY")]
+    allow_empty_repository: bool,
+
+    /// After SIGTERM, keep serving this long with readiness false before refusing new
+    /// connections. On Kubernetes, a few seconds lets endpoints update first.
+    #[arg(long, default_value_t = 0, value_name = "SECS", env = "WASMSERVE_SHUTDOWN_DELAY_SECS")]
+    shutdown_delay_secs: u64,
+
+    /// After the delay, how long requests in flight may take to finish before the server
+    /// exits anyway. Keep delay + drain under Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS", env = "WASMSERVE_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,9 +93,12 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(serve(args))),
+        Command::Serve(args) => tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
+            let result = rt.block_on(serve(args));
+            // A model still loading must not hold the exit up.
+            rt.shutdown_timeout(Duration::from_millis(500));
+            result
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -77,23 +111,54 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let repository = Arc::new(Repository::scan(&args.repository)?);
+    anyhow::ensure!(
+        !repository.is_empty() || args.allow_empty_repository,
+        "no models in {}: each model is a directory with a model.toml (--allow-empty-repository serves none)",
+        args.repository.display()
+    );
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let state = AppState::new(args.max_body_mib << 20);
+    let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when);
     tracing::info!("listening on {}", listener.local_addr()?);
 
-    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
-    let root = args.repository;
-    let loading = tokio::task::spawn_blocking(move || Repository::load(&root, &options));
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown_signal());
-    let server = tokio::spawn(async move { server.await });
+    let stopping = Arc::new(Notify::new());
+    let shutdown = {
+        let (state, stopping) = (state.clone(), stopping.clone());
+        let delay = Duration::from_secs(args.shutdown_delay_secs);
+        async move {
+            shutdown_signal().await;
+            state.drain();
+            stopping.notify_one();
+            tracing::info!(
+                "shutting down: not ready; serving {delay:?} more, then finishing requests in flight"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("shutting down: no new connections");
+        }
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+    let mut server = tokio::spawn(async move { server.await });
 
-    let repository = loading.await.context("model loading panicked")??;
-    let names: Vec<&str> = repository.models().map(|m| m.name.as_str()).collect();
-    tracing::info!(models = ?names, "ready");
-    state.set_repository(repository);
-    server.await??;
+    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
+    let mut loading = tokio::task::spawn_blocking(move || repository.load(&options));
+    let failures = tokio::select! {
+        failures = &mut loading => failures.context("model loading panicked")?,
+        stopped = &mut server => return stopped?.context("server failed"),
+    };
+    if let (true, Some((name, reason))) = (args.exit_on_error, failures.first()) {
+        anyhow::bail!("model '{name}' is unavailable: {reason} (--exit-on-error)");
+    }
+    tracing::info!(unavailable = failures.len(), "all models loaded");
+
+    let drain_limit = Duration::from_secs(args.shutdown_delay_secs + args.drain_timeout_secs);
+    tokio::select! {
+        stopped = &mut server => stopped?.context("server failed")?,
+        _ = async { stopping.notified().await; tokio::time::sleep(drain_limit).await } => {
+            tracing::warn!("requests still in flight after {drain_limit:?}; exiting anyway");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -111,5 +176,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing requests in flight");
 }

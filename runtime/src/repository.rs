@@ -1,5 +1,10 @@
 //! repository: the models a server serves, loaded from a directory of model directories.
 //!
+//! Start-up, per model: read the config -> load the graph -> compile the plugin -> run the
+//! config's warm-up requests through the whole pipeline -> ready. A model that fails any step
+//! stays unavailable with the reason (in its endpoints' answers, the repository index and the
+//! log); the others serve.
+//!
 //! ```text
 //! models/
 //!   magika/
@@ -9,14 +14,16 @@
 //!     data/           files the plugin reads at /data
 //! ```
 
-use crate::config::{self, ModelConfig};
+use crate::config::{self, ModelConfig, Warmup};
+use crate::decode;
 use crate::error::Error;
 use crate::infer::{self, BackendOptions, Graphs};
 use crate::plugin::{Plugin, PluginHost};
+use crate::schedule;
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 /// A loaded model: its config, graph and plugin.
@@ -38,15 +45,38 @@ impl Model {
     }
 }
 
-/// Every model the server serves, by name.
+/// Where a model is in its start-up.
+#[derive(Clone)]
+pub enum State {
+    /// Not ready yet.
+    Loading,
+    /// Loaded and warmed up.
+    Ready(Arc<Model>),
+    /// Failed to load or warm up; the reason.
+    Unavailable(String),
+}
+
+impl State {
+    /// `LOADING`, `READY` or `UNAVAILABLE`, as in Triton's repository index.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Loading => "LOADING",
+            State::Ready(_) => "READY",
+            State::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+}
+
+/// Every model the server serves, by name, each with its state.
 pub struct Repository {
-    models: BTreeMap<String, Arc<Model>>,
+    models: BTreeMap<String, (PathBuf, RwLock<State>)>,
 }
 
 impl Repository {
-    /// Load every model directory under `root` (a directory holding `model.toml`).
-    pub fn load(root: &Path, options: &BackendOptions) -> anyhow::Result<Self> {
-        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+    /// Find the models under `root`: each directory holding a `model.toml`. All start
+    /// `Loading`; [`Repository::load`] brings them up.
+    pub fn scan(root: &Path) -> anyhow::Result<Self> {
+        let mut models = BTreeMap::new();
         let entries = std::fs::read_dir(root)
             .with_context(|| format!("cannot read model repository {}", root.display()))?;
         for entry in entries {
@@ -56,61 +86,152 @@ impl Repository {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .with_context(|| format!("model directory name {} is not UTF-8", path.display()))?;
-                dirs.push((name.to_string(), path));
+                models.insert(name.to_string(), (path, RwLock::new(State::Loading)));
             } else if path.is_dir() {
                 tracing::warn!(dir = %path.display(), "skipped: no {}", config::FILE_NAME);
             }
         }
-        anyhow::ensure!(
-            !dirs.is_empty(),
-            "no models in {}: each model is a directory with a {}",
-            root.display(),
-            config::FILE_NAME
-        );
-        dirs.sort();
-
-        // Graphs first: every plugin may call any loaded graph through wasi:nn.
-        let mut loaded = Vec::new();
-        let mut graphs = HashMap::new();
-        for (name, dir) in dirs {
-            let config = ModelConfig::load(&dir)?;
-            let started = Instant::now();
-            let graph = infer::load(&dir.join(&config.graph.file), &config.graph, options)
-                .with_context(|| format!("model '{name}': cannot load its graph"))?;
-            tracing::info!(model = %name, backend = config.graph.backend.name(),
-                target = ?config.graph.target, elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
-            graphs.insert(name.clone(), graph.clone());
-            loaded.push((name, dir, config, graph));
-        }
-        let graphs = Graphs::new(graphs);
-        let host = PluginHost::new()?;
-        let mut models = BTreeMap::new();
-        for (name, dir, config, graph) in loaded {
-            let started = Instant::now();
-            let plugin = host
-                .load(&name, &dir, &config.plugin, graphs.clone())
-                .with_context(|| format!("model '{name}': cannot load its plugin"))?;
-            tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
-            models.insert(name.clone(), Arc::new(Model { name, config, graph, plugin }));
-        }
         Ok(Self { models })
     }
 
-    /// The model called `name`, at `version` if one is asked for.
+    /// Bring every model up; returns the models that ended unavailable, with the reasons
+    /// (each is also logged).
+    pub fn load(&self, options: &BackendOptions) -> Vec<(String, String)> {
+        // Graphs first: every plugin may call any loaded graph through wasi:nn.
+        let mut loaded = Vec::new();
+        let mut graphs = HashMap::new();
+        for (name, (dir, _)) in &self.models {
+            let started = Instant::now();
+            let graph = ModelConfig::load(dir).and_then(|config| {
+                let graph = infer::load(&dir.join(&config.graph.file), &config.graph, options)
+                    .context("cannot load its graph")?;
+                tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
+                Ok((config, graph))
+            });
+            match graph {
+                Ok((config, graph)) => {
+                    graphs.insert(name.clone(), graph.clone());
+                    loaded.push((name, dir, config, graph));
+                }
+                Err(e) => self.set(name, State::Unavailable(format!("{e:#}"))),
+            }
+        }
+        let graphs = Graphs::new(graphs);
+        match PluginHost::new() {
+            Ok(host) => {
+                for (name, dir, config, graph) in loaded {
+                    let state = match bring_up(&host, name, dir, config, graph, &graphs) {
+                        Ok(model) => State::Ready(Arc::new(model)),
+                        Err(e) => State::Unavailable(format!("{e:#}")),
+                    };
+                    self.set(name, state);
+                }
+            }
+            Err(e) => loaded.iter().for_each(|(name, ..)| {
+                self.set(name, State::Unavailable(format!("cannot start the plugin engine: {e:#}")))
+            }),
+        }
+        self.states()
+            .filter_map(|(name, state)| match state {
+                State::Unavailable(reason) => Some((name.to_string(), reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set(&self, name: &str, state: State) {
+        match &state {
+            State::Ready(_) => tracing::info!(model = %name, "ready"),
+            State::Unavailable(reason) => tracing::error!(model = %name, "unavailable: {reason}"),
+            State::Loading => {}
+        }
+        *self.models[name].1.write().expect("state lock") = state;
+    }
+
+    /// How many models there are.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// True when the repository holds no model.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// Every model's name and state.
+    pub fn states(&self) -> impl Iterator<Item = (&str, State)> {
+        self.models
+            .iter()
+            .map(|(name, (_, state))| (name.as_str(), state.read().expect("state lock").clone()))
+    }
+
+    /// True when every model is ready (`all`; true for none), or at least one is.
+    pub fn ready(&self, all: bool) -> bool {
+        let mut ready = self.states().map(|(_, s)| matches!(s, State::Ready(_)));
+        if all { ready.all(|r| r) } else { ready.any(|r| r) }
+    }
+
+    /// The model called `name`, at `version` if one is asked for, if it is ready.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>, Error> {
-        let model =
+        let (_, state) =
             self.models.get(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+        let model = match &*state.read().expect("state lock") {
+            State::Ready(model) => model.clone(),
+            State::Loading => return Err(Error::Unavailable(format!("model '{name}' is loading"))),
+            State::Unavailable(reason) => {
+                return Err(Error::Unavailable(format!("model '{name}' is unavailable: {reason}")));
+            }
+        };
         match version {
             Some(v) if v != model.config.version => Err(Error::NotFound(format!(
                 "model '{name}' has no version '{v}' (it serves version '{}')",
                 model.config.version
             ))),
-            _ => Ok(model.clone()),
+            _ => Ok(model),
         }
     }
+}
 
-    /// Every model, by name.
-    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.values()
+/// Compile the plugin and run the warm-up requests: a model that passes is ready.
+fn bring_up(
+    host: &PluginHost,
+    name: &str,
+    dir: &Path,
+    config: ModelConfig,
+    graph: wasmtime_wasi_nn::Graph,
+    graphs: &Graphs,
+) -> anyhow::Result<Model> {
+    let started = Instant::now();
+    let plugin = host.load(name, dir, &config.plugin, graphs.clone()).context("cannot load its plugin")?;
+    tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
+    let model = Model { name: name.to_string(), config, graph, plugin };
+    for (i, warmup) in model.config.warmup.iter().enumerate() {
+        let started = Instant::now();
+        warm_up(&model, dir, warmup).with_context(|| format!("warm-up {} failed", i + 1))?;
+        tracing::info!(model = %name, warmup = i + 1, count = warmup.count,
+            elapsed_ms = started.elapsed().as_millis() as u64, "warm-up done");
     }
+    Ok(model)
+}
+
+/// Send one configured warm-up request through the whole pipeline, `count` times.
+fn warm_up(model: &Model, dir: &Path, warmup: &Warmup) -> anyhow::Result<()> {
+    let mut request = match (&warmup.file, &warmup.inputs) {
+        (Some(file), None) => {
+            let path = dir.join(file);
+            let body = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            decode::decode(&body, Some("0"), &model.config.inputs)?
+        }
+        (None, Some(inputs)) => {
+            let body = serde_json::json!({ "inputs": inputs });
+            decode::decode(body.to_string().as_bytes(), None, &model.config.inputs)?
+        }
+        _ => anyhow::bail!("a warm-up needs `file` or `inputs`"),
+    };
+    request.params = decode::render_params(warmup.parameters.clone());
+    for _ in 0..warmup.count {
+        schedule::run_blocking(model, request.inputs.clone(), &request.params)?;
+    }
+    Ok(())
 }

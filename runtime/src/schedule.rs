@@ -17,12 +17,13 @@ pub async fn run(
     inputs: Vec<Tensor>,
     params: Vec<(String, String)>,
 ) -> Result<Vec<Tensor>, Error> {
-    tokio::task::spawn_blocking(move || pipeline(&model, inputs, &params))
+    tokio::task::spawn_blocking(move || run_blocking(&model, inputs, &params))
         .await
         .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?
 }
 
-fn pipeline(
+/// The steps of one request, on the calling thread (start-up warm-up uses it directly).
+pub fn run_blocking(
     model: &Model,
     inputs: Vec<Tensor>,
     params: &Vec<(String, String)>,

@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | GET | `/v2` | server metadata |
 //! | GET | `/v2/health/live` | 200 while the process serves HTTP |
-//! | GET | `/v2/health/ready` | 200 once every model is loaded, else 503 |
+//! | GET | `/v2/health/ready` | 200 once every model is ready (or any, by flag) and not draining, else 503 |
+//! | POST, GET | `/v2/repository/index` | every model with its state and, if unavailable, why |
 //! | GET | `/v2/models/{m}[/versions/{v}]` | model metadata: the inputs and outputs a client uses |
 //! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 when the model is ready |
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
@@ -12,7 +13,7 @@
 use crate::decode::{self, HEADER_LENGTH};
 use crate::encode;
 use crate::error::{Error, Result};
-use crate::repository::{Model, Repository};
+use crate::repository::{Model, Repository, State as ModelState};
 use crate::schedule;
 use axum::Router;
 use axum::body::Body;
@@ -21,34 +22,48 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// When `/v2/health/ready` says yes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadyWhen {
+    /// Every model is ready (the default: a pod takes traffic only when it can serve it all).
+    All,
+    /// At least one model is ready.
+    Any,
+}
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
-    repository: OnceLock<Arc<Repository>>,
+    repository: Arc<Repository>,
     max_body_bytes: usize,
+    ready_when: ReadyWhen,
+    draining: AtomicBool,
 }
 
 impl AppState {
-    /// State for a server whose models are not loaded yet.
-    pub fn new(max_body_bytes: usize) -> Self {
-        Self(Arc::new(Inner { repository: OnceLock::new(), max_body_bytes }))
+    /// State over a repository whose models may still be loading.
+    pub fn new(repository: Arc<Repository>, max_body_bytes: usize, ready_when: ReadyWhen) -> Self {
+        Self(Arc::new(Inner { repository, max_body_bytes, ready_when, draining: AtomicBool::new(false) }))
     }
 
-    /// Models loaded: the server becomes ready.
-    pub fn set_repository(&self, repository: Repository) {
-        let _ = self.0.repository.set(Arc::new(repository));
+    /// The server is shutting down: readiness turns false from now on.
+    pub fn drain(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
     }
 
-    fn repository(&self) -> Result<&Arc<Repository>> {
-        self.0.repository.get().ok_or_else(|| Error::Unavailable("models are still loading".into()))
+    /// What `/v2/health/ready` answers.
+    pub fn ready(&self) -> bool {
+        !self.0.draining.load(Ordering::SeqCst)
+            && self.0.repository.ready(self.0.ready_when == ReadyWhen::All)
     }
 
     fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>> {
-        self.repository()?.get(name, version)
+        self.0.repository.get(name, version)
     }
 }
 
@@ -58,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
+        .route("/v2/repository/index", get(repository_index).post(repository_index))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
@@ -80,7 +96,27 @@ async fn server_metadata() -> Response {
 }
 
 async fn server_ready(State(state): State<AppState>) -> StatusCode {
-    if state.repository().is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if state.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+/// The OIP repository extension's index: every model with its state, and why it is not
+/// ready when it is not.
+async fn repository_index(State(state): State<AppState>) -> Response {
+    let index: Vec<_> = state
+        .0
+        .repository
+        .states()
+        .map(|(name, model)| {
+            let mut entry = json!({ "name": name, "state": model.name() });
+            match &model {
+                ModelState::Ready(m) => entry["version"] = json!(m.config.version),
+                ModelState::Unavailable(reason) => entry["reason"] = json!(reason),
+                ModelState::Loading => {}
+            }
+            entry
+        })
+        .collect();
+    axum::Json(index).into_response()
 }
 
 /// `{model}` and, on the versioned routes, `{version}`.

@@ -283,13 +283,17 @@ fn a_faulty_plugin_fails_only_its_own_request() {
 #[test]
 fn start_up_errors_name_the_cause() {
     let typo = edited_repository(&test_models(), &["faulty"], |t| t.replace("timeout_ms", "timeout_msec"));
-    let (_, log) = run_to_failure(typo.path(), &[], &[]);
+    let (_, log) = run_to_failure(typo.path(), &["--exit-on-error"], &[]);
     assert!(log.contains("faulty/model.toml") && log.contains("unknown field `timeout_msec`"), "{log}");
 
     let onnx = edited_repository(&test_models(), &["faulty"], |t| {
         t.replace("[plugin]", "backend = \"onnx\"\n[plugin]")
     });
-    let (_, log) = run_to_failure(onnx.path(), &[], &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    let (_, log) = run_to_failure(
+        onnx.path(),
+        &["--exit-on-error"],
+        &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+    );
     assert!(log.contains("/nonexistent/libonnxruntime.so does not exist"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 
@@ -333,10 +337,112 @@ fn gpu_target_without_cuda_fails_or_falls_back_as_configured() {
     // The CPU-only onnxruntime wheel has no CUDA provider (a GPU machine with onnxruntime-gpu
     // passes the first half instead; this suite runs on CPU machines).
     let strict = gpu(false);
-    let (_, log) = run_to_failure(strict.path(), &[], &[("ORT_DYLIB_PATH", library)]);
+    let (_, log) = run_to_failure(strict.path(), &["--exit-on-error"], &[("ORT_DYLIB_PATH", library)]);
     assert!(log.contains("target = \"gpu\" needs ONNX Runtime with CUDA"), "{log}");
     let lenient = gpu(true);
     let server = Server::start_env(lenient.path(), &[], &[("ORT_DYLIB_PATH", Path::new(library))]);
     assert!(server.log().contains("running on the CPU as gpu_fallback allows"), "{}", server.log());
     assert_serves(&server);
+}
+
+/// The faulty model with a warm-up request that carries these parameters (and room for
+/// slow calls: a 5 s plugin deadline).
+fn with_warmup(params: &str) -> impl Fn(&str) -> String + '_ {
+    move |toml| {
+        let toml = slow(toml);
+        format!(
+            "{toml}\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 2, 3, 4, 5, 6] }}]\nparameters = {{ {params} }}\n"
+        )
+    }
+}
+
+fn slow(toml: &str) -> String {
+    toml.replace("timeout_ms = 500", "timeout_ms = 5000")
+}
+
+fn get_json(server: &Server, path: &str) -> (u16, Value) {
+    let (status, body) = server.get(path);
+    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")))
+}
+
+#[test]
+fn ready_only_after_warm_up_and_never_after_a_failed_one() {
+    let repo = edited_repository(
+        &test_models(),
+        &["faulty"],
+        with_warmup(r#"say = "warm-up reached the plugin", sleep_ms = "1500""#),
+    );
+    let mut server = Server::start_listening(repo.path(), &[]);
+    assert_eq!(server.get("/v2/health/live").0, 200, "live while loading");
+    assert_eq!(server.get("/v2/health/ready").0, 503, "not ready before warm-up");
+    let (status, index) = get_json(&server, "/v2/repository/index");
+    assert_eq!((status, &index[0]["state"]), (200, &json!("LOADING")));
+    let r = faulty(&server, "none");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error(), "model 'faulty' is loading");
+    server.wait_ready();
+    assert!(server.log().contains("warm-up reached the plugin"), "{}", server.log());
+    assert_eq!(get_json(&server, "/v2/repository/index").1[0]["state"], "READY");
+    assert_serves(&server);
+    drop(server);
+
+    // Two models, one whose warm-up the plugin refuses: that one never becomes ready.
+    let repo = edited_repository(&test_models(), &["faulty"], slow);
+    let broken = edited_repository(&test_models(), &["faulty"], with_warmup(r#"fault = "invalid""#));
+    std::fs::rename(broken.path().join("faulty"), repo.path().join("broken")).unwrap();
+    for (ready_when, ready) in [("all", 503), ("any", 200)] {
+        let server = Server::start_listening(repo.path(), &["--ready-when", ready_when]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let index = loop {
+            let (_, index) = get_json(&server, "/v2/repository/index");
+            if index.as_array().unwrap().iter().all(|m| m["state"] != "LOADING") {
+                break index;
+            }
+            assert!(std::time::Instant::now() < deadline, "still loading: {index}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(server.get("/v2/health/ready").0, ready, "--ready-when {ready_when}");
+        let reason = "warm-up 1 failed: plugin 'broken' rejected the input: asked to refuse";
+        assert_eq!(index[0]["name"], "broken");
+        assert_eq!(index[0]["state"], "UNAVAILABLE");
+        assert_eq!(index[0]["reason"], reason);
+        assert_eq!(index[1]["state"], "READY");
+        let (status, body) = server.get("/v2/models/broken/ready");
+        assert_eq!(status, 503);
+        assert!(body.contains(reason), "{body}");
+        assert_serves(&server);
+    }
+}
+
+#[test]
+fn sigterm_finishes_every_request_in_flight_then_exits_zero() {
+    let repo = edited_repository(&test_models(), &["faulty"], slow);
+    let mut server = Server::start(repo.path(), &["--shutdown-delay-secs", "1"]);
+    // Each request outlives the 1 s delay, so it finishes after new connections are refused.
+    let slow = json!({"parameters": {"sleep_ms": "1500"},
+        "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [2, 2, 2, 2, 2, 2]}]});
+    let answers = std::thread::scope(|s| {
+        let requests: Vec<_> = (0..6).map(|_| s.spawn(|| server.infer("faulty", &slow))).collect();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let pid = server_pid(&server);
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Readiness turns false at once; during the delay, requests are still served.
+        assert_eq!(server.get("/v2/health/ready").0, 503);
+        assert_eq!(server.get("/v2/health/live").0, 200);
+        requests.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>()
+    });
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.output("y")["data"], json!([2.0, 4.0, 6.0, 8.0, 10.0, 12.0]));
+    }
+    let status = server.terminate_wait();
+    assert!(status.success(), "exit status {status}:\n{}", server.log());
+    assert!(server.log().contains("stopped"), "{}", server.log());
+    // Gone: new connections are refused.
+    assert_eq!(server.get("/v2/health/live").0, 0);
+}
+
+fn server_pid(server: &Server) -> String {
+    server.pid().to_string()
 }

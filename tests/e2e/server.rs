@@ -54,7 +54,14 @@ fn command(repository: &Path, args: &[&str]) -> Command {
 impl Server {
     /// Start a server on a free port and wait until it is ready.
     pub fn start(repository: &Path, args: &[&str]) -> Self {
-        Self::start_with(command(repository, args))
+        let mut server = Self::spawn(command(repository, args));
+        server.wait_ready();
+        server
+    }
+
+    /// Start a server and return as soon as it listens, ready or not.
+    pub fn start_listening(repository: &Path, args: &[&str]) -> Self {
+        Self::spawn(command(repository, args))
     }
 
     /// Start with extra environment.
@@ -63,10 +70,12 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self::start_with(cmd)
+        let mut server = Self::spawn(cmd);
+        server.wait_ready();
+        server
     }
 
-    fn start_with(mut cmd: Command) -> Self {
+    fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd.spawn().expect("start wasmserve");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -90,12 +99,11 @@ impl Server {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        let mut server = Self { child, base: format!("http://{addr}"), log, agent };
-        server.wait_ready();
-        server
+        Self { child, base: format!("http://{addr}"), log, agent }
     }
 
-    fn wait_ready(&mut self) {
+    /// Wait until `/v2/health/ready` answers 200.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -107,6 +115,16 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("server not ready after 120 s:\n{}", self.log());
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the server to exit (after a signal sent elsewhere).
+    pub fn terminate_wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
     }
 
     /// Everything the server logged so far.
@@ -206,10 +224,28 @@ pub fn run_to_failure(repository: &Path, args: &[&str], env: &[(&str, &str)]) ->
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.stderr(Stdio::piped()).output().expect("run wasmserve");
-    let log = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected wasmserve to fail, it exited 0:\n{log}");
-    (out.status, log)
+    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("run wasmserve");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wasmserve did not exit within 60 s:\n{}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = reader.join().unwrap();
+    assert!(!status.success(), "expected wasmserve to fail, it exited 0:\n{log}");
+    (status, log)
 }
 
 /// A copy of a model repository in a temporary directory (big files linked, not copied),

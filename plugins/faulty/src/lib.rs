@@ -11,6 +11,9 @@
 //! - `connect`: try to open a TCP connection to the address in parameter `addr`, fail with
 //!   what happened.
 //!
+//! Before any of that, `say=TEXT` prints TEXT to stderr (the server's log) and `sleep_ms=N`
+//! makes the call take N milliseconds: the tests' warm-up and slow requests.
+//!
 //! With `graph=NAME` it also runs graph NAME itself through `wasi:nn` (`load-by-name`) and
 //! answers with that result instead of the host's: the path an ensemble plugin takes.
 
@@ -38,6 +41,12 @@ struct Faulty;
 impl Guest for Faulty {
     fn preprocess(inputs: Vec<Tensor>, params: Params) -> Result<Prepared, PluginError> {
         let x = find(&inputs, "x")?;
+        if let Some(text) = param(&params, "say") {
+            eprintln!("{text}");
+        }
+        if let Some(ms) = param(&params, "sleep_ms").and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         match param(&params, "fault") {
             Some("trap") => panic!("asked to trap"),
             Some("loop") => {
