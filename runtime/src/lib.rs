@@ -13,6 +13,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod infer;
+pub mod metrics;
 pub mod plugin;
 pub mod repository;
 pub mod schedule;

@@ -36,6 +36,8 @@ pub struct Model {
     pub graph: wasmtime_wasi_nn::Graph,
     /// The compiled plugin.
     pub plugin: Plugin,
+    /// From reading the config to ready, warm-up included.
+    pub load_duration: std::time::Duration,
 }
 
 impl Model {
@@ -112,7 +114,7 @@ impl Repository {
             match graph {
                 Ok((config, graph)) => {
                     graphs.insert(name.clone(), graph.clone());
-                    loaded.push((name, dir, config, graph));
+                    loaded.push((name, dir, config, graph, started));
                 }
                 Err(e) => self.set(name, State::Unavailable(format!("{e:#}"))),
             }
@@ -120,9 +122,12 @@ impl Repository {
         let graphs = Graphs::new(graphs);
         match PluginHost::new() {
             Ok(host) => {
-                for (name, dir, config, graph) in loaded {
+                for (name, dir, config, graph, load_started) in loaded {
                     let state = match bring_up(&host, name, dir, config, graph, &graphs) {
-                        Ok(model) => State::Ready(Arc::new(model)),
+                        Ok(mut model) => {
+                            model.load_duration = load_started.elapsed();
+                            State::Ready(Arc::new(model))
+                        }
                         Err(e) => State::Unavailable(format!("{e:#}")),
                     };
                     self.set(name, state);
@@ -205,7 +210,7 @@ fn bring_up(
     let started = Instant::now();
     let plugin = host.load(name, dir, &config.plugin, graphs.clone()).context("cannot load its plugin")?;
     tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
-    let model = Model { name: name.to_string(), config, graph, plugin };
+    let model = Model { name: name.to_string(), config, graph, plugin, load_duration: Default::default() };
     for (i, warmup) in model.config.warmup.iter().enumerate() {
         let started = Instant::now();
         warm_up(&model, dir, warmup).with_context(|| format!("warm-up {} failed", i + 1))?;

@@ -11,15 +11,33 @@ use crate::tensor::Tensor;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How long one request spent in each step.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    /// Waiting for a worker thread.
+    pub queue: std::time::Duration,
+    /// Plugin instance and preprocess.
+    pub preprocess: std::time::Duration,
+    /// The graph.
+    pub compute: std::time::Duration,
+    /// Plugin postprocess and the output check.
+    pub postprocess: std::time::Duration,
+}
+
 /// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
 pub async fn run(
     model: Arc<Model>,
     inputs: Vec<Tensor>,
     params: Vec<(String, String)>,
-) -> Result<Vec<Tensor>, Error> {
-    tokio::task::spawn_blocking(move || run_blocking(&model, inputs, &params))
-        .await
-        .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?
+) -> Result<(Vec<Tensor>, Timings), Error> {
+    let queued = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        let queue = queued.elapsed();
+        run_blocking(&model, inputs, &params)
+            .map(|(outputs, timings)| (outputs, Timings { queue, ..timings }))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?
 }
 
 /// The steps of one request, on the calling thread (start-up warm-up uses it directly).
@@ -27,7 +45,7 @@ pub fn run_blocking(
     model: &Model,
     inputs: Vec<Tensor>,
     params: &Vec<(String, String)>,
-) -> Result<Vec<Tensor>, Error> {
+) -> Result<(Vec<Tensor>, Timings), Error> {
     let started = Instant::now();
     let mut instance = model.plugin.instantiate()?;
     let prepared = instance.preprocess(inputs, params)?;
@@ -37,14 +55,20 @@ pub fn run_blocking(
     let inferred = Instant::now();
     let outputs = instance.postprocess(outputs, prepared.context, params)?;
     check_outputs(model, &outputs)?;
+    let timings = Timings {
+        queue: Default::default(),
+        preprocess: preprocessed - started,
+        compute: inferred - preprocessed,
+        postprocess: inferred.elapsed(),
+    };
     tracing::debug!(
         model = %model.name,
-        preprocess_us = (preprocessed - started).as_micros() as u64,
-        infer_us = (inferred - preprocessed).as_micros() as u64,
-        postprocess_us = inferred.elapsed().as_micros() as u64,
+        preprocess_us = timings.preprocess.as_micros() as u64,
+        infer_us = timings.compute.as_micros() as u64,
+        postprocess_us = timings.postprocess.as_micros() as u64,
         "request done"
     );
-    Ok(outputs)
+    Ok((outputs, timings))
 }
 
 /// The plugin must return what the model's config promises clients.

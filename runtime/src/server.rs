@@ -6,6 +6,7 @@
 //! | GET | `/v2/health/live` | 200 while the process serves HTTP |
 //! | GET | `/v2/health/ready` | 200 once every model is ready (or any, by flag) and not draining, else 503 |
 //! | POST, GET | `/v2/repository/index` | every model with its state and, if unavailable, why |
+//! | GET | `/metrics` | Prometheus metrics (see `metrics`) |
 //! | GET | `/v2/models/{m}[/versions/{v}]` | model metadata: the inputs and outputs a client uses |
 //! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 when the model is ready |
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
@@ -13,8 +14,9 @@
 use crate::decode::{self, HEADER_LENGTH};
 use crate::encode;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::repository::{Model, Repository, State as ModelState};
-use crate::schedule;
+use crate::schedule::{self, Timings};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -40,6 +42,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     repository: Arc<Repository>,
+    metrics: Metrics,
     max_body_bytes: usize,
     ready_when: ReadyWhen,
     draining: AtomicBool,
@@ -48,7 +51,13 @@ struct Inner {
 impl AppState {
     /// State over a repository whose models may still be loading.
     pub fn new(repository: Arc<Repository>, max_body_bytes: usize, ready_when: ReadyWhen) -> Self {
-        Self(Arc::new(Inner { repository, max_body_bytes, ready_when, draining: AtomicBool::new(false) }))
+        Self(Arc::new(Inner {
+            repository,
+            metrics: Metrics::default(),
+            max_body_bytes,
+            ready_when,
+            draining: AtomicBool::new(false),
+        }))
     }
 
     /// The server is shutting down: readiness turns false from now on.
@@ -74,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/repository/index", get(repository_index).post(repository_index))
+        .route("/metrics", get(metrics))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
@@ -158,6 +168,23 @@ async fn infer(
     body: Body,
 ) -> Result<Response> {
     let model = state.model_at(&path)?;
+    let timer = state.0.metrics.start(&model.name, &model.config.version);
+    let result = run_inference(&state, &model, &headers, body).await;
+    match &result {
+        Ok((_, timings, rows)) => timer.finish(200, Some((timings, *rows))),
+        Err(e) => timer.finish(e.status().as_u16(), None),
+    }
+    result.map(|(response, ..)| response)
+}
+
+/// decode -> schedule (plugin, graph, plugin) -> encode; with the stage timings and the
+/// number of inferences (rows of the first input) for the metrics.
+async fn run_inference(
+    state: &AppState,
+    model: &Arc<Model>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Response, Timings, u64)> {
     let limit = state.0.max_body_bytes;
     let too_large =
         || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
@@ -175,7 +202,16 @@ async fn infer(
     request.check_outputs(&model.config.outputs)?;
     drop(body);
     let inputs = std::mem::take(&mut request.inputs);
+    let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64);
     let params = std::mem::take(&mut request.params);
-    let outputs = schedule::run(model.clone(), inputs, params).await?;
-    encode::encode(&model.name, &model.config.version, &request, outputs)
+    let (outputs, timings) = schedule::run(model.clone(), inputs, params).await?;
+    let response = encode::encode(&model.name, &model.config.version, &request, outputs)?;
+    Ok((response, timings, rows))
+}
+
+/// Prometheus / OpenMetrics text.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.0.metrics.encode(&state.0.repository);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }

@@ -1,0 +1,169 @@
+//! metrics: what the server counts, in the Prometheus text format at `GET /metrics`.
+//!
+//! Names follow Triton's (`nv_inference_*`) so its users find their way, in Prometheus units
+//! (seconds, `_total` counters):
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `wasmserve_inference_request_success_total` | counter | model, version |
+//! | `wasmserve_inference_request_failure_total` | counter | model, version, code (HTTP status) |
+//! | `wasmserve_inference_count_total` | counter: inferences (batch rows) | model, version |
+//! | `wasmserve_inference_pending_requests` | gauge: requests in the server now | model, version |
+//! | `wasmserve_request_duration_seconds` | histogram: whole request, body to response | model, version |
+//! | `wasmserve_queue_duration_seconds` | histogram: waiting for a worker thread | model, version |
+//! | `wasmserve_preprocess_duration_seconds` | histogram: plugin preprocess, instance included | model, version |
+//! | `wasmserve_compute_duration_seconds` | histogram: the graph | model, version |
+//! | `wasmserve_postprocess_duration_seconds` | histogram: plugin postprocess | model, version |
+//! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model |
+//! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model |
+//!
+//! Warm-up requests are not counted.
+
+use crate::repository::{Repository, State};
+use crate::schedule::Timings;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    model: String,
+    version: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    model: String,
+}
+
+type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs to about 13 s.
+    Histogram::new(exponential_buckets(1e-4, 2.0, 18))
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    success: Family<ModelLabels, Counter>,
+    failure: Family<FailureLabels, Counter>,
+    inferences: Family<ModelLabels, Counter>,
+    pending: Family<ModelLabels, Gauge>,
+    request: Histograms,
+    queue: Histograms,
+    preprocess: Histograms,
+    compute: Histograms,
+    postprocess: Histograms,
+    ready: Family<NameLabel, Gauge>,
+    load: Family<NameLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let histograms = || Histograms::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let mut m = Self {
+            registry: Registry::with_prefix("wasmserve"),
+            success: Family::default(),
+            failure: Family::default(),
+            inferences: Family::default(),
+            pending: Family::default(),
+            request: histograms(),
+            queue: histograms(),
+            preprocess: histograms(),
+            compute: histograms(),
+            postprocess: histograms(),
+            ready: Family::default(),
+            load: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register("inference_request_success", "Inference requests answered 200", m.success.clone());
+        r.register(
+            "inference_request_failure",
+            "Inference requests that failed, by HTTP status",
+            m.failure.clone(),
+        );
+        r.register("inference_count", "Inferences performed (batch rows)", m.inferences.clone());
+        r.register("inference_pending_requests", "Inference requests in the server now", m.pending.clone());
+        r.register("request_duration_seconds", "Whole inference request", m.request.clone());
+        r.register("queue_duration_seconds", "Waiting for a worker thread", m.queue.clone());
+        r.register(
+            "preprocess_duration_seconds",
+            "Plugin preprocess, instance creation included",
+            m.preprocess.clone(),
+        );
+        r.register("compute_duration_seconds", "Graph inference", m.compute.clone());
+        r.register("postprocess_duration_seconds", "Plugin postprocess", m.postprocess.clone());
+        r.register("model_ready", "1 when the model is loaded and warmed up", m.ready.clone());
+        r.register("model_load_duration_seconds", "From reading the config to ready", m.load.clone());
+        m
+    }
+}
+
+/// Tracks one inference request from its start; records when finished.
+pub struct RequestTimer<'m> {
+    metrics: &'m Metrics,
+    labels: ModelLabels,
+    started: std::time::Instant,
+}
+
+impl Metrics {
+    /// Count a request to `model` as pending until [`RequestTimer::finish`].
+    pub fn start(&self, model: &str, version: &str) -> RequestTimer<'_> {
+        let labels = ModelLabels { model: model.to_string(), version: version.to_string() };
+        self.pending.get_or_create(&labels).inc();
+        RequestTimer { metrics: self, labels, started: std::time::Instant::now() }
+    }
+
+    /// The text exposition, with the model gauges read from the repository now.
+    pub fn encode(&self, repository: &Repository) -> String {
+        for (name, state) in repository.states() {
+            let label = NameLabel { model: name.to_string() };
+            self.ready.get_or_create(&label).set(i64::from(matches!(state, State::Ready(_))));
+            if let State::Ready(model) = state {
+                self.load.get_or_create(&label).set(model.load_duration.as_secs_f64());
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+impl RequestTimer<'_> {
+    /// The request ended with `status`; `done` carries its stage timings and row count
+    /// when it got as far as the model.
+    pub fn finish(self, status: u16, done: Option<(&Timings, u64)>) {
+        let m = self.metrics;
+        let labels = &self.labels;
+        m.pending.get_or_create(labels).dec();
+        m.request.get_or_create(labels).observe(self.started.elapsed().as_secs_f64());
+        if status == 200 {
+            m.success.get_or_create(labels).inc();
+        } else {
+            let failure =
+                FailureLabels { model: labels.model.clone(), version: labels.version.clone(), code: status };
+            m.failure.get_or_create(&failure).inc();
+        }
+        if let Some((t, rows)) = done {
+            m.inferences.get_or_create(labels).inc_by(rows);
+            let observe = |h: &Histograms, d: Duration| h.get_or_create(labels).observe(d.as_secs_f64());
+            observe(&m.queue, t.queue);
+            observe(&m.preprocess, t.preprocess);
+            observe(&m.compute, t.compute);
+            observe(&m.postprocess, t.postprocess);
+        }
+    }
+}
