@@ -61,6 +61,16 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
 
+    /// Where compiled plugins are kept so a restart does not compile them again
+    /// (default: $XDG_CACHE_HOME/wasmserve or ~/.cache/wasmserve). An unwritable directory
+    /// only costs compile time.
+    #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile plugins at every start; keep nothing on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+
     /// When /v2/health/ready answers 200: when all models are ready, or any one.
     #[arg(long, value_enum, default_value_t = ReadyWhen::All, env = "WASMSERVE_READY_WHEN")]
     ready_when: ReadyWhen,
@@ -91,6 +101,10 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into log collectors.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let result = match Cli::parse().command {
         Command::Serve(args) => tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
@@ -142,7 +156,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut server = tokio::spawn(async move { server.await });
 
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
-    let mut loading = tokio::task::spawn_blocking(move || repository.load(&options));
+    let plugin_cache = (!args.no_cache).then(|| args.cache_dir.or_else(default_cache_dir)).flatten();
+    let plugin_cache = plugin_cache.map(|dir| dir.join("plugins"));
+    let mut loading = tokio::task::spawn_blocking(move || repository.load(&options, plugin_cache.as_deref()));
     let failures = tokio::select! {
         failures = &mut loading => failures.context("model loading panicked")?,
         stopped = &mut server => return stopped?.context("server failed"),
@@ -161,6 +177,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+    xdg.or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|d| d.join("wasmserve"))
 }
 
 async fn shutdown_signal() {

@@ -39,9 +39,22 @@ pub struct PluginHost {
 
 impl PluginHost {
     /// An engine with deadlines (epoch interruption) and the WASI + wasi-nn imports.
-    pub fn new() -> anyhow::Result<Self> {
+    /// With `cache`, compiled plugins are kept in that directory, keyed by their bytes and
+    /// the engine's settings, so a restart does not compile them again.
+    pub fn new(cache: Option<&Path>) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
+        if let Some(dir) = cache {
+            let mut settings = wasmtime::CacheConfig::new();
+            settings.with_directory(dir);
+            match wasmtime::Cache::new(settings) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                // A read-only or missing directory costs compile time, not the start-up.
+                Err(e) => tracing::warn!(dir = %dir.display(), "plugin cache disabled: {e:#}"),
+            }
+        }
         let engine = Engine::new(&config)?;
         let ticker = engine.weak();
         std::thread::Builder::new().name("plugin-deadline-clock".into()).spawn(move || {

@@ -97,8 +97,8 @@ impl Repository {
     }
 
     /// Bring every model up; returns the models that ended unavailable, with the reasons
-    /// (each is also logged).
-    pub fn load(&self, options: &BackendOptions) -> Vec<(String, String)> {
+    /// (each is also logged). `plugin_cache` keeps compiled plugins across restarts.
+    pub fn load(&self, options: &BackendOptions, plugin_cache: Option<&Path>) -> Vec<(String, String)> {
         // Graphs first: every plugin may call any loaded graph through wasi:nn.
         let mut loaded = Vec::new();
         let mut graphs = HashMap::new();
@@ -120,7 +120,7 @@ impl Repository {
             }
         }
         let graphs = Graphs::new(graphs);
-        match PluginHost::new() {
+        match PluginHost::new(plugin_cache) {
             Ok(host) => {
                 for (name, dir, config, graph, load_started) in loaded {
                     let state = match bring_up(&host, name, dir, config, graph, &graphs) {

@@ -446,3 +446,33 @@ fn sigterm_finishes_every_request_in_flight_then_exits_zero() {
 fn server_pid(server: &Server) -> String {
     server.pid().to_string()
 }
+
+#[test]
+fn compiled_plugins_are_cached_across_restarts() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_str().unwrap();
+    let files = || walk(cache.path());
+    let compile_ms = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("plugin compiled"))
+            .filter_map(|l| l.split("elapsed_ms=").nth(1)?.split(' ').next().map(str::to_string))
+            .collect()
+    };
+    let first = Server::start(&examples(), &["--cache-dir", dir]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while files() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(files() >= 2, "one compiled artefact per plugin under {dir}");
+    let cold = compile_ms(&first.log());
+    drop(first);
+    let second = Server::start(&examples(), &["--cache-dir", dir]);
+    assert_eq!(identify(&second, b"#!/bin/sh\necho cached\nexit 0\n").0, "shell");
+    eprintln!("plugin compile, cold cache: {cold:?}; warm cache: {:?}", compile_ms(&second.log()));
+}
+
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
