@@ -70,13 +70,19 @@ impl Error {
 /// OIP error body: `{"error": "..."}`.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        (self.status(), axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl Error {
+    /// Log the failure: server-side faults as errors, client mistakes at debug.
+    pub fn log(&self) {
         let status = self.status();
         if status.is_server_error() {
             tracing::error!(%status, error = %self, "request failed");
         } else {
             tracing::debug!(%status, error = %self, "request rejected");
         }
-        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
     }
 }
 

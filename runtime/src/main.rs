@@ -16,6 +16,10 @@ use wasmserve::server::{AppState, ReadyWhen, router};
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Log line format (RUST_LOG sets the level, e.g. RUST_LOG=wasmserve=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WASMSERVE_LOG_FORMAT")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +38,15 @@ enum Command {
     /// --shutdown-delay-secs (so load balancers can stop sending), then the server stops
     /// accepting connections, finishes the requests in flight and exits 0.
     Serve(ServeArgs),
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// For people: one readable line per event.
+    Text,
+    /// For log collectors: one JSON object per line, with the request span's fields.
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -95,7 +108,8 @@ struct ServeArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
@@ -104,9 +118,12 @@ fn main() -> std::process::ExitCode {
         // Colour only for a person at a terminal, never into log collectors.
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
-    let result = match Cli::parse().command {
+        );
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
+    let result = match cli.command {
         Command::Serve(args) => tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
             let result = rt.block_on(serve(args));
             // A model still loading must not hold the exit up.

@@ -31,7 +31,9 @@ pub async fn run(
     params: Vec<(String, String)>,
 ) -> Result<(Vec<Tensor>, Timings), Error> {
     let queued = Instant::now();
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _request = span.enter();
         let queue = queued.elapsed();
         run_blocking(&model, inputs, &params)
             .map(|(outputs, timings)| (outputs, Timings { queue, ..timings }))
@@ -48,12 +50,14 @@ pub fn run_blocking(
 ) -> Result<(Vec<Tensor>, Timings), Error> {
     let started = Instant::now();
     let mut instance = model.plugin.instantiate()?;
-    let prepared = instance.preprocess(inputs, params)?;
+    let prepared = tracing::debug_span!("preprocess").in_scope(|| instance.preprocess(inputs, params))?;
     let preprocessed = Instant::now();
-    let outputs = infer::run(&model.graph, prepared.graph_inputs)
+    let outputs = tracing::debug_span!("infer")
+        .in_scope(|| infer::run(&model.graph, prepared.graph_inputs))
         .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })?;
     let inferred = Instant::now();
-    let outputs = instance.postprocess(outputs, prepared.context, params)?;
+    let outputs = tracing::debug_span!("postprocess")
+        .in_scope(|| instance.postprocess(outputs, prepared.context, params))?;
     check_outputs(model, &outputs)?;
     let timings = Timings {
         queue: Default::default(),

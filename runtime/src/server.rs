@@ -20,12 +20,13 @@ use crate::schedule::{self, Timings};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::Instrument;
 
 /// When `/v2/health/ready` says yes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -161,20 +162,41 @@ async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>)
     state.model_at(&path).map(|_| StatusCode::OK)
 }
 
+/// The header that carries a request's id; a client's own is kept, else one is made.
+pub const REQUEST_ID: &str = "x-request-id";
+
 async fn infer(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response> {
-    let model = state.model_at(&path)?;
-    let timer = state.0.metrics.start(&model.name, &model.config.version);
-    let result = run_inference(&state, &model, &headers, body).await;
-    match &result {
-        Ok((_, timings, rows)) => timer.finish(200, Some((timings, *rows))),
-        Err(e) => timer.finish(e.status().as_u16(), None),
+) -> Response {
+    let id = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let span = tracing::info_span!("request", id = %id, model = %path.model);
+    let answer = async {
+        let model = state.model_at(&path)?;
+        let timer = state.0.metrics.start(&model.name, &model.config.version);
+        let result = run_inference(&state, &model, &headers, body).await;
+        match &result {
+            Ok((_, timings, rows)) => timer.finish(200, Some((timings, *rows))),
+            Err(e) => timer.finish(e.status().as_u16(), None),
+        }
+        result.map(|(response, ..)| response)
     }
-    result.map(|(response, ..)| response)
+    .instrument(span.clone())
+    .await;
+    let mut response = answer.unwrap_or_else(|e: Error| {
+        span.in_scope(|| e.log());
+        e.into_response()
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// decode -> schedule (plugin, graph, plugin) -> encode; with the stage timings and the

@@ -476,3 +476,26 @@ fn walk(dir: &Path) -> usize {
         .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
         .unwrap_or(0)
 }
+
+#[test]
+fn request_ids_reach_the_response_and_the_json_logs() {
+    let server = Server::start(&test_models(), &["--log-format", "json"]);
+    let body = json!({"parameters": {"fault": "internal"},
+        "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]});
+    let r =
+        server.post("/v2/models/faulty/infer", &[("X-Request-Id", "req-42")], body.to_string().as_bytes());
+    assert_eq!((r.status, r.request_id.as_deref()), (500, Some("req-42")));
+    // Without one, the server makes one up and says which.
+    let made_up = faulty(&server, "none").request_id.expect("x-request-id on every answer");
+    assert_eq!(made_up.len(), 36, "a UUID: {made_up}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let failure = server
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .find(|l| l["fields"]["message"] == "request failed")
+        .expect("the failure is logged");
+    assert_eq!(failure["span"]["id"], "req-42", "{failure}");
+    assert_eq!(failure["span"]["model"], "faulty", "{failure}");
+    assert_eq!(failure["level"], "ERROR");
+}

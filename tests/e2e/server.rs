@@ -83,8 +83,10 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    // Text or JSON log lines: the address is the run of digits, dots and colons.
+                    let addr = rest.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).next();
+                    let _ = tx.send(addr.unwrap_or_default().to_string());
                 }
                 sink.lock().unwrap().push_str(&line);
                 sink.lock().unwrap().push('\n');
@@ -149,8 +151,9 @@ impl Server {
         let mut r = req.send(body).expect("POST");
         let header_length =
             r.headers().get("inference-header-content-length").map(|v| v.to_str().unwrap().parse().unwrap());
+        let request_id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
         let body = r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
-        Response { status: r.status().as_u16(), header_length, body }
+        Response { status: r.status().as_u16(), header_length, request_id, body }
     }
 
     /// Send a hand-written HTTP request; returns status and body.
@@ -189,6 +192,7 @@ impl Drop for Server {
 pub struct Response {
     pub status: u16,
     pub header_length: Option<usize>,
+    pub request_id: Option<String>,
     pub body: Vec<u8>,
 }
 
