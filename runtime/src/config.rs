@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub const FILE_NAME: &str = "model.toml";
 
 /// A model's `model.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The version this directory serves (default "1").
@@ -67,7 +67,7 @@ pub struct ModelConfig {
 /// parameters = { normalize = false }
 /// count = 3
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Warmup {
     /// A file, relative to the model directory, sent as the raw body of the model's one input.
@@ -91,7 +91,7 @@ fn default_version() -> String {
 }
 
 /// Which inference engine runs a graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// tract: pure Rust, built in, CPU.
@@ -112,7 +112,7 @@ impl Backend {
 }
 
 /// Where a graph runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// The host's CPU.
@@ -123,7 +123,7 @@ pub enum Target {
 }
 
 /// `[graph]`: the model file and how to run it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
     /// The ONNX file, relative to the model directory.
@@ -143,7 +143,7 @@ pub struct GraphConfig {
 }
 
 /// `[plugin]`: the WebAssembly component and what it may see.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The `.wasm` component, relative to the model directory.
@@ -168,7 +168,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 /// A tensor as the client sees it. `-1` in a shape means any size.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
     /// Tensor name.
@@ -220,6 +220,11 @@ impl ModelConfig {
         anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
         Ok(())
     }
+}
+
+/// The JSON schema of `model.toml` (committed as `schemas/model.schema.json`).
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ModelConfig)).expect("a schema is JSON")
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The `wasmserve` command.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,19 @@ enum Command {
     /// --shutdown-delay-secs (so load balancers can stop sending), then the server stops
     /// accepting connections, finishes the requests in flight and exits 0.
     Serve(ServeArgs),
+
+    /// Print the JSON schema of a config file: `server` (--config) or `model` (model.toml).
+    Schema {
+        /// Which file.
+        #[arg(value_enum)]
+        of: SchemaOf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaOf {
+    Server,
+    Model,
 }
 
 /// How log lines are written.
@@ -49,11 +62,20 @@ enum LogFormat {
     Json,
 }
 
-#[derive(clap::Args)]
+/// `wasmserve serve`'s settings; also the keys of its `--config` file.
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct ServeArgs {
+    /// A TOML file with any of these settings (keys as the flags, with underscores:
+    /// `repository = "models"`, `shutdown_delay_secs = 5`). Flags and environment
+    /// variables override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "WASMSERVE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
     /// Directory holding one directory per model, each with a model.toml.
     #[arg(long, short = 'r', value_name = "DIR", env = "WASMSERVE_REPOSITORY")]
-    repository: PathBuf,
+    repository: Option<PathBuf>,
 
     /// Address to listen on. Use 0.0.0.0 to accept connections from other hosts
     /// (the container image does).
@@ -81,7 +103,8 @@ struct ServeArgs {
     cache_dir: Option<PathBuf>,
 
     /// Compile plugins at every start; keep nothing on disk.
-    #[arg(long, conflicts_with = "cache_dir")]
+    #[arg(long, conflicts_with = "cache_dir", env = "WASMSERVE_NO_CACHE")]
+    #[serde(default)]
     no_cache: bool,
 
     /// When /v2/health/ready answers 200: when all models are ready, or any one.
@@ -90,10 +113,12 @@ struct ServeArgs {
 
     /// Stop the server if any model fails to load or warm up, instead of serving the others.
     #[arg(long, env = "WASMSERVE_EXIT_ON_ERROR")]
+    #[serde(default)]
     exit_on_error: bool,
 
     /// Serve (and report ready) even when the repository holds no model.
     #[arg(long, env = "WASMSERVE_ALLOW_EMPTY_REPOSITORY")]
+    #[serde(default)]
     allow_empty_repository: bool,
 
     /// After SIGTERM, keep serving this long with readiness false before refusing new
@@ -108,7 +133,8 @@ struct ServeArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -124,8 +150,17 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
     }
     let result = match cli.command {
+        Command::Schema { of } => {
+            let schema = match of {
+                SchemaOf::Server => server_schema(),
+                SchemaOf::Model => wasmserve::config::schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema).expect("JSON"));
+            Ok(())
+        }
         Command::Serve(args) => tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
-            let result = rt.block_on(serve(args));
+            let serve_matches = matches.subcommand_matches("serve").expect("the serve subcommand");
+            let result = with_config_file(args, serve_matches).and_then(|args| rt.block_on(serve(args)));
             // A model still loading must not hold the exit up.
             rt.shutdown_timeout(Duration::from_millis(500));
             result
@@ -141,12 +176,47 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The JSON schema of the `--config` file (committed as `schemas/server.schema.json`).
+fn server_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ServeArgs)).expect("a schema is JSON")
+}
+
+/// Layer the `--config` file under what flags and environment variables set: a key from the
+/// file counts only where neither gave the setting.
+fn with_config_file(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<ServeArgs> {
+    use clap::parser::ValueSource;
+    let Some(path) = args.config.clone() else { return Ok(args) };
+    let invalid = || format!("invalid config file {}", path.display());
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: toml::Table = toml::from_str(&text).with_context(invalid)?;
+    let mut merged = toml::Table::try_from(&args)?;
+    let serve = Cli::command();
+    let serve = serve.find_subcommand("serve").expect("the serve subcommand");
+    let known: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
+    for (key, value) in file {
+        let known = key != "config" && known.contains(&key);
+        anyhow::ensure!(known, "{}: unknown key `{key}` (see `wasmserve schema server`)", invalid());
+        let set_by_user =
+            matches!(matches.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        if !set_by_user {
+            merged.insert(key, value);
+        }
+    }
+    let mut merged: ServeArgs = merged.try_into().with_context(invalid)?;
+    merged.config = Some(path);
+    Ok(merged)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let repository = Arc::new(Repository::scan(&args.repository)?);
+    let root = args.repository.clone().context(
+        "no model repository: pass --repository DIR, set WASMSERVE_REPOSITORY, or `repository` in --config",
+    )?;
+    let repository = Arc::new(Repository::scan(&root)?);
     anyhow::ensure!(
         !repository.is_empty() || args.allow_empty_repository,
         "no models in {}: each model is a directory with a model.toml (--allow-empty-repository serves none)",
-        args.repository.display()
+        root.display()
     );
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
@@ -215,4 +285,16 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed schemas are what the structs say; regenerate with
+    /// `cargo run -- schema server > schemas/server.schema.json` (and `model`).
+    #[test]
+    fn committed_schemas_match_the_config_structs() {
+        let committed = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        assert_eq!(committed(include_str!("../../schemas/server.schema.json")), super::server_schema());
+        assert_eq!(committed(include_str!("../../schemas/model.schema.json")), wasmserve::config::schema());
+    }
 }

@@ -29,7 +29,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Instrument;
 
 /// When `/v2/health/ready` says yes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ReadyWhen {
     /// Every model is ready (the default: a pod takes traffic only when it can serve it all).
     All,

@@ -499,3 +499,27 @@ fn request_ids_reach_the_response_and_the_json_logs() {
     assert_eq!(failure["span"]["model"], "faulty", "{failure}");
     assert_eq!(failure["level"], "ERROR");
 }
+
+#[test]
+fn config_file_settings_yield_to_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wasmserve.toml");
+    std::fs::write(&config, "max_body_mib = 1\nready_when = \"any\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let two_mib = "POST /v2/models/faulty/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\nConnection: close\r\n\r\n";
+    let from_file = Server::start(&test_models(), &["--config", config]);
+    assert_eq!(from_file.raw_http(two_mib).0, 413, "the file's 1 MiB limit applies");
+    drop(from_file);
+    let flag = Server::start(&test_models(), &["--config", config, "--max-body-mib", "4"]);
+    let body = vec![0u8; 2 << 20];
+    let r = flag.post("/v2/models/faulty/infer", &RAW, &body);
+    assert_eq!(r.status, 400, "a flag overrides the file: read, then refused as the wrong shape");
+    drop(flag);
+    let env = Server::start_env(
+        &test_models(),
+        &["--config", config],
+        &[("WASMSERVE_MAX_BODY_MIB", Path::new("4"))],
+    );
+    let r = env.post("/v2/models/faulty/infer", &RAW, &body);
+    assert_eq!(r.status, 400, "the environment overrides the file");
+}
