@@ -78,7 +78,7 @@ struct ServeArgs {
     repository: Option<PathBuf>,
 
     /// Address to listen on. Use 0.0.0.0 to accept connections from other hosts
-    /// (the container image does).
+    /// (inside a container, for example).
     #[arg(long, default_value = "127.0.0.1", env = "WASMSERVE_HOST")]
     host: std::net::IpAddr,
 
