@@ -123,11 +123,8 @@ impl Repository {
         match PluginHost::new(plugin_cache) {
             Ok(host) => {
                 for (name, dir, config, graph, load_started) in loaded {
-                    let state = match bring_up(&host, name, dir, config, graph, &graphs) {
-                        Ok(mut model) => {
-                            model.load_duration = load_started.elapsed();
-                            State::Ready(Arc::new(model))
-                        }
+                    let state = match bring_up(&host, name, dir, config, graph, &graphs, load_started) {
+                        Ok(model) => State::Ready(Arc::new(model)),
                         Err(e) => State::Unavailable(format!("{e:#}")),
                     };
                     self.set(name, state);
@@ -152,11 +149,6 @@ impl Repository {
             State::Loading => {}
         }
         *self.models[name].1.write().expect("state lock") = state;
-    }
-
-    /// How many models there are.
-    pub fn len(&self) -> usize {
-        self.models.len()
     }
 
     /// True when the repository holds no model.
@@ -199,6 +191,7 @@ impl Repository {
 }
 
 /// Compile the plugin and run the warm-up requests: a model that passes is ready.
+/// `load_started` is when its config was read, for [`Model::load_duration`].
 fn bring_up(
     host: &PluginHost,
     name: &str,
@@ -206,17 +199,20 @@ fn bring_up(
     config: ModelConfig,
     graph: wasmtime_wasi_nn::Graph,
     graphs: &Graphs,
+    load_started: Instant,
 ) -> anyhow::Result<Model> {
     let started = Instant::now();
     let plugin = host.load(name, dir, &config.plugin, graphs.clone()).context("cannot load its plugin")?;
     tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
-    let model = Model { name: name.to_string(), config, graph, plugin, load_duration: Default::default() };
+    let mut model =
+        Model { name: name.to_string(), config, graph, plugin, load_duration: Default::default() };
     for (i, warmup) in model.config.warmup.iter().enumerate() {
         let started = Instant::now();
         warm_up(&model, dir, warmup).with_context(|| format!("warm-up {} failed", i + 1))?;
         tracing::info!(model = %name, warmup = i + 1, count = warmup.count,
             elapsed_ms = started.elapsed().as_millis() as u64, "warm-up done");
     }
+    model.load_duration = load_started.elapsed();
     Ok(model)
 }
 

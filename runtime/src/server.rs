@@ -83,8 +83,9 @@ impl AppState {
             && self.0.repository.ready(self.0.ready_when == ReadyWhen::All)
     }
 
-    fn model(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>> {
-        self.0.repository.get(name, version)
+    /// The model a request's path names, if it is ready.
+    fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
+        self.0.repository.get(&path.model, path.version.as_deref())
     }
 }
 
@@ -146,12 +147,6 @@ async fn repository_index(State(state): State<AppState>) -> Response {
 struct ModelPath {
     model: String,
     version: Option<String>,
-}
-
-impl AppState {
-    fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
-        self.model(&path.model, path.version.as_deref())
-    }
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
