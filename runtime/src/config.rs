@@ -42,6 +42,9 @@ pub struct ModelConfig {
     /// One line for humans; shown in metadata.
     #[serde(default)]
     pub description: Option<String>,
+    /// Files fetched at start-up, before anything loads (see [`Fetch`]).
+    #[serde(default)]
+    pub fetch: Vec<Fetch>,
     /// The graph the model runs.
     pub graph: GraphConfig,
     /// The plugin that pre- and post-processes.
@@ -54,6 +57,110 @@ pub struct ModelConfig {
     /// every one succeeded.
     #[serde(default)]
     pub warmup: Vec<Warmup>,
+}
+
+/// `[[fetch]]`: a file fetched at start-up, pinned by its digest, and where the model sees it.
+///
+/// ```toml
+/// [[fetch]]
+/// url = "s3://models/magika/model.onnx"      # or https://, gs://, az://, file:///, a path
+/// sha256 = "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c"
+/// path = "model.onnx"                         # default: the URL's file name
+///
+/// [[fetch]]
+/// url = "https://example.com/magika-data.tar.gz"
+/// sha256 = "..."                              # of the archive
+/// path = "data"                               # unpacked here (default: the model directory)
+/// member = "magika/config"                    # only this directory (or file) of the archive
+/// ```
+///
+/// A path a fetch provides is read from the cache instead of the model directory; other
+/// paths still come from the model directory.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    /// Where from: `https://` or `http://`, `s3://bucket/key` (AWS_* variables configure the
+    /// endpoint and credentials), `gs://`, `az://` / `abfs://`, `file:///abs/path`, or a path
+    /// relative to the model directory.
+    pub url: String,
+    /// SHA-256 of the bytes the URL serves (of the archive itself, for an archive), in hex.
+    pub sha256: String,
+    /// Where the model sees it, relative to its directory. Default: the URL's file name, or
+    /// for an archive the model directory itself.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Unpack an archive: `tar.gz` or `zip` (a Python wheel is a zip), or `none` to keep it
+    /// whole. Default: from the URL's ending (`.tar.gz`, `.tgz`, `.zip`), else `none`.
+    #[serde(default)]
+    pub unpack: Option<Unpack>,
+    /// With an archive: take only this file or directory of it.
+    #[serde(default)]
+    pub member: Option<PathBuf>,
+}
+
+/// How a fetched file is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+pub enum Unpack {
+    /// Kept as it is.
+    #[serde(rename = "none")]
+    None,
+    /// A gzip-compressed tar archive.
+    #[serde(rename = "tar.gz")]
+    TarGz,
+    /// A zip archive (also a Python wheel).
+    #[serde(rename = "zip")]
+    Zip,
+}
+
+impl Fetch {
+    /// How to unpack what the URL serves: as configured, else from the URL's ending.
+    pub fn unpack(&self) -> Unpack {
+        let url = self.url.split(['?', '#']).next().unwrap_or_default().to_ascii_lowercase();
+        self.unpack.unwrap_or(if url.ends_with(".tar.gz") || url.ends_with(".tgz") {
+            Unpack::TarGz
+        } else if url.ends_with(".zip") {
+            Unpack::Zip
+        } else {
+            Unpack::None
+        })
+    }
+
+    /// Where the model sees it, relative to its directory (empty: the directory itself).
+    pub fn path(&self) -> PathBuf {
+        match (&self.path, self.unpack()) {
+            (Some(path), _) => path.clone(),
+            (None, Unpack::None) => {
+                let url = self.url.split(['?', '#']).next().unwrap_or_default();
+                PathBuf::from(url.rsplit('/').next().unwrap_or_default())
+            }
+            (None, _) => PathBuf::new(),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.sha256.len() == 64 && self.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+            "`sha256` must be 64 hex digits (`sha256sum FILE` prints it), not '{}'",
+            self.sha256
+        );
+        let unpacked = self.unpack() != Unpack::None;
+        anyhow::ensure!(unpacked || self.member.is_none(), "`member` needs an archive (`unpack`)");
+        let path = self.path();
+        anyhow::ensure!(
+            unpacked || !path.as_os_str().is_empty(),
+            "`path`: give the file name the model sees (the URL has none)"
+        );
+        for (field, p) in [("path", Some(&path)), ("member", self.member.as_ref())] {
+            let Some(p) = p else { continue };
+            anyhow::ensure!(
+                p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)),
+                "`{field}` must be a relative path inside the model directory, without `..`: '{}'",
+                p.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
@@ -218,6 +325,9 @@ impl ModelConfig {
             anyhow::ensure!(w.count > 0, "`warmup[{i}].count` must be > 0");
         }
         anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
+        for (i, fetch) in self.fetch.iter().enumerate() {
+            fetch.check().with_context(|| format!("`fetch[{i}]`"))?;
+        }
         Ok(())
     }
 }
@@ -267,6 +377,24 @@ shape = [-1]
         let err = parse(&MINIMAL.replace("[plugin]", "[plugin]\ndatta = \"d\"")).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("unknown field `datta`"), "{msg}");
+    }
+
+    #[test]
+    fn fetch_entries_are_checked() {
+        let with = |fetch: &str| parse(&format!("{fetch}\n{MINIMAL}")).map_err(|e| format!("{e:#}"));
+        let sha = "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c";
+        assert!(with(&format!("[[fetch]]\nurl = \"https://h/m.onnx\"\nsha256 = \"{sha}\"")).is_ok());
+        let err = with("[[fetch]]\nurl = \"https://h/m.onnx\"\nsha256 = \"abc\"").unwrap_err();
+        assert!(err.contains("`fetch[0]`") && err.contains("64 hex digits"), "{err}");
+        let err =
+            with(&format!("[[fetch]]\nurl = \"https://h/m.onnx\"\nsha256 = \"{sha}\"\npath = \"../x\""))
+                .unwrap_err();
+        assert!(err.contains("without `..`"), "{err}");
+        let err = with(&format!("[[fetch]]\nurl = \"https://h/m.onnx\"\nsha256 = \"{sha}\"\nmember = \"a\""))
+            .unwrap_err();
+        assert!(err.contains("`member` needs an archive"), "{err}");
+        let err = with(&format!("[[fetch]]\nurl = \"https://h/\"\nsha256 = \"{sha}\"")).unwrap_err();
+        assert!(err.contains("`path`"), "{err}");
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! The modules follow one request:
 //! [`server`] -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
 //! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
-//! directories, each described by a [`config`].
+//! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
+//! config lists from their URLs.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod fetch;
 pub mod infer;
 pub mod metrics;
 pub mod plugin;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use wasmserve::fetch::Fetcher;
 use wasmserve::infer::BackendOptions;
 use wasmserve::repository::Repository;
 use wasmserve::server::{AppState, ReadyWhen, router};
@@ -96,13 +97,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
 
-    /// Where compiled plugins are kept so a restart does not compile them again
-    /// (default: $XDG_CACHE_HOME/wasmserve or ~/.cache/wasmserve). An unwritable directory
-    /// only costs compile time.
+    /// Where fetched model files (models/) and compiled plugins (plugins/) are kept, so a
+    /// restart neither downloads nor compiles again (default: $XDG_CACHE_HOME/wasmserve or
+    /// ~/.cache/wasmserve). On Kubernetes, a volume (emptyDir survives container restarts).
+    /// Models that fetch files need it writable; otherwise it only saves time.
     #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
-    /// Compile plugins at every start; keep nothing on disk.
+    /// Keep nothing across restarts: fetch model files into a temporary directory removed at
+    /// exit, and compile plugins at every start.
     #[arg(long, conflicts_with = "cache_dir", env = "WASMSERVE_NO_CACHE")]
     #[serde(default)]
     no_cache: bool,
@@ -145,6 +148,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
         );
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
@@ -160,7 +164,8 @@ fn main() -> std::process::ExitCode {
         }
         Command::Serve(args) => tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
             let serve_matches = matches.subcommand_matches("serve").expect("the serve subcommand");
-            let result = with_config_file(args, serve_matches).and_then(|args| rt.block_on(serve(args)));
+            let result = with_config_file(args, serve_matches)
+                .and_then(|args| rt.block_on(serve(args, interactive && cli.log_format == LogFormat::Text)));
             // A model still loading must not hold the exit up.
             rt.shutdown_timeout(Duration::from_millis(500));
             result
@@ -208,7 +213,8 @@ fn with_config_file(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Resu
     Ok(merged)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Serve until a signal. `progress_bars`: draw download progress bars (a person is watching).
+async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     let root = args.repository.clone().context(
         "no model repository: pass --repository DIR, set WASMSERVE_REPOSITORY, or `repository` in --config",
     )?;
@@ -243,9 +249,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut server = tokio::spawn(async move { server.await });
 
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
-    let plugin_cache = (!args.no_cache).then(|| args.cache_dir.or_else(default_cache_dir)).flatten();
-    let plugin_cache = plugin_cache.map(|dir| dir.join("plugins"));
-    let mut loading = tokio::task::spawn_blocking(move || repository.load(&options, plugin_cache.as_deref()));
+    let cache = (!args.no_cache).then(|| args.cache_dir.or_else(default_cache_dir)).flatten();
+    // Without a cache, fetched files still need a place: one that goes away with the server.
+    let scratch = match cache {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("wasmserve-")
+                .tempdir()
+                .context("cannot create a temporary directory")?,
+        ),
+    };
+    let fetched = cache.as_deref().or(scratch.as_ref().map(|d| d.path())).expect("a place for fetched files");
+    let fetcher = Fetcher::new(&fetched.join("models"), progress_bars);
+    let plugin_cache = cache.map(|dir| dir.join("plugins"));
+    let mut loading =
+        tokio::task::spawn_blocking(move || repository.load(&options, &fetcher, plugin_cache.as_deref()));
     let failures = tokio::select! {
         failures = &mut loading => failures.context("model loading panicked")?,
         stopped = &mut server => return stopped?.context("server failed"),
@@ -263,6 +282,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopped");
+    drop(scratch);
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! repository: the models a server serves, loaded from a directory of model directories.
 //!
-//! Start-up, per model: read the config -> load the graph -> compile the plugin -> run the
-//! config's warm-up requests through the whole pipeline -> ready. A model that fails any step
+//! Start-up, per model: read the config -> fetch the files it lists -> load the graph ->
+//! compile the plugin -> run the config's warm-up requests through the whole pipeline -> ready. A model that fails any step
 //! stays unavailable with the reason (in its endpoints' answers, the repository index and the
 //! log); the others serve.
 //!
@@ -17,14 +17,19 @@
 use crate::config::{self, ModelConfig, Warmup};
 use crate::decode;
 use crate::error::Error;
+use crate::fetch::Fetcher;
 use crate::infer::{self, BackendOptions, Graphs};
 use crate::plugin::{Plugin, PluginHost};
 use crate::schedule;
 use anyhow::Context;
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How many models fetch their files at once.
+const FETCH_CONCURRENCY: usize = 4;
 
 /// A loaded model: its config, graph and plugin.
 pub struct Model {
@@ -36,8 +41,8 @@ pub struct Model {
     pub graph: wasmtime_wasi_nn::Graph,
     /// The compiled plugin.
     pub plugin: Plugin,
-    /// From reading the config to ready, warm-up included.
-    pub load_duration: std::time::Duration,
+    /// From reading the config to ready: fetch, graph, plugin and warm-up.
+    pub load_duration: Duration,
 }
 
 impl Model {
@@ -97,14 +102,20 @@ impl Repository {
     }
 
     /// Bring every model up; returns the models that ended unavailable, with the reasons
-    /// (each is also logged). `plugin_cache` keeps compiled plugins across restarts.
-    pub fn load(&self, options: &BackendOptions, plugin_cache: Option<&Path>) -> Vec<(String, String)> {
-        // Graphs first: every plugin may call any loaded graph through wasi:nn.
+    /// (each is also logged). `fetcher` brings the files configs list; `plugin_cache`
+    /// keeps compiled plugins across restarts. Call from a blocking thread of a tokio runtime.
+    pub fn load(
+        &self,
+        options: &BackendOptions,
+        fetcher: &Fetcher,
+        plugin_cache: Option<&Path>,
+    ) -> Vec<(String, String)> {
+        // Graphs next: every plugin may call any loaded graph through wasi:nn.
         let mut loaded = Vec::new();
         let mut graphs = HashMap::new();
-        for (name, (dir, _)) in &self.models {
+        for (name, dir, config, fetched_in) in self.configs(fetcher) {
             let started = Instant::now();
-            let graph = ModelConfig::load(dir).and_then(|config| {
+            let graph = config.and_then(|config| {
                 let graph = infer::load(&dir.join(&config.graph.file), &config.graph, options)
                     .context("cannot load its graph")?;
                 tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
@@ -113,8 +124,8 @@ impl Repository {
             });
             match graph {
                 Ok((config, graph)) => {
-                    graphs.insert(name.clone(), graph.clone());
-                    loaded.push((name, dir, config, graph, started));
+                    graphs.insert(name.to_string(), graph.clone());
+                    loaded.push((name, dir, config, graph, fetched_in + started.elapsed()));
                 }
                 Err(e) => self.set(name, State::Unavailable(format!("{e:#}"))),
             }
@@ -122,8 +133,8 @@ impl Repository {
         let graphs = Graphs::new(graphs);
         match PluginHost::new(plugin_cache) {
             Ok(host) => {
-                for (name, dir, config, graph, load_started) in loaded {
-                    let state = match bring_up(&host, name, dir, config, graph, &graphs, load_started) {
+                for (name, dir, config, graph, spent) in loaded {
+                    let state = match bring_up(&host, name, dir, config, graph, &graphs, spent) {
                         Ok(model) => State::Ready(Arc::new(model)),
                         Err(e) => State::Unavailable(format!("{e:#}")),
                     };
@@ -140,6 +151,25 @@ impl Repository {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Every model's config, with the files it lists fetched (several models at once), and
+    /// the time that took.
+    fn configs(&self, fetcher: &Fetcher) -> Vec<(&str, &Path, anyhow::Result<ModelConfig>, Duration)> {
+        let configs = futures::stream::iter(&self.models)
+            .map(|(name, (dir, _))| async move {
+                let started = Instant::now();
+                let config = async {
+                    let mut config = ModelConfig::load(dir)?;
+                    fetcher.fetch(name, dir, &mut config).await?;
+                    Ok(config)
+                }
+                .await;
+                (name.as_str(), dir.as_path(), config, started.elapsed())
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .collect();
+        tokio::runtime::Handle::current().block_on(configs)
     }
 
     fn set(&self, name: &str, state: State) {
@@ -191,7 +221,7 @@ impl Repository {
 }
 
 /// Compile the plugin and run the warm-up requests: a model that passes is ready.
-/// `load_started` is when its config was read, for [`Model::load_duration`].
+/// `spent`: the time its fetch and graph took, for [`Model::load_duration`].
 fn bring_up(
     host: &PluginHost,
     name: &str,
@@ -199,7 +229,7 @@ fn bring_up(
     config: ModelConfig,
     graph: wasmtime_wasi_nn::Graph,
     graphs: &Graphs,
-    load_started: Instant,
+    spent: Duration,
 ) -> anyhow::Result<Model> {
     let started = Instant::now();
     let plugin = host.load(name, dir, &config.plugin, graphs.clone()).context("cannot load its plugin")?;
@@ -212,7 +242,7 @@ fn bring_up(
         tracing::info!(model = %name, warmup = i + 1, count = warmup.count,
             elapsed_ms = started.elapsed().as_millis() as u64, "warm-up done");
     }
-    model.load_duration = load_started.elapsed();
+    model.load_duration = spent + started.elapsed();
     Ok(model)
 }
 

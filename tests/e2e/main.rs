@@ -1,6 +1,7 @@
 //! End-to-end tests: each starts the real `wasmserve` binary and talks HTTP to it.
 //! Run with `make test` (it fetches the models, builds the plugins and sets ORT_DYLIB_PATH).
 
+mod fetch;
 mod server;
 
 use serde_json::{Value, json};
@@ -216,8 +217,16 @@ fn faulty(server: &Server, fault: &str) -> server::Response {
 }
 
 fn assert_serves(server: &Server) {
-    let r = faulty(server, "none");
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_model_serves(server, "faulty");
+}
+
+/// `model` (the test model's graph and plugin, under any name) answers correctly.
+fn assert_model_serves(server: &Server, model: &str) {
+    let r = server.infer(
+        model,
+        &json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [2, 2, 2, 2, 2, 2]}]}),
+    );
+    assert_eq!(r.status, 200, "{model}: {}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.output("y")["data"], json!([2.0, 4.0, 6.0, 8.0, 10.0, 12.0]));
 }
 
@@ -360,11 +369,6 @@ fn slow(toml: &str) -> String {
     toml.replace("timeout_ms = 500", "timeout_ms = 5000")
 }
 
-fn get_json(server: &Server, path: &str) -> (u16, Value) {
-    let (status, body) = server.get(path);
-    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")))
-}
-
 #[test]
 fn ready_only_after_warm_up_and_never_after_a_failed_one() {
     let repo = edited_repository(
@@ -375,14 +379,14 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
     let mut server = Server::start_listening(repo.path(), &[]);
     assert_eq!(server.get("/v2/health/live").0, 200, "live while loading");
     assert_eq!(server.get("/v2/health/ready").0, 503, "not ready before warm-up");
-    let (status, index) = get_json(&server, "/v2/repository/index");
+    let (status, index) = server.get_json("/v2/repository/index");
     assert_eq!((status, &index[0]["state"]), (200, &json!("LOADING")));
     let r = faulty(&server, "none");
     assert_eq!(r.status, 503);
     assert_eq!(r.error(), "model 'faulty' is loading");
     server.wait_ready();
     assert!(server.log().contains("warm-up reached the plugin"), "{}", server.log());
-    assert_eq!(get_json(&server, "/v2/repository/index").1[0]["state"], "READY");
+    assert_eq!(server.get_json("/v2/repository/index").1[0]["state"], "READY");
     assert_serves(&server);
     drop(server);
 
@@ -392,15 +396,7 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
     std::fs::rename(broken.path().join("faulty"), repo.path().join("broken")).unwrap();
     for (ready_when, ready) in [("all", 503), ("any", 200)] {
         let server = Server::start_listening(repo.path(), &["--ready-when", ready_when]);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let index = loop {
-            let (_, index) = get_json(&server, "/v2/repository/index");
-            if index.as_array().unwrap().iter().all(|m| m["state"] != "LOADING") {
-                break index;
-            }
-            assert!(std::time::Instant::now() < deadline, "still loading: {index}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let index = server.wait_loaded();
         assert_eq!(server.get("/v2/health/ready").0, ready, "--ready-when {ready_when}");
         let reason = "warm-up 1 failed: plugin 'broken' rejected the input: asked to refuse";
         assert_eq!(index[0]["name"], "broken");

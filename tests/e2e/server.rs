@@ -142,6 +142,25 @@ impl Server {
         }
     }
 
+    /// GET a JSON answer; returns status and body.
+    pub fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.get(path);
+        (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")))
+    }
+
+    /// Wait until no model is loading any more; returns the repository index.
+    pub fn wait_loaded(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, index) = self.get_json("/v2/repository/index");
+            if index.as_array().unwrap().iter().all(|m| m["state"] != "LOADING") {
+                return index;
+            }
+            assert!(Instant::now() < deadline, "still loading after 60 s: {index}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// POST raw bytes with headers; returns status, headers and body.
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
         let mut req = self.agent.post(format!("{}{path}", self.base));

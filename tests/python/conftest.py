@@ -13,13 +13,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Server:
-    def __init__(self, repository: Path):
+    """`wasmserve serve` on a free port; `args` and `env` are added to its command and environment."""
+
+    def __init__(self, repository: Path, args=(), env=None):
         target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
         binary = os.environ.get("WASMSERVE_BIN", str(target / "debug/wasmserve"))
         self.proc = subprocess.Popen(
-            [binary, "serve", "--repository", str(repository), "--port", "0"],
+            [binary, "serve", "--repository", str(repository), "--port", "0", *args],
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"},
+            env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1", **(env or {})},
         )
         self.log = []
         found = threading.Event()
@@ -37,6 +39,18 @@ class Server:
             self.stop()
             raise RuntimeError("wasmserve did not start:\n" + "".join(self.log))
 
+    def wait_ready(self, timeout=120):
+        import tritonclient.http as http
+
+        client = http.InferenceServerClient(self.address)
+        deadline = time.time() + timeout
+        while not client.is_server_ready():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError("wasmserve never became ready:\n" + "".join(self.log))
+            time.sleep(0.1)
+        return client
+
     def stop(self):
         self.proc.kill()
         self.proc.wait()
@@ -45,15 +59,7 @@ class Server:
 @pytest.fixture(scope="session")
 def server():
     s = Server(ROOT / "examples/models")
-    import tritonclient.http as http
-
-    client = http.InferenceServerClient(s.address)
-    deadline = time.time() + 120
-    while not client.is_server_ready():
-        if s.proc.poll() is not None or time.time() > deadline:
-            s.stop()
-            raise RuntimeError("wasmserve never became ready:\n" + "".join(s.log))
-        time.sleep(0.1)
+    s.wait_ready()
     yield s
     s.stop()
 

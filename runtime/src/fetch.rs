@@ -1,0 +1,603 @@
+//! fetch: the first start-up step. A model's `[[fetch]]` files (see [`config::Fetch`]) come
+//! from their URLs into a cache, each checked against its pinned sha256, and the model then
+//! sees them at their `path` as if they were in its directory.
+//!
+//! The cache (`<cache-dir>/models/`) is shared by restarts and by servers on one volume:
+//!
+//! ```text
+//! blobs/sha256/<digest>   downloads whose digest matched; nothing else ever gets such a name
+//! unpacked/<key>/         an archive's contents, unpacked once per downloaded archive
+//! views/<key>/            one per fetch list: hard links at the paths models see
+//! ```
+//!
+//! Everything is written under a temporary name and renamed into place when complete, so an
+//! interrupted fetch leaves nothing that a later start trusts. A cached blob is re-hashed
+//! before use, so a file changed on disk is fetched again rather than served; unpacked and
+//! view directories are keyed by the identity (device, inode, mtime) of the files they were
+//! made from, so a fetched-again file never shows through an old link.
+
+use crate::config::{Fetch, ModelConfig, Unpack};
+use anyhow::Context;
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, path::Path as StorePath};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// How many times a download is tried before the model is given up on.
+const ATTEMPTS: u32 = 5;
+/// The wait before the second attempt; it doubles after each failure, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A download that receives nothing for this long is abandoned (and retried).
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Progress lines in the log, at most this often per download.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Leftover temporary files older than this are removed at start-up: an interrupted fetch.
+const STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Fetches models' files into a cache directory.
+pub struct Fetcher {
+    root: PathBuf,
+    bars: Option<MultiProgress>,
+}
+
+/// Why a download failed, and whether trying again may help.
+enum Failure {
+    Transient(anyhow::Error),
+    Permanent(anyhow::Error),
+}
+
+impl Fetcher {
+    /// A fetcher keeping its files under `cache` (created when a model first needs it).
+    /// `progress_bar`: draw bars on the terminal, as well as logging progress.
+    pub fn new(cache: &Path, progress_bar: bool) -> Self {
+        let fetcher = Self { root: cache.to_path_buf(), bars: progress_bar.then(MultiProgress::new) };
+        fetcher.remove_stale();
+        fetcher
+    }
+
+    /// Fetch what `config` lists and point its paths at the fetched files. `dir` is the
+    /// model's directory, for relative URLs and paths.
+    pub async fn fetch(&self, model: &str, dir: &Path, config: &mut ModelConfig) -> anyhow::Result<()> {
+        if config.fetch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let sources =
+            futures::future::try_join_all(config.fetch.iter().map(|f| self.source(model, dir, f))).await?;
+        let (root, fetches) = (self.root.clone(), config.fetch.clone());
+        let view = tokio::task::spawn_blocking(move || build_view(&root, &fetches, &sources)).await??;
+        resolve(config, &view);
+        tracing::info!(model, files = config.fetch.len(), elapsed_ms = started.elapsed().as_millis() as u64,
+            view = %view.display(), "fetched");
+        Ok(())
+    }
+
+    /// The fetched file, or the archive's unpacked contents (or its `member`), in the cache.
+    async fn source(&self, model: &str, dir: &Path, fetch: &Fetch) -> anyhow::Result<PathBuf> {
+        let blob =
+            self.blob(model, dir, fetch).await.with_context(|| format!("cannot fetch {}", fetch.url))?;
+        let kind = fetch.unpack();
+        if kind == Unpack::None {
+            return Ok(blob);
+        }
+        let dest = self.root.join("unpacked").join(key(&digest_of(fetch), std::slice::from_ref(&blob))?);
+        let tree = dest.clone();
+        tokio::task::spawn_blocking(move || unpack(&blob, kind, &dest))
+            .await?
+            .with_context(|| format!("cannot unpack {}", fetch.url))?;
+        let Some(member) = &fetch.member else { return Ok(tree) };
+        let source = tree.join(member);
+        anyhow::ensure!(
+            source.symlink_metadata().is_ok(),
+            "{} has no member '{}'",
+            fetch.url,
+            member.display()
+        );
+        Ok(source)
+    }
+
+    /// The verified download in `blobs/`: from the cache when it is there and intact, else
+    /// fetched, with retries on failures that may pass.
+    async fn blob(&self, model: &str, dir: &Path, fetch: &Fetch) -> anyhow::Result<PathBuf> {
+        let digest = digest_of(fetch);
+        let dest = self.root.join("blobs/sha256").join(&digest);
+        if dest.is_file() {
+            let path = dest.clone();
+            let actual = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
+            if actual == digest {
+                tracing::info!(model, url = %fetch.url, "in the cache");
+                return Ok(dest);
+            }
+            tracing::warn!(model, file = %dest.display(), "cached file changed on disk; fetching again");
+            std::fs::remove_file(&dest).with_context(|| format!("cannot remove {}", dest.display()))?;
+        }
+        let parent = dest.parent().expect("a blob has a directory");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the cache directory {}", parent.display()))?;
+        let (store, location) = open(&fetch.url, dir)?;
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1.. {
+            match self.download(model, &fetch.url, &*store, &location, &dest, &digest).await {
+                Ok(()) => break,
+                Err(Failure::Transient(e)) if attempt < ATTEMPTS => {
+                    tracing::warn!(model, url = %fetch.url, attempt, "fetch failed, trying again in {backoff:?}: {e:#}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(Failure::Transient(e)) => {
+                    return Err(e.context(format!("gave up after {attempt} attempts")));
+                }
+                Err(Failure::Permanent(e)) => return Err(e),
+            }
+        }
+        Ok(dest)
+    }
+
+    /// One attempt: stream into a temporary file beside `dest`, hashing on the way, and
+    /// rename it to `dest` only when the digest matches.
+    async fn download(
+        &self,
+        model: &str,
+        url: &str,
+        store: &dyn ObjectStore,
+        location: &StorePath,
+        dest: &Path,
+        digest: &str,
+    ) -> Result<(), Failure> {
+        let part = temporary(dest);
+        let result = async {
+            let response = store.get(location).await.map_err(classify)?;
+            let total = response.meta.size;
+            let mut file = tokio::fs::File::create(&part).await.map_err(permanent)?;
+            let mut hasher = Sha256::new();
+            let mut progress = Progress::new(model, url, total, self.bars.as_ref());
+            let mut stream = response.into_stream();
+            loop {
+                let chunk = tokio::time::timeout(STALL_TIMEOUT, stream.next()).await.map_err(|_| {
+                    Failure::Transient(anyhow::anyhow!("nothing received for {STALL_TIMEOUT:?}"))
+                })?;
+                let Some(chunk) = chunk else { break };
+                let chunk = chunk.map_err(classify)?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(permanent)?;
+                progress.add(chunk.len() as u64);
+            }
+            if progress.done != total {
+                return Err(Failure::Transient(anyhow::anyhow!(
+                    "the connection ended after {} of {total} bytes",
+                    progress.done
+                )));
+            }
+            file.sync_all().await.map_err(permanent)?;
+            let actual = format!("{:x}", hasher.finalize());
+            if actual != digest {
+                return Err(Failure::Permanent(anyhow::anyhow!(
+                    "sha256 mismatch: the config pins {digest}, the URL served {actual} ({total} bytes)"
+                )));
+            }
+            tokio::fs::rename(&part, dest).await.map_err(permanent)?;
+            progress.finish();
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        result
+    }
+
+    /// Remove what interrupted fetches left behind (old enough that no live fetch owns it).
+    fn remove_stale(&self) {
+        for sub in ["blobs/sha256", "unpacked", "views"] {
+            let Ok(entries) = std::fs::read_dir(self.root.join(sub)) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > STALE_AFTER);
+                if name.to_string_lossy().ends_with(".part") && old {
+                    tracing::info!(path = %path.display(), "removing what an interrupted fetch left");
+                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                }
+            }
+        }
+    }
+}
+
+/// The fetch's digest, lower-case: the cache key.
+fn digest_of(fetch: &Fetch) -> String {
+    fetch.sha256.to_ascii_lowercase()
+}
+
+/// A cache key for what is made of `sources` as `what` says: it changes when any of the
+/// files is replaced.
+fn key(what: &str, sources: &[PathBuf]) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = Sha256::new();
+    hasher.update(what);
+    for source in sources {
+        let meta = source.metadata().with_context(|| format!("cannot read {}", source.display()))?;
+        hasher.update(format!("\n{}:{}:{}:{}", meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()));
+    }
+    Ok(format!("{:x}", hasher.finalize())[..16].to_string())
+}
+
+/// A unique temporary name beside `path`, ending in `.part`.
+fn temporary(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.{}.{n}.part", std::process::id()))
+}
+
+/// The store that serves `url` and the object's location in it. Cloud credentials and
+/// endpoints come from the usual environment variables (AWS_*, GOOGLE_*, AZURE_*).
+fn open(url: &str, dir: &Path) -> anyhow::Result<(Box<dyn ObjectStore>, StorePath)> {
+    use object_store::{ClientConfigKey, RetryConfig, aws, azure, gcp, http, local};
+    // Whole-request timeouts would cut large models short; a stalled read is caught instead.
+    const CLIENT: [(ClientConfigKey, &str); 3] = [
+        (ClientConfigKey::Timeout, "7days"),
+        (ClientConfigKey::ConnectTimeout, "10s"),
+        (ClientConfigKey::ReadTimeout, "60s"), // STALL_TIMEOUT
+    ];
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        // Not a URL: a path, relative to the model directory.
+        Err(url::ParseError::RelativeUrlWithoutBase) => {
+            let path = std::path::absolute(dir.join(url))?;
+            url::Url::from_file_path(&path).map_err(|()| anyhow::anyhow!("bad path {}", path.display()))?
+        }
+        Err(e) => anyhow::bail!("invalid URL '{url}': {e}"),
+    };
+    let (scheme, location) = ObjectStoreScheme::parse(&parsed).with_context(|| {
+        format!("unsupported URL '{url}': use https://, http://, s3://, gs://, az://, file:// or a path")
+    })?;
+    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
+    // Set key by key, so what the environment configures (AWS_ALLOW_HTTP...) stays.
+    macro_rules! configured {
+        ($builder:expr, $key:path) => {
+            CLIENT
+                .iter()
+                .fold($builder.with_url(url).with_retry(retry), |b, (k, v)| b.with_config($key(*k), *v))
+        };
+    }
+    let store: Box<dyn ObjectStore> = match scheme {
+        ObjectStoreScheme::Local => Box::new(local::LocalFileSystem::new()),
+        ObjectStoreScheme::AmazonS3 => {
+            Box::new(configured!(aws::AmazonS3Builder::from_env(), aws::AmazonS3ConfigKey::Client).build()?)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => Box::new(
+            configured!(gcp::GoogleCloudStorageBuilder::from_env(), gcp::GoogleConfigKey::Client).build()?,
+        ),
+        ObjectStoreScheme::MicrosoftAzure => Box::new(
+            configured!(azure::MicrosoftAzureBuilder::from_env(), azure::AzureConfigKey::Client).build()?,
+        ),
+        ObjectStoreScheme::Http => {
+            let base = &parsed[..url::Position::BeforePath];
+            let builder =
+                CLIENT.iter().fold(http::HttpBuilder::new().with_url(base).with_retry(retry), |b, (k, v)| {
+                    b.with_config(*k, *v)
+                });
+            Box::new(builder.with_config(ClientConfigKey::AllowHttp, "true").build()?)
+        }
+        other => anyhow::bail!("unsupported URL '{url}' ({other:?})"),
+    };
+    Ok((store, location))
+}
+
+/// Sort an object store's error: a missing object or a refused credential stays so.
+fn classify(e: object_store::Error) -> Failure {
+    use object_store::Error as E;
+    let permanent = matches!(
+        e,
+        E::NotFound { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::UnknownConfigurationKey { .. }
+    );
+    // The store's messages repeat their causes; say each part once.
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !message.contains(&part) {
+            message = format!("{message}: {part}");
+        }
+        cause = c.source();
+    }
+    let e = anyhow::anyhow!(message);
+    if permanent { Failure::Permanent(e) } else { Failure::Transient(e) }
+}
+
+/// Local I/O errors (a full or read-only cache) do not pass by trying again.
+fn permanent(e: std::io::Error) -> Failure {
+    Failure::Permanent(anyhow::Error::from(e).context("cannot write the cache"))
+}
+
+/// The sha256 of a file, in hex.
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(format!("{:x}", hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Unpack `archive` into `dest` (once: an existing `dest` is complete by construction).
+fn unpack(archive: &Path, kind: Unpack, dest: &Path) -> anyhow::Result<()> {
+    if dest.is_dir() {
+        return Ok(());
+    }
+    let tmp = temporary(dest);
+    std::fs::create_dir_all(&tmp)?;
+    let unpacked = (|| -> anyhow::Result<()> {
+        let file = std::fs::File::open(archive)?;
+        match kind {
+            // Both keep entries from landing outside `tmp` (`..`, absolute paths).
+            Unpack::TarGz => tar::Archive::new(flate2::read::GzDecoder::new(file)).unpack(&tmp)?,
+            Unpack::Zip => zip::ZipArchive::new(file)?.extract(&tmp)?,
+            Unpack::None => unreachable!("only archives are unpacked"),
+        }
+        Ok(())
+    })();
+    settle(&tmp, dest, unpacked)
+}
+
+/// Rename a finished temporary directory into place; another process may have won the race,
+/// which is as good.
+fn settle(tmp: &Path, dest: &Path, built: anyhow::Result<()>) -> anyhow::Result<()> {
+    let result = built.and_then(|()| match std::fs::rename(tmp, dest) {
+        Err(_) if dest.is_dir() => Ok(()),
+        other => other.with_context(|| format!("cannot move {} into place", dest.display())),
+    });
+    if tmp.exists() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    result
+}
+
+/// The directory where a model sees its fetched files, each at its `path`: hard links into
+/// the cache, shared by every model with the same fetch list.
+fn build_view(root: &Path, fetches: &[Fetch], sources: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    let dest = root.join("views").join(key(&serde_json::to_string(fetches)?, sources)?);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let tmp = temporary(&dest);
+    std::fs::create_dir_all(&tmp)?;
+    let built = fetches.iter().zip(sources).try_for_each(|(fetch, source)| {
+        link_tree(source, &tmp.join(fetch.path()))
+            .with_context(|| format!("cannot place {} at '{}'", fetch.url, fetch.path().display()))
+    });
+    settle(&tmp, &dest, built)?;
+    Ok(dest)
+}
+
+/// Hard-link `src` (a file, or a directory's files) at `dst`; copy where linking fails.
+/// Symbolic links are left out: they could point a plugin anywhere on the host.
+fn link_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let meta = src.symlink_metadata()?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        for entry in std::fs::read_dir(src)? {
+            let entry = entry?;
+            link_tree(&entry.path(), &dst.join(entry.file_name()))?;
+        }
+    } else if meta.is_file() {
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        anyhow::ensure!(!dst.exists(), "two fetches provide {}", dst.display());
+        if std::fs::hard_link(src, dst).is_err() {
+            std::fs::copy(src, dst)?;
+        }
+    } else {
+        tracing::warn!(path = %src.display(), "left out of the model's files: a symbolic link");
+    }
+    Ok(())
+}
+
+/// Point the config's paths at the view where it provides them.
+fn resolve(config: &mut ModelConfig, view: &Path) {
+    let pick = |path: &mut PathBuf| {
+        let fetched = view.join(&*path);
+        if fetched.exists() {
+            *path = fetched;
+        }
+    };
+    pick(&mut config.graph.file);
+    pick(&mut config.plugin.file);
+    config.plugin.data.iter_mut().for_each(pick);
+    config.warmup.iter_mut().filter_map(|w| w.file.as_mut()).for_each(pick);
+}
+
+/// A download's progress, in the log every few seconds and on a bar at a terminal.
+struct Progress<'a> {
+    model: &'a str,
+    url: &'a str,
+    total: u64,
+    done: u64,
+    started: Instant,
+    logged: Instant,
+    bar: Option<ProgressBar>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(model: &'a str, url: &'a str, total: u64, bars: Option<&MultiProgress>) -> Self {
+        tracing::info!(model, url, mib = format!("{:.1}", mib(total)), "fetching");
+        let bar = bars.map(|bars| {
+            let style = ProgressStyle::with_template(
+                "{msg} {bar:30} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}",
+            )
+            .expect("a valid template");
+            let bar = bars.add(ProgressBar::new(total).with_style(style));
+            bar.set_message(format!("{model}: {}", url.rsplit('/').next().unwrap_or(url)));
+            bar
+        });
+        Self { model, url, total, done: 0, started: Instant::now(), logged: Instant::now(), bar }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => bar.inc(n),
+            None if self.logged.elapsed() >= LOG_EVERY => {
+                self.logged = Instant::now();
+                tracing::info!(
+                    model = self.model,
+                    url = self.url,
+                    "fetching: {:.0}% ({:.1} of {:.1} MiB, {:.1} MiB/s)",
+                    100.0 * self.done as f64 / self.total.max(1) as f64,
+                    mib(self.done),
+                    mib(self.total),
+                    self.rate()
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        tracing::info!(
+            model = self.model,
+            url = self.url,
+            mib = format!("{:.1}", mib(self.total)),
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "downloaded ({:.1} MiB/s)",
+            self.rate()
+        );
+    }
+
+    fn rate(&self) -> f64 {
+        mib(self.done) / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(url: &str, member: Option<&str>) -> Fetch {
+        Fetch {
+            url: url.into(),
+            sha256: "0".repeat(64),
+            path: None,
+            unpack: None,
+            member: member.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn archives_are_known_by_their_ending() {
+        assert_eq!(fetch("https://h/m.tar.gz?x=1", None).unpack(), Unpack::TarGz);
+        assert_eq!(fetch("s3://b/m.TGZ", None).unpack(), Unpack::TarGz);
+        assert_eq!(fetch("m.zip", None).unpack(), Unpack::Zip);
+        assert_eq!(fetch("https://h/m.onnx", None).unpack(), Unpack::None);
+        assert_eq!(fetch("https://h/dir/m.onnx?sig=abc", None).path(), PathBuf::from("m.onnx"));
+        assert_eq!(fetch("https://h/m.tar.gz", None).path(), PathBuf::new());
+    }
+
+    #[test]
+    fn unpacking_refuses_paths_outside_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("evil.tar.gz");
+        {
+            let gz =
+                flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), Default::default());
+            let mut tar = tar::Builder::new(gz);
+            let mut header = tar::Header::new_gnu();
+            let data = b"owned";
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            // Written raw: tar::Builder itself refuses `..` in set_path.
+            header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"../escaped.tx");
+            header.set_cksum();
+            tar.append(&header, &data[..]).unwrap();
+            tar.into_inner().unwrap().finish().unwrap();
+        }
+        let dest = dir.path().join("out/unpacked");
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        // tar skips such entries; the rest of the archive unpacks.
+        unpack(&archive, Unpack::TarGz, &dest).unwrap();
+        assert!(!dir.path().join("out/escaped.tx").exists(), "an entry escaped the directory");
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("out")).unwrap().count(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn views_place_files_and_directories_and_refuse_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("tree/sub")).unwrap();
+        std::fs::write(src.join("model.onnx"), b"graph").unwrap();
+        std::fs::write(src.join("tree/sub/vocab.txt"), b"words").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("tree/passwd")).unwrap();
+        let mut graph = fetch("https://h/model.onnx", None);
+        graph.sha256 = "1".repeat(64);
+        let mut data = fetch("https://h/data.tar.gz", Some("tree"));
+        data.path = Some("data".into());
+        let root = dir.path().join("cache");
+        let view =
+            build_view(&root, &[graph.clone(), data], &[src.join("model.onnx"), src.join("tree")]).unwrap();
+        assert_eq!(std::fs::read(view.join("model.onnx")).unwrap(), b"graph");
+        assert_eq!(std::fs::read(view.join("data/sub/vocab.txt")).unwrap(), b"words");
+        assert!(!view.join("data/passwd").exists(), "symbolic links are left out");
+
+        let mut twice = graph.clone();
+        twice.sha256 = "2".repeat(64);
+        let err = build_view(&root, &[graph, twice], &[src.join("model.onnx"), src.join("model.onnx")])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("two fetches provide"), "{err:#}");
+    }
+
+    #[test]
+    fn config_paths_default_from_the_url() {
+        let config = r#"
+[[fetch]]
+url = "https://example.com/a/model.onnx"
+sha256 = "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c"
+[[fetch]]
+url = "s3://bucket/data.tar.gz"
+sha256 = "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c"
+path = "data"
+[graph]
+file = "model.onnx"
+[plugin]
+file = "p.wasm"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+"#;
+        let config: ModelConfig = toml::from_str(config).unwrap();
+        let paths: Vec<_> = config.fetch.iter().map(Fetch::path).collect();
+        assert_eq!(paths, [PathBuf::from("model.onnx"), PathBuf::from("data")]);
+    }
+}

@@ -1,0 +1,277 @@
+//! Model files fetched at start-up: from a real HTTP server run by the test (with scripted
+//! failures), from archives and local paths. S3 is tested against moto's server in
+//! tests/python/test_fetch_s3.py.
+
+use super::server::{Server, edited_repository, test_models};
+use super::{assert_model_serves, walk};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the file server does to the next request instead of answering it well.
+enum Fault {
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Announce the whole length, send this many bytes, close the connection.
+    CutAfter(usize),
+    /// Send the body 16 bytes at a time with this pause between.
+    Trickle(Duration),
+}
+
+#[derive(Default)]
+struct Script {
+    files: HashMap<String, Vec<u8>>,
+    faults: VecDeque<Fault>,
+    hits: usize,
+}
+
+/// A real HTTP/1.1 server on loopback that serves files and misbehaves on request.
+struct FileServer {
+    base: String,
+    script: Arc<Mutex<Script>>,
+}
+
+impl FileServer {
+    fn start(files: &[(&str, Vec<u8>)]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let files = files.iter().map(|(path, bytes)| (path.to_string(), bytes.clone())).collect();
+        let script = Arc::new(Mutex::new(Script { files, ..Default::default() }));
+        let shared = script.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let script = shared.clone();
+                std::thread::spawn(move || answer(stream, &script));
+            }
+        });
+        Self { base, script }
+    }
+
+    fn fail_next(&self, fault: Fault) {
+        self.script.lock().unwrap().faults.push_back(fault);
+    }
+
+    fn hits(&self) -> usize {
+        self.script.lock().unwrap().hits
+    }
+}
+
+fn answer(mut stream: TcpStream, script: &Mutex<Script>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        line.clear();
+    }
+    let path = request_line.split(' ').nth(1).unwrap_or_default().to_string();
+    let (body, fault) = {
+        let mut script = script.lock().unwrap();
+        script.hits += 1;
+        (script.files.get(&path).cloned(), script.faults.pop_front())
+    };
+    let Some(body) = body else {
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    if let Some(Fault::Status(code)) = fault {
+        let _ = write!(stream, "HTTP/1.1 {code} Failing\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    match fault {
+        Some(Fault::CutAfter(n)) => {
+            let _ = stream.write_all(&body[..n]);
+        }
+        Some(Fault::Trickle(pause)) => {
+            for chunk in body.chunks(16) {
+                if stream.write_all(chunk).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        }
+        _ => {
+            let _ = stream.write_all(&body);
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+fn test_file(name: &str) -> Vec<u8> {
+    std::fs::read(test_models().join("faulty").join(name)).unwrap()
+}
+
+/// The test model, its graph fetched from `url` (pinned to `sha`) instead of read locally.
+fn fetching_graph(url: &str, sha: &str) -> tempfile::TempDir {
+    edited_repository(&test_models(), &["faulty"], |toml| {
+        let toml = toml.replace("file = \"model.onnx\"", "file = \"fetched.onnx\"");
+        format!("{toml}\n[[fetch]]\nurl = \"{url}\"\nsha256 = \"{sha}\"\npath = \"fetched.onnx\"\n")
+    })
+}
+
+/// Files in `dir` and below whose name ends in `.part`: what an unfinished write leaves.
+fn partial_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".part") {
+                found.push(name);
+            } else if entry.path().is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn fetches_retry_transient_failures_and_the_cache_serves_restarts() {
+    let graph = test_file("model.onnx");
+    let files = FileServer::start(&[("/models/mul.onnx", graph.clone())]);
+    // First an error status, then a connection cut halfway: both are tried again.
+    files.fail_next(Fault::Status(503));
+    files.fail_next(Fault::CutAfter(graph.len() / 2));
+    let repo = fetching_graph(&format!("{}/models/mul.onnx", files.base), &sha256(&graph));
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap()];
+
+    let server = Server::start(repo.path(), &args);
+    assert_model_serves(&server, "faulty");
+    assert_eq!(files.hits(), 3, "503, cut, whole:\n{}", server.log());
+    assert!(server.log().contains("fetch failed, trying again"), "{}", server.log());
+    assert!(partial_files(cache.path()).is_empty(), "{:?}", partial_files(cache.path()));
+    let blob = cache.path().join("models/blobs/sha256").join(sha256(&graph));
+    assert_eq!(std::fs::read(&blob).unwrap(), graph);
+    drop(server);
+
+    // A restart finds the file in the cache: no second download.
+    let server = Server::start(repo.path(), &args);
+    assert_model_serves(&server, "faulty");
+    assert_eq!(files.hits(), 3);
+    assert!(server.log().contains("in the cache"), "{}", server.log());
+    drop(server);
+
+    // A cached file changed on disk is not trusted: it is fetched again.
+    std::fs::write(&blob, b"tampered").unwrap();
+    let server = Server::start(repo.path(), &args);
+    assert_model_serves(&server, "faulty");
+    assert_eq!(files.hits(), 4);
+    assert!(server.log().contains("cached file changed on disk"), "{}", server.log());
+}
+
+#[test]
+fn a_wrong_digest_or_a_missing_file_keeps_the_model_unavailable() {
+    let graph = test_file("model.onnx");
+    let files = FileServer::start(&[("/mul.onnx", graph.clone())]);
+    let wrong = sha256(b"something else");
+    let repo = fetching_graph(&format!("{}/mul.onnx", files.base), &wrong);
+    let missing = fetching_graph(&format!("{}/nope.onnx", files.base), &wrong);
+    std::fs::rename(missing.path().join("faulty"), repo.path().join("missing")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+
+    let server = Server::start_listening(repo.path(), &["--cache-dir", cache.path().to_str().unwrap()]);
+    let index = server.wait_loaded();
+    assert_eq!(server.get("/v2/health/ready").0, 503);
+    let reason = |i: usize| index[i]["reason"].as_str().unwrap().to_string();
+    assert_eq!(index[0]["state"], "UNAVAILABLE");
+    assert!(reason(0).contains(&format!("cannot fetch {}/mul.onnx", files.base)), "{}", reason(0));
+    assert!(
+        reason(0).contains(&format!(
+            "sha256 mismatch: the config pins {wrong}, the URL served {}",
+            sha256(&graph)
+        )),
+        "{}",
+        reason(0)
+    );
+    assert_eq!(index[1]["state"], "UNAVAILABLE");
+    assert!(reason(1).contains("not found"), "{}", reason(1));
+    // Neither is retried: trying again cannot help.
+    assert_eq!(files.hits(), 2, "{}", server.log());
+    assert_eq!(walk(&cache.path().join("models/blobs")), 0, "nothing kept from a bad fetch");
+    let (status, body) = server.get("/v2/models/faulty/ready");
+    assert_eq!(status, 503);
+    assert!(body.contains("sha256 mismatch"), "{body}");
+}
+
+#[test]
+fn a_download_killed_midway_is_never_trusted() {
+    let graph = test_file("model.onnx");
+    let files = FileServer::start(&[("/mul.onnx", graph.clone())]);
+    files.fail_next(Fault::Trickle(Duration::from_millis(300)));
+    let repo = fetching_graph(&format!("{}/mul.onnx", files.base), &sha256(&graph));
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap()];
+
+    let server = Server::start_listening(repo.path(), &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while partial_files(cache.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no download started:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(server); // SIGKILL, mid-download
+    assert!(!cache.path().join("models/blobs/sha256").join(sha256(&graph)).exists());
+
+    let server = Server::start(repo.path(), &args);
+    assert_model_serves(&server, "faulty");
+    assert_eq!(files.hits(), 2, "the restart downloads again:\n{}", server.log());
+}
+
+#[test]
+fn archives_and_local_paths_unpack_into_the_model_directory() {
+    let (graph, plugin) = (test_file("model.onnx"), test_file("plugin.wasm"));
+    let toml = std::fs::read_to_string(test_models().join("faulty/model.toml")).unwrap();
+
+    // A .tar.gz over HTTP, of which the model takes one directory.
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), Default::default()));
+    for (name, bytes) in [("bundle/model.onnx", &graph), ("bundle/plugin.wasm", &plugin), ("README", &vec![])]
+    {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    let tar_gz = tar.into_inner().unwrap().finish().unwrap();
+    let files = FileServer::start(&[("/bundle.tar.gz", tar_gz.clone())]);
+    let repo = tempfile::tempdir().unwrap();
+    let tarred = repo.path().join("tarred");
+    std::fs::create_dir(&tarred).unwrap();
+    let fetch = format!(
+        "[[fetch]]\nurl = \"{}/bundle.tar.gz\"\nsha256 = \"{}\"\nmember = \"bundle\"\n",
+        files.base,
+        sha256(&tar_gz)
+    );
+    std::fs::write(tarred.join("model.toml"), format!("{toml}\n{fetch}")).unwrap();
+
+    // A zip (as a Python wheel is) found by a path relative to the model directory.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes) in [("model.onnx", &graph), ("plugin.wasm", &plugin)] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    let zipped_bytes = zip.finish().unwrap().into_inner();
+    let zipped = repo.path().join("zipped");
+    std::fs::create_dir(&zipped).unwrap();
+    std::fs::write(zipped.join("files.zip"), &zipped_bytes).unwrap();
+    let fetch = format!("[[fetch]]\nurl = \"files.zip\"\nsha256 = \"{}\"\n", sha256(&zipped_bytes));
+    std::fs::write(zipped.join("model.toml"), format!("{toml}\n{fetch}")).unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let server = Server::start(repo.path(), &["--cache-dir", cache.path().to_str().unwrap()]);
+    assert_model_serves(&server, "tarred");
+    assert_model_serves(&server, "zipped");
+    assert!(partial_files(cache.path()).is_empty());
+}
