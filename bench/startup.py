@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Time from process start to ready, with a cold cache and with a warm one, in one run.
+
+Builds a model repository holding only the example models' model.toml files, each listing
+its graph, plugin and data files as [[fetch]] URLs on a local HTTP server; starts the release
+binary with an empty --cache-dir (cold: download, hash, compile the plugin) and again on the
+same cache (warm: re-hash, cached compiled plugin), and prints one table of medians. The
+server serves at full loopback speed and throttled to --mbit, as a pod pulling from object
+storage would see.
+
+    make examples && cargo build --release
+    python3 bench/startup.py [--runs 3] [--mbit 200]
+"""
+
+import argparse
+import hashlib
+import http.server
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BINARY = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/release/wasmserve"))
+EXAMPLES = ROOT / "examples/models"
+FILES = {"magika": ["model.onnx", "plugin.wasm", "data/config.min.json", "data/content_types_kb.min.json"],
+         "minilm": ["model.onnx", "plugin.wasm", "data/vocab.txt"]}
+
+
+class Files(http.server.SimpleHTTPRequestHandler):
+    """Serves examples/models, at most `rate` bytes per second per response (0: unlimited)."""
+
+    rate = 0
+    served = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(EXAMPLES), **kwargs)
+
+    def copyfile(self, source, outputfile):
+        while chunk := source.read(64 * 1024):
+            outputfile.write(chunk)
+            Files.served += len(chunk)
+            if Files.rate:
+                time.sleep(len(chunk) / Files.rate)
+
+    def log_message(self, *args):
+        pass
+
+
+def repository(base, into):
+    for model, files in FILES.items():
+        text = (EXAMPLES / model / "model.toml").read_text()
+        for f in files:
+            sha = hashlib.sha256((EXAMPLES / model / f).read_bytes()).hexdigest()
+            text += f'\n[[fetch]]\nurl = "{base}/{model}/{f}"\nsha256 = "{sha}"\npath = "{f}"\n'
+        (into / model).mkdir(parents=True)
+        (into / model / "model.toml").write_text(text)
+
+
+def time_to_ready(repo, cache):
+    started = time.perf_counter()
+    proc = subprocess.Popen([BINARY, "serve", "-r", str(repo), "--port", "0", "--cache-dir", str(cache)],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    log, addr = [], []
+
+    def pump():
+        for line in proc.stderr:
+            log.append(line)
+            if m := re.search(r"listening on (\S+)", line):
+                addr.append(m.group(1))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        while time.perf_counter() - started < 300:
+            if proc.poll() is not None:
+                sys.exit("wasmserve exited:\n" + "".join(log))
+            try:
+                if addr and urllib.request.urlopen(f"http://{addr[0]}/v2/health/ready").status == 200:
+                    return time.perf_counter() - started
+            except OSError:
+                pass
+            time.sleep(0.01)
+        sys.exit("wasmserve not ready after 300 s:\n" + "".join(log))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--mbit", type=float, default=200, help="throttled download rate, Mbit/s")
+    args = parser.parse_args()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    size = sum((EXAMPLES / m / f).stat().st_size for m, files in FILES.items() for f in files)
+    print(f"magika + minilm: {len(sum(FILES.values(), []))} files, {size / 2**20:.1f} MiB, release build, "
+          f"median of {args.runs}\n")
+    print("| download | cold cache: s to ready | warm cache: s to ready | cold / warm | MiB downloaded (cold, warm) |")
+    print("|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        repository(f"http://127.0.0.1:{httpd.server_address[1]}", tmp / "repo")
+        for label, rate in [("loopback, unthrottled", 0), (f"{args.mbit:g} Mbit/s", args.mbit * 1e6 / 8)]:
+            Files.rate = rate
+            cold, warm, cold_bytes, warm_bytes = [], [], [], []
+            for run in range(args.runs):
+                cache = tmp / f"cache-{rate}-{run}"
+                before = Files.served
+                cold.append(time_to_ready(tmp / "repo", cache))
+                cold_bytes.append(Files.served - before)
+                before = Files.served
+                warm.append(time_to_ready(tmp / "repo", cache))
+                warm_bytes.append(Files.served - before)
+            c, w = statistics.median(cold), statistics.median(warm)
+            print(f"| {label} | {c:.2f} | {w:.2f} | {c / w:.1f}x | "
+                  f"{statistics.median(cold_bytes) / 2**20:.1f}, {statistics.median(warm_bytes) / 2**20:.1f} |")
+    httpd.shutdown()
+
+
+if __name__ == "__main__":
+    main()
