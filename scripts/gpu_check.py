@@ -6,7 +6,9 @@ Serves the example models twice with the same binary, once with `backend = "onnx
 prints for each: whether magika's labels equal the Python package's on the fixture files,
 minilm's lowest cosine against the reference embeddings, and sequential latencies.
 
-Needs on the GPU machine: the wasmserve binary, the example models (`make examples`), the
+Needs on the GPU machine: the wasmserve binary, the example plugins (`make examples`), the
+model files in a cache directory when the machine has no network (start the server once where
+it has, with `--cache-dir DIR`, carry DIR over and set WASMSERVE_CACHE_DIR=DIR), the
 `onnxruntime-gpu` wheel's capi/ directory (libonnxruntime.so.*, libonnxruntime_providers_cuda.so,
 libonnxruntime_providers_shared.so) and CUDA 13 + cuDNN 9 libraries (the `nvidia-*` wheels
 PyTorch cu130 brings). Run from the repository root:

@@ -90,7 +90,7 @@ pub struct Fetch {
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// Unpack an archive: `tar.gz` or `zip` (a Python wheel is a zip), or `none` to keep it
-    /// whole. Default: from the URL's ending (`.tar.gz`, `.tgz`, `.zip`), else `none`.
+    /// whole. Default: from the URL's ending (`.tar.gz`, `.tgz`, `.zip`, `.whl`), else `none`.
     #[serde(default)]
     pub unpack: Option<Unpack>,
     /// With an archive: take only this file or directory of it.
@@ -118,7 +118,7 @@ impl Fetch {
         let url = self.url.split(['?', '#']).next().unwrap_or_default().to_ascii_lowercase();
         self.unpack.unwrap_or(if url.ends_with(".tar.gz") || url.ends_with(".tgz") {
             Unpack::TarGz
-        } else if url.ends_with(".zip") {
+        } else if url.ends_with(".zip") || url.ends_with(".whl") {
             Unpack::Zip
         } else {
             Unpack::None
@@ -144,7 +144,7 @@ impl Fetch {
             self.sha256
         );
         let unpacked = self.unpack() != Unpack::None;
-        anyhow::ensure!(unpacked || self.member.is_none(), "`member` needs an archive (`unpack`)");
+        anyhow::ensure!(unpacked || self.member.is_none(), "`member` needs an archive: the URL ends in none of .tar.gz, .tgz, .zip, .whl; set `unpack`");
         let path = self.path();
         anyhow::ensure!(
             unpacked || !path.as_os_str().is_empty(),

@@ -22,8 +22,10 @@ use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, path::Path as StorePath};
 use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -44,6 +46,10 @@ const STALE_AFTER: Duration = Duration::from_secs(3600);
 pub struct Fetcher {
     root: PathBuf,
     bars: Option<MultiProgress>,
+    /// One lock per digest: a file several fetches name is downloaded once.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Digests checked (hashed or downloaded) by this process.
+    verified: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Why a download failed, and whether trying again may help.
@@ -56,7 +62,12 @@ impl Fetcher {
     /// A fetcher keeping its files under `cache` (created when a model first needs it).
     /// `progress_bar`: draw bars on the terminal, as well as logging progress.
     pub fn new(cache: &Path, progress_bar: bool) -> Self {
-        let fetcher = Self { root: cache.to_path_buf(), bars: progress_bar.then(MultiProgress::new) };
+        let fetcher = Self {
+            root: cache.to_path_buf(),
+            bars: progress_bar.then(MultiProgress::new),
+            locks: Default::default(),
+            verified: Default::default(),
+        };
         fetcher.remove_stale();
         fetcher
     }
@@ -86,9 +97,11 @@ impl Fetcher {
         if kind == Unpack::None {
             return Ok(blob);
         }
-        let dest = self.root.join("unpacked").join(key(&digest_of(fetch), std::slice::from_ref(&blob))?);
+        let member = fetch.member.clone().unwrap_or_default();
+        let what = format!("{}\n{}", digest_of(fetch), member.display());
+        let dest = self.root.join("unpacked").join(key(&what, std::slice::from_ref(&blob))?);
         let tree = dest.clone();
-        tokio::task::spawn_blocking(move || unpack(&blob, kind, &dest))
+        tokio::task::spawn_blocking(move || unpack(&blob, kind, &member, &dest))
             .await?
             .with_context(|| format!("cannot unpack {}", fetch.url))?;
         let Some(member) = &fetch.member else { return Ok(tree) };
@@ -107,15 +120,33 @@ impl Fetcher {
     async fn blob(&self, model: &str, dir: &Path, fetch: &Fetch) -> anyhow::Result<PathBuf> {
         let digest = digest_of(fetch);
         let dest = self.root.join("blobs/sha256").join(&digest);
+        let lock = self.locks.lock().expect("locks").entry(digest.clone()).or_default().clone();
+        let _held = lock.lock().await;
+        if self.verified.lock().expect("verified").contains(&digest) {
+            return Ok(dest);
+        }
+        self.fetch_blob(model, dir, fetch, &digest, &dest).await?;
+        self.verified.lock().expect("verified").insert(digest);
+        Ok(dest)
+    }
+
+    async fn fetch_blob(
+        &self,
+        model: &str,
+        dir: &Path,
+        fetch: &Fetch,
+        digest: &str,
+        dest: &Path,
+    ) -> anyhow::Result<()> {
         if dest.is_file() {
-            let path = dest.clone();
+            let path = dest.to_path_buf();
             let actual = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
             if actual == digest {
                 tracing::info!(model, url = %fetch.url, "in the cache");
-                return Ok(dest);
+                return Ok(());
             }
             tracing::warn!(model, file = %dest.display(), "cached file changed on disk; fetching again");
-            std::fs::remove_file(&dest).with_context(|| format!("cannot remove {}", dest.display()))?;
+            std::fs::remove_file(dest).with_context(|| format!("cannot remove {}", dest.display()))?;
         }
         let parent = dest.parent().expect("a blob has a directory");
         std::fs::create_dir_all(parent)
@@ -123,7 +154,7 @@ impl Fetcher {
         let (store, location) = open(&fetch.url, dir)?;
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1.. {
-            match self.download(model, &fetch.url, &*store, &location, &dest, &digest).await {
+            match self.download(model, &fetch.url, &*store, &location, dest, digest).await {
                 Ok(()) => break,
                 Err(Failure::Transient(e)) if attempt < ATTEMPTS => {
                     tracing::warn!(model, url = %fetch.url, attempt, "fetch failed, trying again in {backoff:?}: {e:#}");
@@ -136,7 +167,7 @@ impl Fetcher {
                 Err(Failure::Permanent(e)) => return Err(e),
             }
         }
-        Ok(dest)
+        Ok(())
     }
 
     /// One attempt: stream into a temporary file beside `dest`, hashing on the way, and
@@ -339,8 +370,10 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Unpack `archive` into `dest` (once: an existing `dest` is complete by construction).
-fn unpack(archive: &Path, kind: Unpack, dest: &Path) -> anyhow::Result<()> {
+/// Unpack the entries of `archive` under `member` (all of it when empty) into `dest`, once:
+/// an existing `dest` is complete by construction. Entries that would land outside `dest`
+/// (`..`, absolute paths) and links are left out.
+fn unpack(archive: &Path, kind: Unpack, member: &Path, dest: &Path) -> anyhow::Result<()> {
     if dest.is_dir() {
         return Ok(());
     }
@@ -349,9 +382,33 @@ fn unpack(archive: &Path, kind: Unpack, dest: &Path) -> anyhow::Result<()> {
     let unpacked = (|| -> anyhow::Result<()> {
         let file = std::fs::File::open(archive)?;
         match kind {
-            // Both keep entries from landing outside `tmp` (`..`, absolute paths).
-            Unpack::TarGz => tar::Archive::new(flate2::read::GzDecoder::new(file)).unpack(&tmp)?,
-            Unpack::Zip => zip::ZipArchive::new(file)?.extract(&tmp)?,
+            Unpack::TarGz => {
+                let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+                for entry in tar.entries()? {
+                    let mut entry = entry?;
+                    let kind = entry.header().entry_type();
+                    if (kind.is_file() || kind.is_dir()) && entry.path()?.starts_with(member) {
+                        // unpack_in refuses paths that leave `tmp`.
+                        entry.unpack_in(&tmp)?;
+                    }
+                }
+            }
+            Unpack::Zip => {
+                let mut zip = zip::ZipArchive::new(file)?;
+                for i in 0..zip.len() {
+                    let mut entry = zip.by_index(i)?;
+                    let Some(name) = entry.enclosed_name().filter(|n| n.starts_with(member)) else {
+                        continue;
+                    };
+                    let path = tmp.join(name);
+                    if entry.is_dir() {
+                        std::fs::create_dir_all(&path)?;
+                    } else if entry.is_file() {
+                        std::fs::create_dir_all(path.parent().expect("inside tmp"))?;
+                        std::io::copy(&mut entry, &mut std::fs::File::create(&path)?)?;
+                    }
+                }
+            }
             Unpack::None => unreachable!("only archives are unpacked"),
         }
         Ok(())
@@ -515,6 +572,7 @@ mod tests {
         assert_eq!(fetch("https://h/m.tar.gz?x=1", None).unpack(), Unpack::TarGz);
         assert_eq!(fetch("s3://b/m.TGZ", None).unpack(), Unpack::TarGz);
         assert_eq!(fetch("m.zip", None).unpack(), Unpack::Zip);
+        assert_eq!(fetch("https://h/magika-1.0.3-py3-none-any.whl", None).unpack(), Unpack::Zip);
         assert_eq!(fetch("https://h/m.onnx", None).unpack(), Unpack::None);
         assert_eq!(fetch("https://h/dir/m.onnx?sig=abc", None).path(), PathBuf::from("m.onnx"));
         assert_eq!(fetch("https://h/m.tar.gz", None).path(), PathBuf::new());
@@ -541,7 +599,7 @@ mod tests {
         let dest = dir.path().join("out/unpacked");
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         // tar skips such entries; the rest of the archive unpacks.
-        unpack(&archive, Unpack::TarGz, &dest).unwrap();
+        unpack(&archive, Unpack::TarGz, Path::new(""), &dest).unwrap();
         assert!(!dir.path().join("out/escaped.tx").exists(), "an entry escaped the directory");
         assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(dir.path().join("out")).unwrap().count(), 1, "no temporary left");

@@ -313,8 +313,15 @@ mod tests {
     /// `cargo run -- schema server > schemas/server.schema.json` (and `model`).
     #[test]
     fn committed_schemas_match_the_config_structs() {
-        let committed = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
-        assert_eq!(committed(include_str!("../../schemas/server.schema.json")), super::server_schema());
-        assert_eq!(committed(include_str!("../../schemas/model.schema.json")), wasmserve::config::schema());
+        for (of, committed, schema) in [
+            ("server", include_str!("../../schemas/server.schema.json"), super::server_schema()),
+            ("model", include_str!("../../schemas/model.schema.json"), wasmserve::config::schema()),
+        ] {
+            let committed: serde_json::Value = serde_json::from_str(committed).unwrap();
+            assert!(
+                committed == schema,
+                "schemas/{of}.schema.json is out of date: `cargo run -- schema {of} > schemas/{of}.schema.json`"
+            );
+        }
     }
 }

@@ -72,8 +72,13 @@ def test_a_model_is_fetched_from_s3_and_served(s3, tmp_path):
 
     # The repository holds configs only: everything else comes from the bucket.
     config = (FAULTY / "model.toml").read_text()
-    sha = hashlib.sha256(archive).hexdigest()
-    for name, key in [("fetched", "v1/faulty.tar.gz"), ("missing", "v1/nope.tar.gz")]:
+    # The cache is content-addressed: the missing object needs a digest of its own, or the
+    # other model's download would serve it.
+    other = hashlib.sha256(b"another archive").hexdigest()
+    for name, key, sha in [
+        ("fetched", "v1/faulty.tar.gz", hashlib.sha256(archive).hexdigest()),
+        ("missing", "v1/nope.tar.gz", other),
+    ]:
         (tmp_path / "repo" / name).mkdir(parents=True)
         (tmp_path / "repo" / name / "model.toml").write_text(
             f'{config}\n[[fetch]]\nurl = "s3://models/{key}"\nsha256 = "{sha}"\nmember = "faulty"\n'
