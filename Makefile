@@ -12,7 +12,7 @@ EXAMPLE_PLUGINS := magika minilm
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
-.PHONY: serve test examples plugins lint venv
+.PHONY: serve test examples plugins lint venv deploy-check
 
 serve: examples
 	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
@@ -37,6 +37,20 @@ venv: $(VENV)/installed
 test: examples venv
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" $(VPY) -m pytest tests/python -q
+	$(MAKE) deploy-check
+
+# deploy/ checked offline: Kubernetes schemas, settings against the binary, checkov. Its own
+# virtual environment: checkov pins packages the test tools need newer.
+DEPLOY_VENV := .venv-deploy
+$(DEPLOY_VENV)/installed: deploy/requirements.txt
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r deploy/requirements.txt
+	touch $@
+
+deploy-check: $(DEPLOY_VENV)/installed
+	cargo build --bin wasmserve
+	$(DEPLOY_VENV)/bin/python deploy/check.py
 
 lint:
 	cargo fmt --all --check
