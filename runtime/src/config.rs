@@ -144,7 +144,10 @@ impl Fetch {
             self.sha256
         );
         let unpacked = self.unpack() != Unpack::None;
-        anyhow::ensure!(unpacked || self.member.is_none(), "`member` needs an archive: the URL ends in none of .tar.gz, .tgz, .zip, .whl; set `unpack`");
+        anyhow::ensure!(
+            unpacked || self.member.is_none(),
+            "`member` needs an archive: the URL ends in none of .tar.gz, .tgz, .zip, .whl; set `unpack`"
+        );
         let path = self.path();
         anyhow::ensure!(
             unpacked || !path.as_os_str().is_empty(),

@@ -4,6 +4,8 @@
 //! between requests and a plugin that traps only fails its own request. An instance sees
 //! only its model's data directory (read-only, at `/data`): no network, no environment,
 //! no arguments. Memory is capped per instance and every call has a wall-clock deadline.
+//! What it prints (stdout and stderr) goes to the server's log, a line per event, in the
+//! request's span.
 
 use crate::config::PluginConfig;
 use crate::error::Error;
@@ -12,8 +14,9 @@ use crate::tensor::{Datatype, Tensor};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
@@ -30,6 +33,13 @@ const TICK: Duration = Duration::from_millis(10);
 
 /// Where a plugin sees its data directory.
 pub const DATA_DIR: &str = "/data";
+
+/// What one instance may print; a write past it fails (a Rust plugin's `println!` panics).
+const OUTPUT_LIMIT: usize = 1 << 20;
+
+/// The optional export of the `model-plugin-with-warm-up` world, and its function.
+const WARM: &str = "wasmserve:plugin/warm@0.1.0";
+const WARM_UP: &str = "warm-up";
 
 /// Compiles plugins and holds what every instance shares: the engine and the linker.
 pub struct PluginHost {
@@ -92,6 +102,9 @@ impl PluginHost {
             bindings::ModelPluginPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
                 format!("plugin {} does not export the wasmserve:plugin world", file.display())
             })?;
+        let warm_up = component
+            .get_export_index(None, WARM)
+            .and_then(|warm| component.get_export_index(Some(&warm), WARM_UP));
         let data = match &config.data {
             Some(data) => {
                 let data = dir.join(data);
@@ -107,6 +120,7 @@ impl PluginHost {
             memory_limit: config.memory_limit_mib << 20,
             timeout: Duration::from_millis(config.timeout_ms),
             graphs,
+            warm_up,
         })
     }
 }
@@ -119,6 +133,7 @@ pub struct Plugin {
     memory_limit: usize,
     timeout: Duration,
     graphs: Graphs,
+    warm_up: Option<ComponentExportIndex>,
 }
 
 /// What each instance's store holds.
@@ -127,6 +142,7 @@ pub struct State {
     table: ResourceTable,
     nn: WasiNnCtx,
     limits: StoreLimits,
+    output: MemoryOutputPipe,
 }
 
 impl WasiView for State {
@@ -153,8 +169,42 @@ pub struct Prepared {
 impl Plugin {
     /// A fresh, isolated instance.
     pub fn instantiate(&self) -> Result<Instance<'_>, Error> {
+        let mut store = self.store()?;
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
+        Ok(Instance { plugin: self, store, bindings })
+    }
+
+    /// True when the plugin exports `warm` (the `model-plugin-with-warm-up` world).
+    pub fn has_warm_up(&self) -> bool {
+        self.warm_up.is_some()
+    }
+
+    /// Call the plugin's `warm-up`, if it exports one, in a fresh instance.
+    pub fn warm_up(&self) -> Result<(), Error> {
+        let Some(export) = &self.warm_up else { return Ok(()) };
+        let mut store = self.store()?;
+        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(|e| self.trapped(e))?;
+        let warm_up = instance
+            .get_typed_func::<(), (Result<(), wit::PluginError>,)>(&mut store, export)
+            .map_err(|e| self.failed(format!("its `{WARM_UP}` export does not fit the world: {e}")))?;
+        let result = warm_up.call(&mut store, ());
+        self.log_output(store.data());
+        let (result,) = result.map_err(|e| self.trapped(e))?;
+        result.map_err(|e| self.refused(e))
+    }
+
+    /// Log what an instance printed, a line per event.
+    fn log_output(&self, state: &State) {
+        for line in String::from_utf8_lossy(&state.output.contents()).lines() {
+            tracing::info!(plugin = %self.name, "{line}");
+        }
+    }
+
+    /// A store for one instance: its WASI context, limits and deadline.
+    fn store(&self) -> Result<Store<State>, Error> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
+        let output = MemoryOutputPipe::new(OUTPUT_LIMIT);
+        wasi.stdout(output.clone()).stderr(output.clone());
         if let Some(data) = &self.data {
             wasi.preopened_dir(data, DATA_DIR, FsPerms::ReadOnly)
                 .map_err(|e| self.failed(format!("cannot open its data directory: {e:#}")))?;
@@ -168,12 +218,12 @@ impl Plugin {
                 .memory_size(self.memory_limit)
                 .trap_on_grow_failure(true)
                 .build(),
+            output,
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
-        Ok(Instance { plugin: self, store, bindings })
+        Ok(store)
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -260,6 +310,12 @@ impl Instance<'_> {
             .map_err(|e| self.plugin.trapped(e))?
             .map_err(|e| self.plugin.refused(e))?;
         self.plugin.checked("postprocess", result)
+    }
+}
+
+impl Drop for Instance<'_> {
+    fn drop(&mut self) {
+        self.plugin.log_output(self.store.data());
     }
 }
 

@@ -1,7 +1,8 @@
 //! repository: the models a server serves, loaded from a directory of model directories.
 //!
 //! Start-up, per model: read the config -> fetch the files it lists -> load the graph ->
-//! compile the plugin -> run the config's warm-up requests through the whole pipeline -> ready. A model that fails any step
+//! compile the plugin -> call its `warm-up` export, if any -> run the config's warm-up
+//! requests through the whole pipeline -> ready. A model that fails any step
 //! stays unavailable with the reason (in its endpoints' answers, the repository index and the
 //! log); the others serve.
 //!
@@ -234,6 +235,11 @@ fn bring_up(
     let started = Instant::now();
     let plugin = host.load(name, dir, &config.plugin, graphs.clone()).context("cannot load its plugin")?;
     tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
+    if plugin.has_warm_up() {
+        let started = Instant::now();
+        plugin.warm_up().context("the plugin's warm-up failed")?;
+        tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
+    }
     let mut model =
         Model { name: name.to_string(), config, graph, plugin, load_duration: Default::default() };
     for (i, warmup) in model.config.warmup.iter().enumerate() {

@@ -385,7 +385,11 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
     assert_eq!(r.status, 503);
     assert_eq!(r.error(), "model 'faulty' is loading");
     server.wait_ready();
-    assert!(server.log().contains("warm-up reached the plugin"), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("warm-up reached the plugin"), "{log}");
+    // The plugin's own warm-up export runs first, then the config's warm-up requests.
+    let own = log.find("faulty: warm-up ran").unwrap_or_else(|| panic!("no plugin warm-up in\n{log}"));
+    assert!(own < log.find("warm-up reached the plugin").unwrap(), "{log}");
     assert_eq!(server.get_json("/v2/repository/index").1[0]["state"], "READY");
     assert_serves(&server);
     drop(server);
@@ -408,6 +412,42 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
         assert!(body.contains(reason), "{body}");
         assert_serves(&server);
     }
+}
+
+#[test]
+fn a_failing_plugin_warm_up_keeps_its_model_unavailable() {
+    let repo = tempfile::tempdir().unwrap();
+    for (model, behaviour) in [("fails", "fail"), ("loops", "loop"), ("passes", "pass")] {
+        let one = edited_repository(&test_models(), &["faulty"], |t| {
+            t.replace("[plugin]", "[plugin]\ndata = \"data\"")
+        });
+        let dir = repo.path().join(model);
+        std::fs::rename(one.path().join("faulty"), &dir).unwrap();
+        std::fs::create_dir(dir.join("data")).unwrap();
+        std::fs::write(dir.join("data/warm-up"), behaviour).unwrap();
+    }
+    let server = Server::start_listening(repo.path(), &[]);
+    let index = server.wait_loaded();
+    let reasons: Vec<_> =
+        index.as_array().unwrap().iter().map(|m| (m["name"].clone(), m["reason"].clone())).collect();
+    assert_eq!(
+        reasons,
+        [
+            (
+                json!("fails"),
+                json!("the plugin's warm-up failed: plugin 'fails' failed: asked to fail its warm-up")
+            ),
+            (
+                json!("loops"),
+                json!(
+                    "the plugin's warm-up failed: plugin 'loops' failed: exceeded its time limit of 500 ms"
+                )
+            ),
+            (json!("passes"), Value::Null),
+        ]
+    );
+    assert_eq!(server.get("/v2/health/ready").0, 503);
+    assert_model_serves(&server, "passes");
 }
 
 #[test]

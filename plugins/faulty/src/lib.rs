@@ -16,11 +16,13 @@
 //!
 //! With `graph=NAME` it also runs graph NAME itself through `wasi:nn` (`load-by-name`) and
 //! answers with that result instead of the host's: the path an ensemble plugin takes.
+//!
+//! Its `warm-up` export prints "faulty: warm-up ran" and succeeds, unless its data directory
+//! holds a file `warm-up` saying `fail` (return an error) or `loop` (spin forever).
 
 use wasmserve_plugin::bindings::wasi::nn::{errors::Error as NnError, graph, tensor as nn};
-use wasmserve_plugin::{
-    Datatype, Guest, Params, PluginError, Prepared, Tensor, find, internal, invalid, param,
-};
+use wasmserve_plugin::warm::{Guest, WarmUp};
+use wasmserve_plugin::{Datatype, Params, PluginError, Prepared, Tensor, find, internal, invalid, param};
 
 /// Run graph `name` on `x` (as its input `X`) through wasi:nn; its `Y` as tensor `y`.
 fn run_graph(name: &str, x: &Tensor) -> Result<Tensor, PluginError> {
@@ -111,4 +113,17 @@ impl Guest for Faulty {
     }
 }
 
-wasmserve_plugin::export_plugin!(Faulty);
+impl WarmUp for Faulty {
+    fn warm_up() -> Result<(), PluginError> {
+        eprintln!("faulty: warm-up ran");
+        match std::fs::read_to_string("/data/warm-up").as_deref().map(str::trim) {
+            Ok("fail") => Err(internal("asked to fail its warm-up")),
+            Ok("loop") => loop {
+                std::hint::black_box(());
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+wasmserve_plugin::export_plugin_with_warm_up!(Faulty);

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use unicode_general_category::{GeneralCategory as Gc, get_general_category};
 use unicode_normalization::UnicodeNormalization;
+use wasmserve_plugin::warm::{Guest, WarmUp};
 use wasmserve_plugin::{
-    Guest, Params, PluginError, Prepared, Tensor, find, internal, invalid, param, tensor, unpack_bytes,
-    values,
+    Params, PluginError, Prepared, Tensor, find, internal, invalid, param, tensor, unpack_bytes, values,
 };
 
 /// sentence-transformers' `max_seq_length` for this model.
@@ -240,4 +240,16 @@ impl Guest for MiniLm {
     }
 }
 
-wasmserve_plugin::export_plugin!(MiniLm);
+/// At start-up: the vocabulary must load and tokenise, or the model never becomes ready
+/// (rather than failing its first request).
+impl WarmUp for MiniLm {
+    fn warm_up() -> Result<(), PluginError> {
+        let ids = Vocab::get()?.encode("warm up");
+        if ids.len() < 3 {
+            return Err(internal(format!("the vocabulary tokenised 'warm up' as {ids:?}")));
+        }
+        Ok(())
+    }
+}
+
+wasmserve_plugin::export_plugin_with_warm_up!(MiniLm);

@@ -30,6 +30,44 @@ pub mod bindings {
 pub use bindings::wasmserve::plugin::types::{Datatype, Params, PluginError, Prepared, Tensor};
 pub use bindings::{Guest, export_plugin};
 
+/// For a plugin that also warms itself up (the `model-plugin-with-warm-up` world): implement
+/// [`warm::Guest`] (preprocess, postprocess) and [`warm::WarmUp`], then
+/// `wasmserve_plugin::export_plugin_with_warm_up!(MyPlugin)`.
+///
+/// ```ignore
+/// impl wasmserve_plugin::warm::WarmUp for MyPlugin {
+///     fn warm_up() -> Result<(), PluginError> {
+///         std::fs::read("/data/vocab.txt").map(drop).map_err(|e| internal(format!("vocab: {e}")))
+///     }
+/// }
+/// ```
+pub mod warm {
+    #[allow(missing_docs)]
+    #[doc(hidden)]
+    pub mod generated {
+        wit_bindgen::generate!({
+            world: "model-plugin-with-warm-up",
+            path: "../../wit",
+            pub_export_macro: true,
+            export_macro_name: "export_plugin_with_warm_up",
+            default_bindings_module: "wasmserve_plugin::warm::generated",
+            with: {
+                "wasmserve:plugin/types@0.1.0": crate::bindings::wasmserve::plugin::types,
+                "wasi:nn/graph@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::graph,
+                "wasi:nn/inference@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::inference,
+                "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::tensor,
+                "wasi:nn/errors@0.2.0-rc-2024-10-28": crate::bindings::wasi::nn::errors,
+            },
+        });
+    }
+    /// Preprocess and postprocess, as in [`crate::Guest`].
+    pub use generated::Guest;
+    /// The warm-up.
+    pub use generated::exports::wasmserve::plugin::warm::Guest as WarmUp;
+}
+#[doc(inline)]
+pub use warm::generated::export_plugin_with_warm_up;
+
 /// Shorthand for a client error (HTTP 400).
 pub fn invalid(message: impl Into<String>) -> PluginError {
     PluginError::InvalidInput(message.into())
