@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Check deploy/ offline: the Kubernetes manifests against the Kubernetes schemas, the
-KServe runtime's and the Deployment's settings against the real binary, and everything
-(manifests and Dockerfile) through the checkov security linter.
+"""Check deploy/ offline: the Kubernetes manifests, the kustomize overlays and the Helm
+chart (rendered with its default values and each ci/*-values.yaml) against the Kubernetes
+schemas, the KServe runtime's and the Deployment's settings against the real binary, and
+everything (manifests, rendered chart, Dockerfile) through the checkov security linter.
 
     make deploy-check      (installs kubernetes-validate and checkov into .venv-deploy)
 
@@ -58,6 +59,32 @@ def rendered(tmp):
     return out
 
 
+def chart(tmp):
+    """The Helm chart rendered by deploy/helm/render.go (Go's text/template and sprig, as helm
+    renders), once per values file: the defaults and ci/*-values.yaml."""
+    go = shutil.which("go")
+    if not go:
+        if os.environ.get("CI"):
+            sys.exit("CI needs Go to render the Helm chart (.ci/run installs it)")
+        print("note: go not found; the Helm chart was not rendered (apt-get install golang-go "
+              "golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev)")
+        return []
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
+           "GOCACHE": os.environ.get("GOCACHE", str(Path(tmp) / "gocache"))}
+    chart_dir = DEPLOY / "helm/wasmserve"
+    out = []
+    for values in [None, *sorted((chart_dir / "ci").glob("*-values.yaml"))]:
+        args = ["-f", values] if values else []
+        text = run(go, "run", DEPLOY / "helm/render.go", *args, chart_dir,
+                   capture_output=True, text=True, env=env)
+        if text.returncode != 0:
+            sys.exit(f"the chart did not render with {values or 'its defaults'}:\n{text.stderr}")
+        path = Path(tmp) / f"chart-{values.stem if values else 'default'}.yaml"
+        path.write_text(text.stdout)
+        out.append(path)
+    return out
+
+
 def serve_args_are_accepted(args, label):
     """`args` (a container's, after the binary) parse, and only the repository is missing."""
     result = run(BINARY, *args, "--repository", "/nonexistent/models",
@@ -87,10 +114,14 @@ def settings_match_the_binary(tmp):
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:
-        validate(resources() + rendered(tmp))
+        charts = chart(tmp)
+        validate(resources() + rendered(tmp) + charts)
         settings_match_the_binary(tmp)
-    if run(BIN / "checkov", "-d", DEPLOY, "--config-file", DEPLOY / ".checkov.yaml").returncode != 0:
-        sys.exit("checkov found problems")
+        checkov = [BIN / "checkov", "--config-file", DEPLOY / ".checkov.yaml"]
+        if run(*checkov, "-d", DEPLOY).returncode != 0:
+            sys.exit("checkov found problems in deploy/")
+        if charts and run(*checkov, *[a for c in charts for a in ("-f", c)]).returncode != 0:
+            sys.exit("checkov found problems in the rendered chart")
     print("deploy/: all checks passed")
 
 
