@@ -20,4 +20,5 @@ pub mod plugin;
 pub mod repository;
 pub mod schedule;
 pub mod server;
+pub mod telemetry;
 pub mod tensor;

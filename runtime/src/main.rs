@@ -11,6 +11,7 @@ use wasmserve::fetch::Fetcher;
 use wasmserve::infer::BackendOptions;
 use wasmserve::repository::Repository;
 use wasmserve::server::{AppState, ReadyWhen, router};
+use wasmserve::telemetry::{self, LogFormat};
 
 /// A model server: WebAssembly plugins pre- and post-process, tract or ONNX Runtime infers,
 /// clients speak the Open Inference Protocol (KServe v2) over HTTP.
@@ -20,6 +21,13 @@ struct Cli {
     /// Log line format (RUST_LOG sets the level, e.g. RUST_LOG=wasmserve=debug).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WASMSERVE_LOG_FORMAT")]
     log_format: LogFormat,
+
+    /// Send every request's trace (request, plugin stages, inference) to this OpenTelemetry
+    /// collector over OTLP/HTTP, e.g. http://collector:4318. The standard OTEL_EXPORTER_OTLP_*
+    /// variables (headers, timeout) and OTEL_SERVICE_NAME apply. A request with a W3C
+    /// `traceparent` header joins the caller's trace.
+    #[arg(long, global = true, value_name = "URL", env = "WASMSERVE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -52,15 +60,6 @@ enum Command {
 enum SchemaOf {
     Server,
     Model,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// For people: one readable line per event.
-    Text,
-    /// For log collectors: one JSON object per line, with the request span's fields.
-    Json,
 }
 
 /// `wasmserve serve`'s settings; also the keys of its `--config` file.
@@ -138,21 +137,14 @@ struct ServeArgs {
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, never into log collectors.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
-        );
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
-    }
+    let telemetry = match telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Schema { of } => {
             let schema = match of {
@@ -171,14 +163,16 @@ fn main() -> std::process::ExitCode {
             result
         }),
     };
-    match result {
+    let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line with the whole cause chain; no backtrace.
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry); // sends the traces still buffered
+    code
 }
 
 /// The JSON schema of the `--config` file (committed as `schemas/server.schema.json`).

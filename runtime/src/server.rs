@@ -182,7 +182,10 @@ async fn infer(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-    let span = tracing::info_span!("request", id = %id, model = %path.model);
+    let span = tracing::info_span!("request", id = %id, model = %path.model,
+        otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
+        http.response.status_code = tracing::field::Empty);
+    crate::telemetry::join_remote_trace(&span, &headers);
     let answer = async {
         let model = state.model_at(&path)?;
         let timer = state.0.metrics.start(&model.name, &model.config.version);
@@ -199,6 +202,7 @@ async fn infer(
         span.in_scope(|| e.log());
         e.into_response()
     });
+    span.record("http.response.status_code", i64::from(response.status().as_u16()));
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
