@@ -245,16 +245,14 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
     let cache = (!args.no_cache).then(|| args.cache_dir.or_else(default_cache_dir)).flatten();
     // Without a cache, fetched files still need a place: one that goes away with the server.
-    let scratch = match cache {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("wasmserve-")
-                .tempdir()
-                .context("cannot create a temporary directory")?,
-        ),
+    let (fetched, scratch) = match &cache {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let scratch = tempfile::Builder::new().prefix("wasmserve-").tempdir();
+            let scratch = scratch.context("cannot create a temporary directory")?;
+            (scratch.path().to_path_buf(), Some(scratch))
+        }
     };
-    let fetched = cache.as_deref().or(scratch.as_ref().map(|d| d.path())).expect("a place for fetched files");
     let fetcher = Fetcher::new(&fetched.join("models"), progress_bars);
     let plugin_cache = cache.map(|dir| dir.join("plugins"));
     let mut loading =

@@ -171,6 +171,18 @@ fn fetches_retry_transient_failures_and_the_cache_serves_restarts() {
     assert_model_serves(&server, "faulty");
     assert_eq!(files.hits(), 4);
     assert!(server.log().contains("cached file changed on disk"), "{}", server.log());
+    drop(server);
+
+    // --no-cache: a temporary directory, fetched into again, and gone after the exit.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start_env(repo.path(), &["--no-cache"], &[("TMPDIR", tmp.path())]);
+    assert_model_serves(&server, "faulty");
+    assert_eq!(files.hits(), 5);
+    assert!(walk(tmp.path()) > 0, "the fetched files are under TMPDIR while serving");
+    let pid = server.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(server.terminate_wait().success());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the temporary directory is removed");
 }
 
 #[test]
