@@ -34,7 +34,13 @@ $(VENV)/installed: tests/requirements.txt
 
 venv: $(VENV)/installed
 
-test: examples venv
+# Azurite, Microsoft's Azure Storage emulator (npm), for the az:// fetch tests.
+TOOLS := .tools
+$(TOOLS)/installed:
+	npm install --prefix $(TOOLS) --no-audit --no-fund --silent azurite@3.37.0
+	touch $@
+
+test: examples venv $(TOOLS)/installed
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" $(VPY) -m pytest tests/python -q
 	$(MAKE) deploy-check
