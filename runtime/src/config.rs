@@ -57,6 +57,42 @@ pub struct ModelConfig {
     /// every one succeeded.
     #[serde(default)]
     pub warmup: Vec<Warmup>,
+    /// How many requests run at once and how many may wait.
+    #[serde(default)]
+    pub scheduling: Scheduling,
+}
+
+/// `[scheduling]`: the model's share of the machine, and how much waiting it accepts.
+///
+/// ```toml
+/// [scheduling]
+/// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per CPU core
+/// max_queue = 64          # requests waiting for a slot; the next gets 503 + Retry-After
+/// queue_timeout_ms = 0    # longest wait for a slot; 0: none (a request's `timeout` parameter, in µs, overrides)
+/// ```
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scheduling {
+    /// Requests running at once; 0 means one per CPU core.
+    #[serde(default)]
+    pub max_in_flight: usize,
+    /// Requests waiting for a slot; beyond it a request is refused at once (503, Retry-After).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Longest wait for a slot, in milliseconds; 0 means no limit. A request's `timeout`
+    /// parameter (microseconds, as Triton's) takes precedence.
+    #[serde(default)]
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Self { max_in_flight: 0, max_queue: default_max_queue(), queue_timeout_ms: 0 }
+    }
+}
+
+fn default_max_queue() -> usize {
+    64
 }
 
 /// `[[fetch]]`: a file fetched at start-up, pinned by its digest, and where the model sees it.
@@ -372,6 +408,7 @@ shape = [-1]
         assert_eq!(c.graph.backend, Backend::Tract);
         assert_eq!(c.graph.target, Target::Cpu);
         assert_eq!(c.plugin.memory_limit_mib, 256);
+        assert_eq!((c.scheduling.max_in_flight, c.scheduling.max_queue), (0, 64));
         assert_eq!(c.inputs[0].datatype, Datatype::Fp32);
     }
 

@@ -18,6 +18,10 @@ pub enum Error {
     /// The server cannot serve this yet (503): models still loading.
     #[error("{0}")]
     Unavailable(String),
+    /// The model's queue is full, or the request waited past its timeout (503, with
+    /// `Retry-After`).
+    #[error("{0}")]
+    Overloaded(String),
     /// A plugin refused the client's input (400).
     #[error("plugin '{plugin}' rejected the input: {message}")]
     PluginInput {
@@ -59,7 +63,7 @@ impl Error {
             Error::BadRequest(_) | Error::PluginInput { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -70,7 +74,15 @@ impl Error {
 /// OIP error body: `{"error": "..."}`.
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let mut response =
+            (self.status(), axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        if let Error::Overloaded(_) = self {
+            // A load balancer or client may try again (elsewhere) after a second.
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Model {
     pub graph: wasmtime_wasi_nn::Graph,
     /// The compiled plugin.
     pub plugin: Plugin,
+    /// How many of its requests run and wait.
+    pub slots: schedule::Slots,
     /// From reading the config to ready: fetch, graph, plugin and warm-up.
     pub load_duration: Duration,
 }
@@ -240,8 +242,14 @@ fn bring_up(
         plugin.warm_up().context("the plugin's warm-up failed")?;
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
     }
-    let mut model =
-        Model { name: name.to_string(), config, graph, plugin, load_duration: Default::default() };
+    let mut model = Model {
+        name: name.to_string(),
+        slots: schedule::Slots::new(&config.scheduling),
+        config,
+        graph,
+        plugin,
+        load_duration: Default::default(),
+    };
     for (i, warmup) in model.config.warmup.iter().enumerate() {
         let started = Instant::now();
         warm_up(&model, dir, warmup).with_context(|| format!("warm-up {} failed", i + 1))?;

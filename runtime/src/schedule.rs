@@ -2,19 +2,94 @@
 //!
 //! Plugin calls and inference are CPU-bound and synchronous, so they run on tokio's
 //! blocking pool, never on the threads that accept connections and answer health checks.
+//! Each model runs at most `max_in_flight` requests at once; up to `max_queue` more wait for
+//! a slot (for at most their timeout), and beyond that a request is refused at once, so a
+//! burst never queues without bound.
 //! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
+use crate::config::Scheduling;
 use crate::error::Error;
 use crate::infer;
 use crate::repository::Model;
 use crate::tensor::Tensor;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// A model's slots: how many of its requests run, and how many wait.
+pub struct Slots {
+    running: Arc<Semaphore>,
+    max_in_flight: usize,
+    waiting: AtomicUsize,
+    max_queue: usize,
+    timeout: Option<Duration>,
+}
+
+impl Slots {
+    /// Slots as `[scheduling]` says (0 in-flight: one per CPU core).
+    pub fn new(config: &Scheduling) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let max_in_flight = if config.max_in_flight == 0 { cores } else { config.max_in_flight };
+        Self {
+            running: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            waiting: AtomicUsize::new(0),
+            max_queue: config.max_queue,
+            timeout: (config.queue_timeout_ms > 0).then(|| Duration::from_millis(config.queue_timeout_ms)),
+        }
+    }
+
+    /// A slot, once one is free: refused at once when the queue is full, or after waiting
+    /// longer than the request's `timeout` parameter (µs) or the model's queue timeout.
+    async fn acquire(
+        &self,
+        model: &str,
+        params: &[(String, String)],
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        if let Ok(permit) = self.running.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Overloaded(format!(
+                "model '{model}' is busy: {} requests running and {} waiting (max_queue); try again later",
+                self.max_in_flight, self.max_queue
+            )));
+        }
+        // Leaves the queue however the wait ends, the client going away included.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
+        let timeout = params
+            .iter()
+            .find(|(k, _)| k == "timeout")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .filter(|&us| us > 0)
+            .map(Duration::from_micros)
+            .or(self.timeout);
+        let permit = self.running.clone().acquire_owned();
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, permit).await.map_err(|_| {
+                Error::Overloaded(format!(
+                    "model '{model}' is busy: no slot free within the timeout of {} ms; try again later",
+                    limit.as_millis()
+                ))
+            })?,
+            None => permit.await,
+        }
+        .map_err(|_| Error::Internal("the model's slots are closed".into()))
+    }
+}
 
 /// How long one request spent in each step.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
-    /// Waiting for a worker thread.
+    /// Waiting for a slot and a worker thread.
     pub queue: std::time::Duration,
     /// Plugin instance and preprocess.
     pub preprocess: std::time::Duration,
@@ -31,8 +106,10 @@ pub async fn run(
     params: Vec<(String, String)>,
 ) -> Result<(Vec<Tensor>, Timings), Error> {
     let queued = Instant::now();
+    let slot = model.slots.acquire(&model.name, &params).await?;
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let _request = span.enter();
         let queue = queued.elapsed();
         run_blocking(&model, inputs, &params)

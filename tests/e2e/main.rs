@@ -451,6 +451,59 @@ fn a_failing_plugin_warm_up_keeps_its_model_unavailable() {
 }
 
 #[test]
+fn a_full_queue_refuses_at_once_and_a_wait_past_the_timeout_gives_up() {
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        format!("{}\n[scheduling]\nmax_in_flight = 1\nmax_queue = 1\n", slow(t))
+    });
+    let server = Server::start(repo.path(), &[]);
+    let request = |params: Value| {
+        server.infer(
+            "faulty",
+            &json!({"parameters": params, "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [2, 2, 2, 2, 2, 2]}]}),
+        )
+    };
+    std::thread::scope(|s| {
+        // One runs, one waits: the third is refused at once, with Retry-After.
+        let running = s.spawn(|| request(json!({"sleep_ms": 1500})).status);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let waiting = s.spawn(|| request(json!({})).status);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let refused = request(json!({}));
+        assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once");
+        assert_eq!(refused.status, 503);
+        assert_eq!(refused.retry_after.as_deref(), Some("1"));
+        assert!(
+            refused.error().contains("model 'faulty' is busy: 1 requests running and 1 waiting"),
+            "{}",
+            refused.error()
+        );
+        assert_eq!(
+            (running.join().unwrap(), waiting.join().unwrap()),
+            (200, 200),
+            "nothing accepted is lost"
+        );
+    });
+    std::thread::scope(|s| {
+        // A request's `timeout` (µs, as Triton's) bounds its wait for a slot.
+        let running = s.spawn(|| request(json!({"sleep_ms": 1500})).status);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let r = request(json!({"timeout": 200000}));
+        assert_eq!(r.status, 503);
+        assert!(r.error().contains("no slot free within the timeout of 200 ms"), "{}", r.error());
+        assert_eq!(running.join().unwrap(), 200);
+    });
+    assert_serves(&server);
+    let metrics = server.get("/metrics").1;
+    assert!(
+        metrics.contains(
+            r#"wasmserve_inference_request_failure_total{model="faulty",version="1",code="503"} 2"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn sigterm_finishes_every_request_in_flight_then_exits_zero() {
     let repo = edited_repository(&test_models(), &["faulty"], slow);
     let mut server = Server::start(repo.path(), &["--shutdown-delay-secs", "1"]);

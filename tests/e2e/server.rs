@@ -170,9 +170,10 @@ impl Server {
         let mut r = req.send(body).expect("POST");
         let header_length =
             r.headers().get("inference-header-content-length").map(|v| v.to_str().unwrap().parse().unwrap());
-        let request_id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+        let header = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+        let (request_id, retry_after) = (header("x-request-id"), header("retry-after"));
         let body = r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
-        Response { status: r.status().as_u16(), header_length, request_id, body }
+        Response { status: r.status().as_u16(), header_length, request_id, retry_after, body }
     }
 
     /// Send a hand-written HTTP request; returns status and body.
@@ -212,6 +213,7 @@ pub struct Response {
     pub status: u16,
     pub header_length: Option<usize>,
     pub request_id: Option<String>,
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
 
