@@ -53,7 +53,7 @@ impl Slots {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::Overloaded(format!(
-                "model '{model}' is busy: {} requests running and {} waiting (max_queue); try again later",
+                "model '{model}' is busy: {} running (max_in_flight) and {} waiting (max_queue); try again later",
                 self.max_in_flight, self.max_queue
             )));
         }

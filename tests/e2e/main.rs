@@ -474,7 +474,9 @@ fn a_full_queue_refuses_at_once_and_a_wait_past_the_timeout_gives_up() {
         assert_eq!(refused.status, 503);
         assert_eq!(refused.retry_after.as_deref(), Some("1"));
         assert!(
-            refused.error().contains("model 'faulty' is busy: 1 requests running and 1 waiting"),
+            refused
+                .error()
+                .contains("model 'faulty' is busy: 1 running (max_in_flight) and 1 waiting (max_queue)"),
             "{}",
             refused.error()
         );
