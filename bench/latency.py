@@ -15,42 +15,15 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BINARY = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/release/wasmserve"))
+from serving import ROOT, start, stop
+
 RAW = {"Inference-Header-Content-Length": "0"}
-
-
-def serve(repo):
-    env = {**os.environ, "RUST_LOG": "wasmserve::schedule=debug,info", "NO_COLOR": "1"}
-    proc = subprocess.Popen([BINARY, "serve", "-r", str(repo), "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
-    log, addr = [], []
-
-    def pump():
-        for line in proc.stderr:
-            log.append(line)
-            if m := re.search(r"listening on (\S+)", line):
-                addr.append(m.group(1))
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit("wasmserve exited:\n" + "".join(log))
-        try:
-            if addr and urllib.request.urlopen(f"http://{addr[0]}/v2/health/ready").status == 200:
-                return proc, addr[0], log
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit("wasmserve not ready:\n" + "".join(log))
 
 
 def post(addr, model, body, headers):
@@ -83,7 +56,7 @@ def main():
         else:
             print("ORT_DYLIB_PATH not set: measuring tract only", file=sys.stderr)
         for backend, repo in backends:
-            proc, addr, log = serve(repo)
+            proc, addr, log, _ = start(repo, env={"RUST_LOG": "wasmserve::schedule=debug,info"})
             try:
                 for name, model, body, headers, n in cases:
                     for _ in range(5):
@@ -101,8 +74,7 @@ def main():
                     times.sort()
                     rows.append((name, backend, n, times[len(times) // 2], times[int(0.99 * len(times)) - 1], *med))
             finally:
-                proc.kill()
-                proc.wait()
+                stop(proc)
     print(f"{'request':26} {'backend':12} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'pre ms':>7} {'infer ms':>9} {'post ms':>8}")
     for name, backend, n, p50, p99, pre, inf, post_ in sorted(rows):
         print(f"{name:26} {backend:12} {n:4d} {p50:8.2f} {p99:8.2f} {pre:7.2f} {inf:9.2f} {post_:8.2f}")

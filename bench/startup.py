@@ -16,21 +16,17 @@ storage would see.
 import argparse
 import hashlib
 import http.server
-import shutil
-import tomllib
-import os
 import re
+import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
+import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BINARY = os.environ.get("WASMSERVE_BIN", str(ROOT / "target/release/wasmserve"))
+from serving import ROOT, start, stop
+
 EXAMPLES = ROOT / "examples/models"
 MODELS = ["magika", "minilm"]
 
@@ -59,8 +55,8 @@ class Files(http.server.SimpleHTTPRequestHandler):
 def model_files(into, seed):
     """Each example's files (plugin.wasm and what it fetches) under into/<model>/, from a
     server started once on the examples with the cache `seed`; returns {model: [paths]}."""
-    log = []
-    time_to_ready(EXAMPLES, seed, log)
+    proc, _, log, _ = start(EXAMPLES, "--cache-dir", seed)
+    stop(proc)
     views = dict(re.findall(r'fetched model="(\w+)".* view=(\S+)', "".join(log)))
     files = {}
     for model in MODELS:
@@ -83,33 +79,11 @@ def repository(base, files, source, into):
         (into / model / "model.toml").write_text(text)
 
 
-def time_to_ready(repo, cache, log=None):
-    started = time.perf_counter()
-    proc = subprocess.Popen([BINARY, "serve", "-r", str(repo), "--port", "0", "--cache-dir", str(cache)],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
-    log, addr = [] if log is None else log, []
-
-    def pump():
-        for line in proc.stderr:
-            log.append(line)
-            if m := re.search(r"listening on (\S+)", line):
-                addr.append(m.group(1))
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        while time.perf_counter() - started < 300:
-            if proc.poll() is not None or any("unavailable: " in line for line in log):
-                sys.exit("wasmserve failed:\n" + "".join(log))
-            try:
-                if addr and urllib.request.urlopen(f"http://{addr[0]}/v2/health/ready").status == 200:
-                    return time.perf_counter() - started
-            except OSError:
-                pass
-            time.sleep(0.01)
-        sys.exit("wasmserve not ready after 300 s:\n" + "".join(log))
-    finally:
-        proc.kill()
-        proc.wait()
+def time_to_ready(repo, cache):
+    """Seconds from process start to ready, with `cache` as --cache-dir."""
+    proc, _, _, seconds = start(repo, "--cache-dir", cache)
+    stop(proc)
+    return seconds
 
 
 def main():
