@@ -151,7 +151,7 @@ pub enum Unpack {
 impl Fetch {
     /// How to unpack what the URL serves: as configured, else from the URL's ending.
     pub fn unpack(&self) -> Unpack {
-        let url = self.url.split(['?', '#']).next().unwrap_or_default().to_ascii_lowercase();
+        let url = self.url_path().to_ascii_lowercase();
         self.unpack.unwrap_or(if url.ends_with(".tar.gz") || url.ends_with(".tgz") {
             Unpack::TarGz
         } else if url.ends_with(".zip") || url.ends_with(".whl") {
@@ -165,12 +165,14 @@ impl Fetch {
     pub fn path(&self) -> PathBuf {
         match (&self.path, self.unpack()) {
             (Some(path), _) => path.clone(),
-            (None, Unpack::None) => {
-                let url = self.url.split(['?', '#']).next().unwrap_or_default();
-                PathBuf::from(url.rsplit('/').next().unwrap_or_default())
-            }
+            (None, Unpack::None) => PathBuf::from(self.url_path().rsplit('/').next().unwrap_or_default()),
             (None, _) => PathBuf::new(),
         }
+    }
+
+    /// The URL without its query and fragment (a signed URL's `?X-Amz-...`).
+    fn url_path(&self) -> &str {
+        self.url.split(['?', '#']).next().unwrap_or_default()
     }
 
     fn check(&self) -> anyhow::Result<()> {
