@@ -60,20 +60,64 @@ pub struct ModelConfig {
     /// How many requests run at once and how many may wait.
     #[serde(default)]
     pub scheduling: Scheduling,
+    /// Dynamic batching: the graph runs several requests at once (off when absent).
+    #[serde(default)]
+    pub batching: Option<Batching>,
+}
+
+/// `[batching]`: requests' graph inputs joined along dimension 0 into one graph run.
+///
+/// ```toml
+/// [batching]
+/// max_batch_size = 32              # rows (dimension 0) per graph run
+/// max_queue_delay_us = 1000        # longest a request waits for others to join its batch
+/// preferred_batch_sizes = [16, 32] # sizes sent at once, without waiting out the delay
+/// executions = 1                   # batches running at once
+/// ```
+///
+/// Pre- and post-processing stay per request, in the plugin; only the graph is batched.
+/// Requests join a batch when their graph inputs agree in everything but dimension 0.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Batching {
+    /// Most rows (dimension 0 of the graph inputs) in one graph run. A single request with
+    /// more rows runs alone.
+    pub max_batch_size: usize,
+    /// Longest a request waits for others to join its batch, in microseconds, counted from
+    /// the oldest request in the batch.
+    #[serde(default = "default_max_queue_delay_us")]
+    pub max_queue_delay_us: u64,
+    /// Batch sizes worth sending as soon as they can be formed; the largest that can is
+    /// sent. Empty: wait for `max_batch_size` rows or the delay.
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Batches running at once (each on its own thread).
+    #[serde(default = "default_executions")]
+    pub executions: usize,
+}
+
+fn default_max_queue_delay_us() -> u64 {
+    1000
+}
+
+fn default_executions() -> usize {
+    1
 }
 
 /// `[scheduling]`: the model's share of the machine, and how much waiting it accepts.
 ///
 /// ```toml
 /// [scheduling]
-/// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per CPU core
+/// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per CPU core,
+///                         # or with [batching] enough to fill every execution's batch and the next
 /// max_queue = 64          # requests waiting for a slot; the next gets 503 + Retry-After
 /// queue_timeout_ms = 0    # longest wait for a slot; 0: none (a request's `timeout` parameter, in µs, overrides)
 /// ```
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scheduling {
-    /// Requests running at once; 0 means one per CPU core.
+    /// Requests running at once; 0 means one per CPU core (with `[batching]`, at least
+    /// `max_batch_size × (executions + 1)`, so batches can fill while others run).
     #[serde(default)]
     pub max_in_flight: usize,
     /// Requests waiting for a slot; beyond it a request is refused at once (503, Retry-After).
@@ -366,6 +410,16 @@ impl ModelConfig {
             anyhow::ensure!(w.count > 0, "`warmup[{i}].count` must be > 0");
         }
         anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
+        if let Some(b) = &self.batching {
+            anyhow::ensure!(b.max_batch_size > 0, "`batching.max_batch_size` must be > 0");
+            anyhow::ensure!(b.executions > 0, "`batching.executions` must be > 0");
+            if let Some(size) = b.preferred_batch_sizes.iter().find(|&&s| s == 0 || s > b.max_batch_size) {
+                anyhow::bail!(
+                    "`batching.preferred_batch_sizes`: {size} is not between 1 and max_batch_size ({})",
+                    b.max_batch_size
+                );
+            }
+        }
         for (i, fetch) in self.fetch.iter().enumerate() {
             fetch.check().with_context(|| format!("`fetch[{i}]`"))?;
         }
@@ -412,6 +466,17 @@ shape = [-1]
         assert_eq!(c.plugin.memory_limit_mib, 256);
         assert_eq!((c.scheduling.max_in_flight, c.scheduling.max_queue), (0, 64));
         assert_eq!(c.inputs[0].datatype, Datatype::Fp32);
+    }
+
+    #[test]
+    fn batching_is_checked() {
+        let with = |b: &str| parse(&format!("{MINIMAL}\n[batching]\n{b}")).map_err(|e| format!("{e:#}"));
+        let b = with("max_batch_size = 8").unwrap().batching.unwrap();
+        assert_eq!((b.max_queue_delay_us, b.executions, b.preferred_batch_sizes.len()), (1000, 1, 0));
+        assert!(with("max_batch_size = 0").unwrap_err().contains("must be > 0"));
+        let err = with("max_batch_size = 8\npreferred_batch_sizes = [4, 16]").unwrap_err();
+        assert!(err.contains("16 is not between 1 and max_batch_size (8)"), "{err}");
+        assert!(parse(MINIMAL).unwrap().batching.is_none());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | `wasmserve_preprocess_duration_seconds` | histogram: plugin preprocess, instance included | model, version |
 //! | `wasmserve_compute_duration_seconds` | histogram: the graph | model, version |
 //! | `wasmserve_postprocess_duration_seconds` | histogram: plugin postprocess | model, version |
+//! | `wasmserve_batch_rows` | histogram: rows in the graph run that served a request (with `[batching]`, the whole batch's) | model, version |
 //! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model |
 //! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model |
 //!
@@ -55,6 +56,11 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-4, 2.0, 18))
 }
 
+fn rows_histogram() -> Histogram {
+    // 1 to 1024 rows.
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +73,7 @@ pub struct Metrics {
     preprocess: Histograms,
     compute: Histograms,
     postprocess: Histograms,
+    batch_rows: Histograms,
     ready: Family<NameLabel, Gauge>,
     load: Family<NameLabel, Gauge<f64, AtomicU64>>,
 }
@@ -85,6 +92,7 @@ impl Default for Metrics {
             preprocess: histograms(),
             compute: histograms(),
             postprocess: histograms(),
+            batch_rows: Histograms::new_with_constructor(rows_histogram as fn() -> Histogram),
             ready: Family::default(),
             load: Family::default(),
         };
@@ -106,6 +114,11 @@ impl Default for Metrics {
         );
         r.register("compute_duration_seconds", "Graph inference", m.compute.clone());
         r.register("postprocess_duration_seconds", "Plugin postprocess", m.postprocess.clone());
+        r.register(
+            "batch_rows",
+            "Rows in the graph run that served the request (the whole batch's with batching)",
+            m.batch_rows.clone(),
+        );
         r.register("model_ready", "1 when the model is loaded and warmed up", m.ready.clone());
         r.register("model_load_duration_seconds", "From reading the config to ready", m.load.clone());
         m
@@ -164,6 +177,7 @@ impl RequestTimer<'_> {
             observe(&m.preprocess, t.preprocess);
             observe(&m.compute, t.compute);
             observe(&m.postprocess, t.postprocess);
+            m.batch_rows.get_or_create(labels).observe(t.batch_rows as f64);
         }
     }
 }

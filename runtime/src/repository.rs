@@ -44,6 +44,8 @@ pub struct Model {
     pub plugin: Plugin,
     /// How many of its requests run and wait.
     pub slots: schedule::Slots,
+    /// With `[batching]`: the queue that joins its requests' graph runs.
+    pub batcher: Option<schedule::batch::Batcher>,
     /// From reading the config to ready: fetch, graph, plugin and warm-up.
     pub load_duration: Duration,
 }
@@ -242,9 +244,14 @@ fn bring_up(
         plugin.warm_up().context("the plugin's warm-up failed")?;
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
     }
+    let batcher = match &config.batching {
+        Some(batching) => Some(schedule::batch::Batcher::start(name, graph.clone(), batching)?),
+        None => None,
+    };
     let mut model = Model {
         name: name.to_string(),
-        slots: schedule::Slots::new(&config.scheduling),
+        slots: schedule::Slots::new(&config.scheduling, config.batching.as_ref()),
+        batcher,
         config,
         graph,
         plugin,

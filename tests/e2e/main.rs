@@ -66,23 +66,91 @@ fn magika_labels_match_the_python_package() {
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 
     // Several files in one request, through the binary tensor extension.
-    let names = ["doc.pdf", "main.rs", "photo.jpg"];
+    let r = identify_many(&server, &["doc.pdf", "main.rs", "photo.jpg"], json!([{"name": "label"}]));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["outputs"].as_array().unwrap().len(), 1, "only the requested output");
+    assert_eq!(r.output("label")["data"], json!(["pdf", "rust", "jpeg"]));
+}
+
+/// Several fixture files in one magika request, through the binary tensor extension.
+fn identify_many(server: &Server, names: &[&str], outputs: Value) -> server::Response {
     let mut data = Vec::new();
     for name in names {
         let bytes = std::fs::read(fixture("magika/files").join(name)).unwrap();
         data.extend((bytes.len() as u32).to_le_bytes());
         data.extend(bytes);
     }
-    let header = json!({"inputs": [{"name": "bytes", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": data.len()}}],
-                        "outputs": [{"name": "label"}]})
+    let header = json!({"inputs": [{"name": "bytes", "shape": [names.len()], "datatype": "BYTES", "parameters": {"binary_data_size": data.len()}}],
+                        "outputs": outputs})
     .to_string();
     let mut body = header.clone().into_bytes();
     body.extend(&data);
     let len = header.len().to_string();
-    let r = server.post("/v2/models/magika/infer", &[("Inference-Header-Content-Length", &len)], &body);
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["outputs"].as_array().unwrap().len(), 1, "only the requested output");
-    assert_eq!(r.output("label")["data"], json!(["pdf", "rust", "jpeg"]));
+    server.post("/v2/models/magika/infer", &[("Inference-Header-Content-Length", &len)], &body)
+}
+
+/// A metric's value for model `model` from `/metrics` text (0 when absent).
+fn metric(text: &str, name: &str, model: &str) -> f64 {
+    let prefix = format!("{name}{{model=\"{model}\"");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn batched_requests_of_different_sizes_get_exactly_their_own_answers() {
+    let files = read_json(&fixture("magika/expected.json"));
+    let names: Vec<&str> = files.as_object().unwrap().keys().map(String::as_str).collect();
+    // Request k asks about 1 to 3 files, so batches mix sizes and cut requests at odd rows.
+    let requests: Vec<Vec<&str>> =
+        (0..24).map(|k| (0..1 + k % 3).map(|i| names[(k * 5 + i) % names.len()]).collect()).collect();
+    let answers = |server: &Server, concurrently: bool| -> Vec<Value> {
+        let ask = |names: &Vec<&str>| {
+            let r = identify_many(server, names, json!([]));
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            json!([r.output("label")["data"], r.output("score")["data"]])
+        };
+        if !concurrently {
+            return requests.iter().map(ask).collect();
+        }
+        let barrier = std::sync::Barrier::new(requests.len());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|names| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        ask(names)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let unbatched = {
+        let repo = edited_repository(&examples(), &["magika"], str::to_string);
+        answers(&Server::start(repo.path(), &[]), false)
+    };
+    let repo = edited_repository(&examples(), &["magika"], |t| {
+        format!("{t}\n[batching]\nmax_batch_size = 8\nmax_queue_delay_us = 200000\n")
+    });
+    let server = Server::start(repo.path(), &[]);
+    let batched = answers(&server, true);
+    for (k, (got, want)) in batched.iter().zip(&unbatched).enumerate() {
+        assert_eq!(got[0], want[0], "request {k} ({:?}): labels", requests[k]);
+        for (g, w) in f32s(&got[1]).iter().zip(f32s(&want[1])) {
+            assert!((g - w).abs() < 1e-4, "request {k} ({:?}): score {g} batched, {w} alone", requests[k]);
+        }
+    }
+    // The graph ran fewer times than there were requests: rows served in batches larger
+    // than the request's own.
+    let text = server.get("/metrics").1;
+    let rows = metric(&text, "wasmserve_inference_count_total", "magika");
+    let batch_rows = metric(&text, "wasmserve_batch_rows_sum", "magika");
+    assert_eq!(rows, requests.iter().map(Vec::len).sum::<usize>() as f64);
+    assert!(batch_rows > 2.0 * rows, "requests did not share batches: {batch_rows} vs {rows} rows\n{text}");
+    assert!(metric(&text, "wasmserve_batch_rows_bucket", "magika") < requests.len() as f64);
 }
 
 #[test]

@@ -5,9 +5,12 @@
 //! Each model runs at most `max_in_flight` requests at once; up to `max_queue` more wait for
 //! a slot (for at most their timeout), and beyond that a request is refused at once, so a
 //! burst never queues without bound.
+//! With `[batching]`, the graph runs of several requests are joined into one (see [`batch`]).
 //! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
-use crate::config::Scheduling;
+pub mod batch;
+
+use crate::config::{Batching, Scheduling};
 use crate::error::Error;
 use crate::infer;
 use crate::repository::Model;
@@ -27,10 +30,15 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Slots as `[scheduling]` says (0 in-flight: one per CPU core).
-    pub fn new(config: &Scheduling) -> Self {
+    /// Slots as `[scheduling]` says (0 in-flight: one per CPU core, and with `batching`
+    /// enough requests to fill every execution's batch and the next one).
+    pub fn new(config: &Scheduling, batching: Option<&Batching>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let max_in_flight = if config.max_in_flight == 0 { cores } else { config.max_in_flight };
+        let max_in_flight = match (config.max_in_flight, batching) {
+            (0, Some(b)) => cores.max(b.max_batch_size * (b.executions + 1)),
+            (0, None) => cores,
+            (n, _) => n,
+        };
         Self {
             running: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
@@ -89,14 +97,16 @@ impl Slots {
 /// How long one request spent in each step.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
-    /// Waiting for a slot and a worker thread.
+    /// Waiting for a slot and a worker thread, and with batching for the batch to form.
     pub queue: std::time::Duration,
     /// Plugin instance and preprocess.
     pub preprocess: std::time::Duration,
-    /// The graph.
+    /// The graph (with batching: the whole batch's run).
     pub compute: std::time::Duration,
     /// Plugin postprocess and the output check.
     pub postprocess: std::time::Duration,
+    /// Rows in the graph run (with batching: the whole batch's).
+    pub batch_rows: usize,
 }
 
 /// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
@@ -113,7 +123,7 @@ pub async fn run(
         let _request = span.enter();
         let queue = queued.elapsed();
         run_blocking(&model, inputs, &params)
-            .map(|(outputs, timings)| (outputs, Timings { queue, ..timings }))
+            .map(|(outputs, timings)| (outputs, Timings { queue: queue + timings.queue, ..timings }))
     })
     .await
     .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?
@@ -129,21 +139,34 @@ pub fn run_blocking(
     let mut instance = model.plugin.instantiate()?;
     let prepared = tracing::debug_span!("preprocess").in_scope(|| instance.preprocess(inputs, params))?;
     let preprocessed = Instant::now();
-    let outputs = tracing::debug_span!("infer")
-        .in_scope(|| infer::run(&model.graph, prepared.graph_inputs))
-        .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })?;
+    let (outputs, batch_wait, compute, batch_rows) =
+        tracing::debug_span!("infer").in_scope(|| match &model.batcher {
+            Some(batcher) => {
+                let answer = batcher.infer(&model.name, prepared.graph_inputs)?;
+                let wait = preprocessed.elapsed().saturating_sub(answer.compute);
+                Ok((answer.outputs, wait, answer.compute, answer.batch_rows))
+            }
+            None => {
+                let rows = prepared.graph_inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d);
+                infer::run(&model.graph, prepared.graph_inputs)
+                    .map(|outputs| (outputs, Duration::ZERO, preprocessed.elapsed(), rows.max(0) as usize))
+                    .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })
+            }
+        })?;
     let inferred = Instant::now();
     let outputs = tracing::debug_span!("postprocess")
         .in_scope(|| instance.postprocess(outputs, prepared.context, params))?;
     check_outputs(model, &outputs)?;
     let timings = Timings {
-        queue: Default::default(),
+        queue: batch_wait,
         preprocess: preprocessed - started,
-        compute: inferred - preprocessed,
+        compute,
         postprocess: inferred.elapsed(),
+        batch_rows,
     };
     tracing::debug!(
         model = %model.name,
+        batch_wait_us = timings.queue.as_micros() as u64,
         preprocess_us = timings.preprocess.as_micros() as u64,
         infer_us = timings.compute.as_micros() as u64,
         postprocess_us = timings.postprocess.as_micros() as u64,

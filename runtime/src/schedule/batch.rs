@@ -1,0 +1,356 @@
+//! Dynamic batching: graph inputs of several requests joined along dimension 0, one graph
+//! run, the outputs split back.
+//!
+//! A request's plugin preprocesses it on its own thread, then [`Batcher::infer`] queues its
+//! graph inputs and waits. One thread per model forms batches: it takes the oldest waiting
+//! request, adds later ones whose inputs agree in everything but dimension 0 while the batch
+//! has room, and sends it when it is full, when it reaches the largest preferred size it can,
+//! or when the oldest request has waited `max_queue_delay_us`. It forms a batch only when an
+//! execution is free, so under load the queue grows and batches grow with it. Each of the
+//! `executions` threads runs a batch on the graph and answers every request in it.
+
+use crate::config::Batching;
+use crate::error::Error;
+use crate::infer;
+use crate::tensor::{Datatype, Tensor};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What a batched graph run gives each of its requests.
+pub struct Answer {
+    /// The request's rows of every graph output.
+    pub outputs: Vec<Tensor>,
+    /// How long the whole batch took on the graph.
+    pub compute: Duration,
+    /// Rows in the batch.
+    pub batch_rows: usize,
+}
+
+/// A model's batch queue and the threads that serve it.
+pub struct Batcher {
+    queue: Sender<Job>,
+}
+
+/// One request's graph inputs, waiting for a batch.
+struct Job {
+    /// Sorted by name, so requests line up input for input.
+    inputs: Vec<Tensor>,
+    rows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Answer, Error>>,
+}
+
+impl Job {
+    /// Two jobs share a batch when their inputs agree in name, type and all but dimension 0.
+    fn fits_with(&self, other: &Job) -> bool {
+        self.inputs.len() == other.inputs.len()
+            && self
+                .inputs
+                .iter()
+                .zip(&other.inputs)
+                .all(|(a, b)| a.name == b.name && a.datatype == b.datatype && a.shape[1..] == b.shape[1..])
+    }
+}
+
+impl Batcher {
+    /// Start the batching threads of model `model` (they end when the batcher is dropped).
+    pub fn start(model: &str, graph: wasmtime_wasi_nn::Graph, config: &Batching) -> anyhow::Result<Self> {
+        let (queue, jobs) = crossbeam_channel::unbounded();
+        let (batches_tx, batches) = crossbeam_channel::unbounded::<Vec<Job>>();
+        let (free_tx, free) = crossbeam_channel::unbounded();
+        for i in 0..config.executions {
+            free_tx.send(()).expect("receiver held");
+            let (graph, batches, free_tx, name) =
+                (graph.clone(), batches.clone(), free_tx.clone(), model.to_string());
+            std::thread::Builder::new().name(format!("batch-{model}-{i}")).spawn(move || {
+                for batch in batches {
+                    execute(&name, &graph, batch);
+                    if free_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        }
+        let former = Former {
+            jobs,
+            free,
+            batches: batches_tx,
+            pending: VecDeque::new(),
+            max_rows: config.max_batch_size,
+            delay: Duration::from_micros(config.max_queue_delay_us),
+            preferred: config.preferred_batch_sizes.clone(),
+        };
+        std::thread::Builder::new().name(format!("batcher-{model}")).spawn(move || former.run())?;
+        Ok(Self { queue })
+    }
+
+    /// Queue one request's graph inputs and wait (on this blocking thread) for its rows of
+    /// the batch's outputs. Every input must have the same dimension 0: the request's rows.
+    pub fn infer(&self, model: &str, mut inputs: Vec<Tensor>) -> Result<Answer, Error> {
+        let unbatchable = |message: String| Error::PluginFailed {
+            plugin: model.to_string(),
+            message: format!("{message}; with [batching] every graph input is batched along dimension 0"),
+        };
+        let rows = match inputs.first().map(|t| t.shape.first()) {
+            None => return Err(unbatchable("preprocess returned no graph inputs".into())),
+            Some(None) => return Err(unbatchable(format!("graph input '{}' is a scalar", inputs[0].name))),
+            Some(Some(&rows)) => rows,
+        };
+        if let Some(t) = inputs.iter().find(|t| t.shape.first() != Some(&rows)) {
+            return Err(unbatchable(format!(
+                "graph inputs '{}' and '{}' differ in dimension 0 ({:?} vs {:?})",
+                inputs[0].name, t.name, inputs[0].shape, t.shape
+            )));
+        }
+        if let Some(t) = inputs.iter().find(|t| t.datatype == Datatype::Bytes) {
+            return Err(unbatchable(format!("graph input '{}' is BYTES", t.name)));
+        }
+        inputs.sort_by(|a, b| a.name.cmp(&b.name));
+        let (reply, answer) = oneshot::channel();
+        let job = Job { inputs, rows: rows as usize, enqueued: Instant::now(), reply };
+        self.queue.send(job).map_err(|_| Error::Internal("the batcher has stopped".into()))?;
+        answer.blocking_recv().map_err(|_| Error::Internal("the batch was dropped unanswered".into()))?
+    }
+}
+
+/// The thread that forms batches.
+struct Former {
+    jobs: Receiver<Job>,
+    /// A token per free execution.
+    free: Receiver<()>,
+    batches: Sender<Vec<Job>>,
+    /// Jobs that arrived but did not fit the batch being formed, oldest first.
+    pending: VecDeque<Job>,
+    max_rows: usize,
+    delay: Duration,
+    preferred: Vec<usize>,
+}
+
+impl Former {
+    fn run(mut self) {
+        // Wait for a free execution first: while all are busy the queue fills, and the next
+        // batch takes what queued.
+        while self.free.recv().is_ok() {
+            let Some(first) = self.pending.pop_front().or_else(|| self.jobs.recv().ok()) else { return };
+            let batch = self.form(first);
+            if self.batches.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn form(&mut self, first: Job) -> Vec<Job> {
+        let deadline = first.enqueued + self.delay;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        loop {
+            self.pending.extend(self.jobs.try_iter());
+            let mut i = 0;
+            while i < self.pending.len() && rows < self.max_rows {
+                let job = &self.pending[i];
+                if job.fits_with(&batch[0]) && rows + job.rows <= self.max_rows {
+                    rows += job.rows;
+                    batch.push(self.pending.remove(i).expect("index checked"));
+                } else {
+                    i += 1;
+                }
+            }
+            if rows >= self.max_rows {
+                return batch;
+            }
+            if let Some(keep) = self.largest_preferred(&batch) {
+                // Later jobs go back to the front of the queue, in order.
+                for job in batch.drain(keep..).rev() {
+                    self.pending.push_front(job);
+                }
+                return batch;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return batch;
+            }
+            match self.jobs.recv_timeout(deadline - now) {
+                Ok(job) => self.pending.push_back(job),
+                Err(RecvTimeoutError::Timeout) => return batch,
+                Err(RecvTimeoutError::Disconnected) => return batch,
+            }
+        }
+    }
+
+    /// How many of the batch's first jobs make the largest preferred size, if any does.
+    fn largest_preferred(&self, batch: &[Job]) -> Option<usize> {
+        let mut rows = 0;
+        let mut best = None;
+        for (i, job) in batch.iter().enumerate() {
+            rows += job.rows;
+            if self.preferred.contains(&rows) {
+                best = Some(i + 1);
+            }
+        }
+        best
+    }
+}
+
+/// Run a batch on the graph and answer each of its requests with its own rows.
+fn execute(model: &str, graph: &wasmtime_wasi_nn::Graph, batch: Vec<Job>) {
+    let started = Instant::now();
+    let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
+    let total: usize = rows.iter().sum();
+    let (inputs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.inputs, j.reply)).unzip();
+    let result = infer::run(graph, concat(inputs, total))
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|outputs| split(outputs, &rows));
+    let compute = started.elapsed();
+    tracing::debug!(
+        model,
+        requests = rows.len(),
+        rows = total,
+        compute_us = compute.as_micros() as u64,
+        "batch done"
+    );
+    match result {
+        Ok(parts) => {
+            for (outputs, reply) in parts.into_iter().zip(replies) {
+                let _ = reply.send(Ok(Answer { outputs, compute, batch_rows: total }));
+            }
+        }
+        Err(message) => {
+            for reply in replies {
+                let _ =
+                    reply.send(Err(Error::Inference { model: model.to_string(), message: message.clone() }));
+            }
+        }
+    }
+}
+
+/// Join the requests' inputs (each list sorted by name, all alike) along dimension 0.
+fn concat(mut requests: Vec<Vec<Tensor>>, total: usize) -> Vec<Tensor> {
+    if requests.len() == 1 {
+        return requests.pop().expect("one request");
+    }
+    let mut joined: Vec<Tensor> = requests[0]
+        .iter()
+        .map(|t| {
+            let bytes = t.data.len() / t.shape[0].max(1) as usize * total;
+            let mut shape = t.shape.clone();
+            shape[0] = total as i64;
+            Tensor { name: t.name.clone(), datatype: t.datatype, shape, data: Vec::with_capacity(bytes) }
+        })
+        .collect();
+    for request in requests {
+        for (into, t) in joined.iter_mut().zip(request) {
+            into.data.extend_from_slice(&t.data);
+        }
+    }
+    joined
+}
+
+/// Cut every output along dimension 0 into the requests' rows.
+fn split(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, String> {
+    let total: usize = rows.iter().sum();
+    if rows.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let mut parts: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in outputs {
+        if output.shape.first().map(|&d| d as usize) != Some(total) {
+            return Err(format!(
+                "graph output '{}' has shape {:?} for a batch of {total} rows: with [batching], every \
+                 output must have the batch's rows in dimension 0",
+                output.name, output.shape
+            ));
+        }
+        let row_bytes = output.data.len() / total.max(1);
+        let mut offset = 0;
+        for (part, &n) in parts.iter_mut().zip(rows) {
+            let mut shape = output.shape.clone();
+            shape[0] = n as i64;
+            let data = output.data[offset..offset + n * row_bytes].to_vec();
+            offset += n * row_bytes;
+            part.push(Tensor { name: output.name.clone(), datatype: output.datatype, shape, data });
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, shape: Vec<i64>, values: &[f32]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            datatype: Datatype::Fp32,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    #[test]
+    fn concat_then_split_gives_each_request_its_rows() {
+        let a = vec![tensor("x", vec![1, 2], &[1.0, 2.0])];
+        let b = vec![tensor("x", vec![2, 2], &[3.0, 4.0, 5.0, 6.0])];
+        let joined = concat(vec![a.clone(), b.clone()], 3);
+        assert_eq!(joined[0].shape, vec![3, 2]);
+        let parts = split(joined, &[1, 2]).unwrap();
+        assert_eq!((parts[0][0].shape.clone(), &parts[0][0].data), (a[0].shape.clone(), &a[0].data));
+        assert_eq!((parts[1][0].shape.clone(), &parts[1][0].data), (b[0].shape.clone(), &b[0].data));
+    }
+
+    #[test]
+    fn an_output_without_the_batch_rows_is_an_error() {
+        let err = split(vec![tensor("y", vec![1], &[0.0])], &[1, 2]).unwrap_err();
+        assert!(err.contains("graph output 'y' has shape [1] for a batch of 3 rows"), "{err}");
+    }
+
+    fn job(rows: usize) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            inputs: vec![tensor("x", vec![rows as i64, 1], &vec![0.0; rows])],
+            rows,
+            enqueued: Instant::now(),
+            reply,
+        }
+    }
+
+    #[test]
+    fn batches_fill_to_the_largest_preferred_size_then_the_maximum() {
+        let (queue, jobs) = crossbeam_channel::unbounded();
+        let (_, free) = crossbeam_channel::unbounded();
+        let (batches, _) = crossbeam_channel::unbounded();
+        let mut former = Former {
+            jobs,
+            free,
+            batches,
+            pending: VecDeque::new(),
+            max_rows: 8,
+            delay: Duration::from_millis(50),
+            preferred: vec![2, 4],
+        };
+        for rows in [1, 1, 1, 1, 1] {
+            queue.send(job(rows)).unwrap();
+        }
+        let first = former.jobs.recv().unwrap();
+        // 5 rows are there; 4 is the largest preferred size: sent at once, one left waiting.
+        assert_eq!(former.form(first).len(), 4);
+        assert_eq!(former.pending.len(), 1);
+        // No preferred size reachable with what is there: the batch waits out the delay.
+        former.preferred.clear();
+        let started = Instant::now();
+        let first = former.pending.pop_front().unwrap();
+        assert_eq!(former.form(first).len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        // A job that does not fit the first waits for the next batch; a full batch goes at once.
+        queue.send(job(3)).unwrap();
+        queue.send(Job { inputs: vec![tensor("x", vec![1, 2], &[0.0; 2])], ..job(1) }).unwrap();
+        queue.send(job(5)).unwrap();
+        let first = former.jobs.recv().unwrap();
+        let started = Instant::now();
+        let batch = former.form(first);
+        assert_eq!(batch.iter().map(|j| j.rows).collect::<Vec<_>>(), vec![3, 5]);
+        assert!(started.elapsed() < Duration::from_millis(40));
+        assert_eq!(former.pending.len(), 1);
+    }
+}
