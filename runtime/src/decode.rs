@@ -150,12 +150,7 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
         .map_err(|e| Error::bad_request(format!("malformed inference request: {e}")))?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let datatype: Datatype = serde_json::from_value(Value::String(input.datatype.clone())).map_err(|_| {
-            Error::bad_request(format!(
-                "input '{}': unknown datatype '{}' (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, BF16, FP32, FP64 or BYTES)",
-                input.name, input.datatype
-            ))
-        })?;
+        let datatype = datatype(&input.name, &input.datatype)?;
         let count = element_count(&input.name, &input.shape)?;
         let data = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(size), None) => {
@@ -215,6 +210,15 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
     })
 }
 
+/// An input's datatype from its protocol name.
+pub(crate) fn datatype(input: &str, name: &str) -> Result<Datatype> {
+    serde_json::from_value(Value::String(name.to_string())).map_err(|_| {
+        Error::bad_request(format!(
+            "input '{input}': unknown datatype '{name}' (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, BF16, FP32, FP64 or BYTES)"
+        ))
+    })
+}
+
 impl InferRequest {
     /// Every requested output is one the model declares, asked for once. Checked before
     /// any work is done for the request.
@@ -247,7 +251,7 @@ pub fn render_params(parameters: Map<String, Value>) -> Vec<(String, String)> {
 }
 
 /// Every input the model declares is present, with its datatype and a fitting shape.
-fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
+pub(crate) fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
     for input in inputs {
         let Some(spec) = declared.iter().find(|s| s.name == input.name) else {
             let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();

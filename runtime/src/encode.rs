@@ -13,22 +13,7 @@ use serde_json::{Value, json};
 
 /// Build the response for `request` from the model's `outputs`.
 pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<Tensor>) -> Result<Response> {
-    let selected: Vec<(Tensor, bool)> = if request.outputs.is_empty() {
-        outputs.into_iter().map(|t| (t, request.binary_outputs)).collect()
-    } else {
-        let mut outputs = outputs;
-        request
-            .outputs
-            .iter()
-            .map(|wanted| {
-                // decode checked the names against the config, schedule the plugin's answer.
-                let i = outputs.iter().position(|t| t.name == wanted.name).ok_or_else(|| {
-                    Error::Internal(format!("output '{}' is missing from the plugin's answer", wanted.name))
-                })?;
-                Ok((outputs.swap_remove(i), wanted.binary.unwrap_or(request.binary_outputs)))
-            })
-            .collect::<Result<_>>()?
-    };
+    let selected = select(request, outputs)?;
     let mut binary = Vec::new();
     let mut any_binary = false;
     let mut json_outputs = Vec::with_capacity(selected.len());
@@ -62,6 +47,26 @@ pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<T
         payload,
     )
         .into_response())
+}
+
+/// The outputs the request asked for (all when it named none), in its order, each with
+/// whether it goes out as binary.
+pub(crate) fn select(request: &InferRequest, outputs: Vec<Tensor>) -> Result<Vec<(Tensor, bool)>> {
+    if request.outputs.is_empty() {
+        return Ok(outputs.into_iter().map(|t| (t, request.binary_outputs)).collect());
+    }
+    let mut outputs = outputs;
+    request
+        .outputs
+        .iter()
+        .map(|wanted| {
+            // decode checked the names against the config, schedule the plugin's answer.
+            let i = outputs.iter().position(|t| t.name == wanted.name).ok_or_else(|| {
+                Error::Internal(format!("output '{}' is missing from the plugin's answer", wanted.name))
+            })?;
+            Ok((outputs.swap_remove(i), wanted.binary.unwrap_or(request.binary_outputs)))
+        })
+        .collect()
 }
 
 /// A tensor's elements as a flat JSON array.

@@ -57,7 +57,7 @@ impl Error {
         Self::BadRequest(message.into())
     }
 
-    /// The status code this error is answered with.
+    /// The status code this error is answered with (gRPC: see `From<Error> for Status`).
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) | Error::PluginInput { .. } => StatusCode::BAD_REQUEST,
@@ -68,6 +68,22 @@ impl Error {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
+    }
+}
+
+/// The gRPC status for the same error: the code that matches its HTTP status, the message.
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            Error::BadRequest(_) | Error::PluginInput { .. } => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::TooLarge(_) => Code::ResourceExhausted,
+            // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
+            Error::Unavailable(_) | Error::Overloaded(_) => Code::Unavailable,
+            Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
     }
 }
 

@@ -3,7 +3,7 @@
 //! the Open Inference Protocol (KServe v2).
 //!
 //! The modules follow one request:
-//! [`server`] -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
+//! [`server`] (REST; [`grpc`] for gRPC) -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
 //! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
 //! config lists from their URLs.
@@ -14,6 +14,7 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod fetch;
+pub mod grpc;
 pub mod infer;
 pub mod metrics;
 pub mod plugin;

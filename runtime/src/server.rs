@@ -10,6 +10,8 @@
 //! | GET | `/v2/models/{m}[/versions/{v}]` | model metadata: the inputs and outputs a client uses |
 //! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 when the model is ready |
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
+//!
+//! The same port serves gRPC (`inference.GRPCInferenceService`, see `grpc`) over HTTP/2.
 
 use crate::decode::{self, HEADER_LENGTH};
 use crate::encode;
@@ -84,7 +86,7 @@ impl AppState {
     }
 
     /// The model a request's path names, if it is ready.
-    fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
+    pub(crate) fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
         self.0.repository.get(&path.model, path.version.as_deref())
     }
 }
@@ -103,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route_service(crate::grpc::PATH, crate::grpc::service(state.clone(), state.0.max_body_bytes))
         .fallback(|| async { Error::NotFound("no such endpoint; see /v2".into()) })
         // The infer handler applies its own limit, answering 413 in the OIP error format.
         .layer(DefaultBodyLimit::disable())
@@ -144,9 +147,9 @@ async fn repository_index(State(state): State<AppState>) -> Response {
 
 /// `{model}` and, on the versioned routes, `{version}`.
 #[derive(serde::Deserialize)]
-struct ModelPath {
-    model: String,
-    version: Option<String>,
+pub(crate) struct ModelPath {
+    pub(crate) model: String,
+    pub(crate) version: Option<String>,
 }
 
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
@@ -177,46 +180,90 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let id = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-    let span = tracing::info_span!("request", id = %id, model = %path.model,
-        otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
-        http.response.status_code = tracing::field::Empty);
-    crate::telemetry::join_remote_trace(&span, &headers);
-    let answer = async {
-        let model = state.model_at(&path)?;
-        let timer = state.0.metrics.start(&model.name, &model.config.version);
-        let result = run_inference(&state, &model, &headers, body).await;
-        match &result {
-            Ok((_, timings, rows)) => timer.finish(200, Some((timings, *rows))),
-            Err(e) => timer.finish(e.status().as_u16(), None),
-        }
-        result.map(|(response, ..)| response)
-    }
-    .instrument(span.clone())
-    .await;
-    let mut response = answer.unwrap_or_else(|e: Error| {
-        span.in_scope(|| e.log());
-        e.into_response()
-    });
-    span.record("http.response.status_code", i64::from(response.status().as_u16()));
+    let id = request_id(None, &headers);
+    let answer = state
+        .observed(&path, &id, &headers, async |model| {
+            let (request, outputs, timings, rows) = decode_and_run(&state, &model, &headers, body).await?;
+            let response = encode::encode(&model.name, &model.config.version, &request, outputs)?;
+            Ok((response, timings, rows))
+        })
+        .await;
+    let mut response = answer.unwrap_or_else(Error::into_response);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
 }
 
-/// decode -> schedule (plugin, graph, plugin) -> encode; with the stage timings and the
-/// number of inferences (rows of the first input) for the metrics.
-async fn run_inference(
+/// A request's id: the client's own (the request's `id` field, else the `x-request-id`
+/// header) when it is sensible, else a new one.
+pub(crate) fn request_id(id: Option<&str>, headers: &HeaderMap) -> String {
+    id.filter(|v| !v.is_empty())
+        .or_else(|| headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+}
+
+impl AppState {
+    /// One inference request as both protocols run it: in its span (joined to the caller's
+    /// trace), counted in the metrics, its failure logged. `work` gets the model and returns
+    /// the answer with the stage timings and the number of inferences (rows).
+    pub(crate) async fn observed<R>(
+        &self,
+        path: &ModelPath,
+        id: &str,
+        headers: &HeaderMap,
+        work: impl AsyncFnOnce(Arc<Model>) -> Result<(R, Timings, u64)>,
+    ) -> Result<R> {
+        let span = tracing::info_span!("request", id = %id, model = %path.model,
+            otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
+            http.response.status_code = tracing::field::Empty);
+        crate::telemetry::join_remote_trace(&span, headers);
+        let answer = async {
+            let model = self.model_at(path)?;
+            let timer = self.0.metrics.start(&model.name, &model.config.version);
+            let result = work(model).await;
+            match &result {
+                Ok((_, timings, rows)) => timer.finish(200, Some((timings, *rows))),
+                Err(e) => timer.finish(e.status().as_u16(), None),
+            }
+            result.map(|(answer, ..)| answer)
+        }
+        .instrument(span.clone())
+        .await;
+        let status = match &answer {
+            Ok(_) => StatusCode::OK,
+            Err(e) => {
+                span.in_scope(|| e.log());
+                e.status()
+            }
+        };
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        answer
+    }
+}
+
+/// The request's checked outputs, then schedule (plugin, graph, plugin); with the stage
+/// timings and the number of inferences (rows of the first input) for the metrics.
+pub(crate) async fn run(
+    model: &Arc<Model>,
+    request: &mut decode::InferRequest,
+) -> Result<(Vec<crate::tensor::Tensor>, Timings, u64)> {
+    request.check_outputs(&model.config.outputs)?;
+    let inputs = std::mem::take(&mut request.inputs);
+    let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64);
+    let params = std::mem::take(&mut request.params);
+    let (outputs, timings) = schedule::run(model.clone(), inputs, params).await?;
+    Ok((outputs, timings, rows))
+}
+
+/// Read and decode a REST body, then [`run`] it.
+async fn decode_and_run(
     state: &AppState,
     model: &Arc<Model>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Response, Timings, u64)> {
+) -> Result<(decode::InferRequest, Vec<crate::tensor::Tensor>, Timings, u64)> {
     let limit = state.0.max_body_bytes;
     let too_large =
         || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
@@ -231,14 +278,9 @@ async fn run_inference(
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))
         .transpose()?;
     let mut request = decode::decode(&body, header_length, &model.config.inputs)?;
-    request.check_outputs(&model.config.outputs)?;
     drop(body);
-    let inputs = std::mem::take(&mut request.inputs);
-    let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64);
-    let params = std::mem::take(&mut request.params);
-    let (outputs, timings) = schedule::run(model.clone(), inputs, params).await?;
-    let response = encode::encode(&model.name, &model.config.version, &request, outputs)?;
-    Ok((response, timings, rows))
+    let (outputs, timings, rows) = run(model, &mut request).await?;
+    Ok((request, outputs, timings, rows))
 }
 
 /// Prometheus / OpenMetrics text.

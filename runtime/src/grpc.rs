@@ -1,0 +1,305 @@
+//! grpc: the Open Inference Protocol's gRPC service, `inference.GRPCInferenceService`
+//! (`runtime/proto/grpc_predict_v2.proto`), on the same port as REST (HTTP/2 without TLS,
+//! as gRPC clients speak it by default).
+//!
+//! It shares the REST path's pipeline: the same input checks, schedule, metrics and spans.
+//! Tensors arrive in `raw_input_contents` (what `tritonclient.grpc` sends) or as typed
+//! `contents`; outputs always leave in `raw_output_contents`, so their bytes are moved into
+//! the response, never re-encoded.
+
+use crate::config::TensorSpec;
+use crate::decode::{self, InferRequest, RequestedOutput};
+use crate::error::{Error, Result};
+use crate::server::{AppState, ModelPath};
+use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
+use std::collections::HashMap;
+use tonic::{Request, Response, Status};
+
+#[allow(missing_docs, clippy::all)]
+mod proto {
+    tonic::include_proto!("inference");
+}
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::*;
+
+/// The path prefix gRPC calls arrive under.
+pub const PATH: &str = "/inference.GRPCInferenceService/{*method}";
+
+/// The service over the server's state; messages up to `max_message_bytes` (the REST body
+/// limit) either way.
+pub fn service(state: AppState, max_message_bytes: usize) -> GrpcInferenceServiceServer<Grpc> {
+    GrpcInferenceServiceServer::new(Grpc(state))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// The gRPC handlers.
+pub struct Grpc(AppState);
+
+fn ok<T>(message: T) -> Result<Response<T>, Status> {
+    Ok(Response::new(message))
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Grpc {
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        ok(ServerLiveResponse { live: true })
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        ok(ServerReadyResponse { ready: self.0.ready() })
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        ok(ModelReadyResponse { ready: self.0.model_at(&path(r.name, r.version)).is_ok() })
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        ok(ServerMetadataResponse {
+            name: "wasmserve".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["binary_tensor_data".into()],
+        })
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.0.model_at(&path(r.name, r.version))?;
+        let tensors = |specs: &[TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| model_metadata_response::TensorMetadata {
+                    name: s.name.clone(),
+                    datatype: s.datatype.name().into(),
+                    shape: s.shape.clone(),
+                })
+                .collect()
+        };
+        ok(ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: vec![model.config.version.clone()],
+            platform: model.platform(),
+            inputs: tensors(&model.config.inputs),
+            outputs: tensors(&model.config.outputs),
+        })
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        let request = request.into_inner();
+        let id = crate::server::request_id(Some(&request.id), &headers);
+        let path = path(request.model_name.clone(), request.model_version.clone());
+        let answer = self
+            .0
+            .observed(&path, &id, &headers, async |model| {
+                let mut decoded = decode(request, &model.config.inputs)?;
+                let (outputs, timings, rows) = crate::server::run(&model, &mut decoded).await?;
+                Ok((encode(&model.name, &model.config.version, &decoded, outputs)?, timings, rows))
+            })
+            .await?;
+        ok(answer)
+    }
+}
+
+fn path(model: String, version: String) -> ModelPath {
+    ModelPath { model, version: Some(version).filter(|v| !v.is_empty()) }
+}
+
+/// A protobuf request into the form the pipeline takes, checked as REST requests are.
+fn decode(request: ModelInferRequest, declared: &[TensorSpec]) -> Result<InferRequest> {
+    let raw = request.raw_input_contents;
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(Error::bad_request(format!(
+            "raw_input_contents has {} entries for {} inputs: give every input's data there, or none",
+            raw.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut raw = raw.into_iter();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype = decode::datatype(&input.name, &input.datatype)?;
+        let data = match (raw.next(), input.contents) {
+            (Some(data), None) => data,
+            (None, Some(contents)) => {
+                let count = element_count(&input.name, &input.shape)?;
+                contents_data(&input.name, datatype, count, contents)?
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::bad_request(format!(
+                    "input '{}' has both contents and raw_input_contents",
+                    input.name
+                )));
+            }
+            (None, None) => return Err(Error::bad_request(format!("input '{}' has no data", input.name))),
+        };
+        let tensor = Tensor { name: input.name, datatype, shape: input.shape, data };
+        tensor.validate()?;
+        inputs.push(tensor);
+    }
+    decode::check_inputs(&inputs, declared)?;
+    Ok(InferRequest {
+        id: Some(request.id).filter(|id| !id.is_empty()),
+        params: params(request.parameters),
+        inputs,
+        outputs: request
+            .outputs
+            .into_iter()
+            .map(|o| RequestedOutput { name: o.name, binary: None })
+            .collect(),
+        binary_outputs: true,
+    })
+}
+
+/// Request parameters as the plugin gets them: strings as they are, others as JSON text.
+fn params(parameters: HashMap<String, InferParameter>) -> Vec<(String, String)> {
+    use infer_parameter::ParameterChoice as P;
+    let mut params: Vec<_> = parameters
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let value = match v.parameter_choice? {
+                P::StringParam(s) => s,
+                P::BoolParam(b) => b.to_string(),
+                P::Int64Param(i) => i.to_string(),
+                P::Uint64Param(u) => u.to_string(),
+                P::DoubleParam(d) => {
+                    serde_json::Number::from_f64(d).map_or_else(|| d.to_string(), |n| n.to_string())
+                }
+            };
+            Some((k, value))
+        })
+        .collect();
+    params.sort();
+    params
+}
+
+/// Typed `contents` into wire bytes: each datatype from the list the protocol assigns it.
+fn contents_data(name: &str, datatype: Datatype, count: usize, c: InferTensorContents) -> Result<Vec<u8>> {
+    let mismatch = |got: usize| {
+        Error::bad_request(format!("input '{name}': its shape holds {count} elements but contents has {got}"))
+    };
+    let out_of_range =
+        || Error::bad_request(format!("input '{name}': a value is out of range for {datatype}"));
+    macro_rules! le {
+        ($list:expr, $ty:ty) => {{
+            let list = $list;
+            if list.len() != count {
+                return Err(mismatch(list.len()));
+            }
+            let mut out = Vec::with_capacity(count * size_of::<$ty>());
+            for v in list {
+                out.extend(<$ty>::try_from(v).map_err(|_| out_of_range())?.to_le_bytes());
+            }
+            out
+        }};
+    }
+    Ok(match datatype {
+        Datatype::Bool => le!(c.bool_contents.into_iter().map(u8::from).collect::<Vec<_>>(), u8),
+        Datatype::Int8 => le!(c.int_contents, i8),
+        Datatype::Int16 => le!(c.int_contents, i16),
+        Datatype::Int32 => le!(c.int_contents, i32),
+        Datatype::Int64 => le!(c.int64_contents, i64),
+        Datatype::Uint8 => le!(c.uint_contents, u8),
+        Datatype::Uint16 => le!(c.uint_contents, u16),
+        Datatype::Uint32 => le!(c.uint_contents, u32),
+        Datatype::Uint64 => le!(c.uint64_contents, u64),
+        Datatype::Fp32 => le!(c.fp32_contents, f32),
+        Datatype::Fp64 => le!(c.fp64_contents, f64),
+        Datatype::Bytes => {
+            if c.bytes_contents.len() != count {
+                return Err(mismatch(c.bytes_contents.len()));
+            }
+            let mut out = Vec::new();
+            for element in &c.bytes_contents {
+                push_bytes_element(&mut out, element);
+            }
+            out
+        }
+        Datatype::Fp16 | Datatype::Bf16 => {
+            return Err(Error::bad_request(format!(
+                "input '{name}': {datatype} has no typed contents list; send it in raw_input_contents"
+            )));
+        }
+    })
+}
+
+/// The selected outputs, their bytes moved into `raw_output_contents`.
+fn encode(
+    model: &str,
+    version: &str,
+    request: &InferRequest,
+    outputs: Vec<Tensor>,
+) -> Result<ModelInferResponse> {
+    let selected = crate::encode::select(request, outputs)?;
+    let mut response = ModelInferResponse {
+        model_name: model.to_string(),
+        model_version: version.to_string(),
+        id: request.id.clone().unwrap_or_default(),
+        parameters: HashMap::new(),
+        outputs: Vec::with_capacity(selected.len()),
+        raw_output_contents: Vec::with_capacity(selected.len()),
+    };
+    for (tensor, _) in selected {
+        response.outputs.push(model_infer_response::InferOutputTensor {
+            name: tensor.name,
+            datatype: tensor.datatype.name().into(),
+            shape: tensor.shape,
+            parameters: HashMap::new(),
+            contents: None,
+        });
+        response.raw_output_contents.push(tensor.data);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_contents_become_wire_bytes_and_are_checked() {
+        let ints = InferTensorContents { int_contents: vec![1, -2], ..Default::default() };
+        assert_eq!(contents_data("x", Datatype::Int16, 2, ints.clone()).unwrap(), vec![1, 0, 0xfe, 0xff]);
+        let err = contents_data("x", Datatype::Int16, 3, ints).unwrap_err().to_string();
+        assert!(err.contains("holds 3 elements but contents has 2"), "{err}");
+        let big = InferTensorContents { int_contents: vec![300], ..Default::default() };
+        assert!(contents_data("x", Datatype::Int8, 1, big).unwrap_err().to_string().contains("out of range"));
+        let text = InferTensorContents { bytes_contents: vec![b"ab".to_vec()], ..Default::default() };
+        assert_eq!(contents_data("t", Datatype::Bytes, 1, text).unwrap(), vec![2, 0, 0, 0, b'a', b'b']);
+        let half = contents_data("h", Datatype::Fp16, 1, InferTensorContents::default());
+        assert!(half.unwrap_err().to_string().contains("raw_input_contents"));
+    }
+
+    #[test]
+    fn parameters_reach_the_plugin_as_text() {
+        use infer_parameter::ParameterChoice as P;
+        let p = |c| InferParameter { parameter_choice: Some(c) };
+        let rendered = params(HashMap::from([
+            ("a".to_string(), p(P::BoolParam(false))),
+            ("b".to_string(), p(P::StringParam("x y".into()))),
+            ("c".to_string(), p(P::Int64Param(-3))),
+            ("d".to_string(), p(P::DoubleParam(0.5))),
+        ]));
+        let expected = [("a", "false"), ("b", "x y"), ("c", "-3"), ("d", "0.5")];
+        assert_eq!(rendered, expected.map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+}

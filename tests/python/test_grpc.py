@@ -1,0 +1,90 @@
+"""tritonclient.grpc against wasmserve's gRPC service (same port as REST, HTTP/2)."""
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as http
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+MAGIKA_FILES = ["doc.pdf", "main.rs", "photo.jpg", "project.zip", "install.sh", "hi.txt"]
+
+
+@pytest.fixture
+def grpc_client(server):
+    return grpcclient.InferenceServerClient(server.address)
+
+
+def test_health_and_metadata(grpc_client):
+    assert grpc_client.is_server_live()
+    assert grpc_client.is_server_ready()
+    assert grpc_client.is_model_ready("magika")
+    assert grpc_client.is_model_ready("minilm", model_version="1")
+    assert not grpc_client.is_model_ready("no-such-model")
+    assert grpc_client.get_server_metadata().name == "wasmserve"
+    meta = grpc_client.get_model_metadata("minilm", as_json=True)
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
+    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": ["-1", "384"]}]
+    assert meta["platform"] == "onnx/tract" and meta["versions"] == ["1"]
+
+
+def magika_inputs(module):
+    files = [(FIXTURES / "magika/files" / n).read_bytes() for n in MAGIKA_FILES]
+    data = module.InferInput("bytes", [len(files)], "BYTES")
+    data.set_data_from_numpy(np.array(files, dtype=object))
+    return [data]
+
+
+def test_grpc_and_rest_answers_are_identical(grpc_client, client):
+    expected = json.loads((FIXTURES / "magika/expected.json").read_text())
+    over_grpc = grpc_client.infer("magika", magika_inputs(grpcclient), request_id="g-1")
+    over_rest = client.infer("magika", magika_inputs(http))
+    assert over_grpc.get_response().id == "g-1"
+    labels = [x.decode() for x in over_grpc.as_numpy("label")]
+    assert labels == [expected[n]["label"] for n in MAGIKA_FILES]
+    for name in ["label", "score", "mime_type"]:
+        assert np.array_equal(over_grpc.as_numpy(name), over_rest.as_numpy(name)), name
+
+    sentences = json.loads((FIXTURES / "minilm/expected.json").read_text())["sentences"][:3]
+    answers = []
+    for module, c in [(grpcclient, grpc_client), (http, client)]:
+        text = module.InferInput("text", [len(sentences)], "BYTES")
+        text.set_data_from_numpy(np.array([s.encode() for s in sentences], dtype=object))
+        answers.append(c.infer("minilm", [text], parameters={"normalize": False}).as_numpy("embedding"))
+    assert answers[0].shape == (3, 384)
+    assert np.array_equal(answers[0], answers[1])
+    assert abs(np.linalg.norm(answers[0][0]) - 1.0) > 0.01, "the parameter reached the plugin"
+
+
+def test_typed_contents_work_like_raw_bytes(server, grpc_client):
+    # tritonclient always sends raw_input_contents; other clients send typed lists.
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+    request = service_pb2.ModelInferRequest(model_name="minilm")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[2])
+    tensor.contents.bytes_contents.extend([b"a cat sits", b"on the mat"])
+    response = stub.ModelInfer(request)
+    typed = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(2, 384)
+    text = grpcclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([b"a cat sits", b"on the mat"], dtype=object))
+    assert np.array_equal(typed, grpc_client.infer("minilm", [text]).as_numpy("embedding"))
+
+
+def test_errors_carry_grpc_codes_and_the_server_keeps_serving(grpc_client):
+    text = grpcclient.InferInput("text", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"hi"], dtype=object))
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'") as err:
+        grpc_client.infer("nope", [text])
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    wrong = grpcclient.InferInput("text", [1], "FP32")
+    wrong.set_data_from_numpy(np.array([1.0], dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="input 'text' must be BYTES, got FP32") as err:
+        grpc_client.infer("minilm", [wrong])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="unknown output 'nope'"):
+        grpc_client.infer("minilm", [text], outputs=[grpcclient.InferRequestedOutput("nope")])
+    assert grpc_client.infer("minilm", [text]).as_numpy("embedding").shape == (1, 384)
