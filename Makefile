@@ -12,7 +12,7 @@ EXAMPLE_PLUGINS := magika minilm
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
-.PHONY: serve test examples plugins lint venv deploy-check
+.PHONY: serve test examples plugins lint venv deploy-check bench
 
 serve: examples
 	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
@@ -63,3 +63,18 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
+
+# Throughput against Triton, MLServer and FastAPI (bench/compare.py): not part of `make test`.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/installed: bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+$(TOOLS)/oha/bin/oha:
+	cargo install oha --version 1.16.0 --locked --root $(TOOLS)/oha
+
+bench: examples $(BENCH_VENV)/installed $(TOOLS)/oha/bin/oha
+	cargo build --release --bin wasmserve
+	$(BENCH_VENV)/bin/python bench/compare.py $(BENCH_ARGS)

@@ -72,7 +72,6 @@ pub struct ModelConfig {
 /// max_batch_size = 32              # rows (dimension 0) per graph run
 /// max_queue_delay_us = 1000        # longest a request waits for others to join its batch
 /// preferred_batch_sizes = [16, 32] # sizes sent at once, without waiting out the delay
-/// executions = 1                   # batches running at once
 /// ```
 ///
 /// Pre- and post-processing stay per request, in the plugin; only the graph is batched.
@@ -91,17 +90,10 @@ pub struct Batching {
     /// sent. Empty: wait for `max_batch_size` rows or the delay.
     #[serde(default)]
     pub preferred_batch_sizes: Vec<usize>,
-    /// Batches running at once (each on its own thread).
-    #[serde(default = "default_executions")]
-    pub executions: usize,
 }
 
 fn default_max_queue_delay_us() -> u64 {
     1000
-}
-
-fn default_executions() -> usize {
-    1
 }
 
 /// `[scheduling]`: the model's share of the machine, and how much waiting it accepts.
@@ -110,6 +102,8 @@ fn default_executions() -> usize {
 /// [scheduling]
 /// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per CPU core,
 ///                         # or with [batching] enough to fill every execution's batch and the next
+/// executions = 0          # graph runs at once, each on its own thread; 0: 1 on ONNX Runtime
+///                         # (its own threads share a run), one per CPU core on tract
 /// max_queue = 64          # requests waiting for a slot; the next gets 503 + Retry-After
 /// queue_timeout_ms = 0    # longest wait for a slot; 0: none (a request's `timeout` parameter, in µs, overrides)
 /// ```
@@ -120,6 +114,11 @@ pub struct Scheduling {
     /// `max_batch_size × (executions + 1)`, so batches can fill while others run).
     #[serde(default)]
     pub max_in_flight: usize,
+    /// Graph runs (batches) at once, each on its own thread; 0 means 1 on ONNX Runtime,
+    /// whose intra-op threads (`graph.threads`) share a run, and one per CPU core on tract,
+    /// which runs a graph on one thread.
+    #[serde(default)]
+    pub executions: usize,
     /// Requests waiting for a slot; beyond it a request is refused at once (503, Retry-After).
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
@@ -131,7 +130,7 @@ pub struct Scheduling {
 
 impl Default for Scheduling {
     fn default() -> Self {
-        Self { max_in_flight: 0, max_queue: default_max_queue(), queue_timeout_ms: 0 }
+        Self { max_in_flight: 0, executions: 0, max_queue: default_max_queue(), queue_timeout_ms: 0 }
     }
 }
 
@@ -349,6 +348,15 @@ pub struct PluginConfig {
     /// Wall-clock limit for one plugin call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Reuse an instance that finished a request cleanly for later requests of this model
+    /// (default). `false`: a fresh instance per request, so nothing one request leaves in
+    /// the plugin's memory reaches the next, at the cost of instantiating every time.
+    #[serde(default = "yes")]
+    pub reuse_instances: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_memory_limit_mib() -> usize {
@@ -372,6 +380,15 @@ pub struct TensorSpec {
 }
 
 impl ModelConfig {
+    /// Graph runs at once: `[scheduling] executions`, or its default for the backend.
+    pub fn executions(&self) -> usize {
+        match (self.scheduling.executions, self.graph.backend) {
+            (0, Backend::Onnx) => 1,
+            (0, Backend::Tract) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (n, _) => n,
+        }
+    }
+
     /// Read and check `dir/model.toml`; errors name the file and the field.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE_NAME);
@@ -412,7 +429,6 @@ impl ModelConfig {
         anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
         if let Some(b) = &self.batching {
             anyhow::ensure!(b.max_batch_size > 0, "`batching.max_batch_size` must be > 0");
-            anyhow::ensure!(b.executions > 0, "`batching.executions` must be > 0");
             if let Some(size) = b.preferred_batch_sizes.iter().find(|&&s| s == 0 || s > b.max_batch_size) {
                 anyhow::bail!(
                     "`batching.preferred_batch_sizes`: {size} is not between 1 and max_batch_size ({})",
@@ -472,7 +488,7 @@ shape = [-1]
     fn batching_is_checked() {
         let with = |b: &str| parse(&format!("{MINIMAL}\n[batching]\n{b}")).map_err(|e| format!("{e:#}"));
         let b = with("max_batch_size = 8").unwrap().batching.unwrap();
-        assert_eq!((b.max_queue_delay_us, b.executions, b.preferred_batch_sizes.len()), (1000, 1, 0));
+        assert_eq!((b.max_queue_delay_us, b.preferred_batch_sizes.len()), (1000, 0));
         assert!(with("max_batch_size = 0").unwrap_err().contains("must be > 0"));
         let err = with("max_batch_size = 8\npreferred_batch_sizes = [4, 16]").unwrap_err();
         assert!(err.contains("16 is not between 1 and max_batch_size (8)"), "{err}");

@@ -14,6 +14,7 @@
 //! | `wasmserve_preprocess_duration_seconds` | histogram: plugin preprocess, instance included | model, version |
 //! | `wasmserve_compute_duration_seconds` | histogram: the graph | model, version |
 //! | `wasmserve_postprocess_duration_seconds` | histogram: plugin postprocess | model, version |
+//! | `wasmserve_inference_exec_count_total` | counter: graph runs (a batch is one) | model, version |
 //! | `wasmserve_batch_rows` | histogram: rows in the graph run that served a request (with `[batching]`, the whole batch's) | model, version |
 //! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model |
 //! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model |
@@ -67,6 +68,7 @@ pub struct Metrics {
     success: Family<ModelLabels, Counter>,
     failure: Family<FailureLabels, Counter>,
     inferences: Family<ModelLabels, Counter>,
+    executions: Family<ModelLabels, Counter>,
     pending: Family<ModelLabels, Gauge>,
     request: Histograms,
     queue: Histograms,
@@ -86,6 +88,7 @@ impl Default for Metrics {
             success: Family::default(),
             failure: Family::default(),
             inferences: Family::default(),
+            executions: Family::default(),
             pending: Family::default(),
             request: histograms(),
             queue: histograms(),
@@ -104,6 +107,7 @@ impl Default for Metrics {
             m.failure.clone(),
         );
         r.register("inference_count", "Inferences performed (batch rows)", m.inferences.clone());
+        r.register("inference_exec_count", "Graph runs (a batch of requests is one)", m.executions.clone());
         r.register("inference_pending_requests", "Inference requests in the server now", m.pending.clone());
         r.register("request_duration_seconds", "Whole inference request", m.request.clone());
         r.register("queue_duration_seconds", "Waiting for a slot and a worker thread", m.queue.clone());
@@ -172,6 +176,7 @@ impl RequestTimer<'_> {
         }
         if let Some((t, rows)) = done {
             m.inferences.get_or_create(labels).inc_by(rows);
+            m.executions.get_or_create(labels).inc_by(t.graph_runs);
             let observe = |h: &Histograms, d: Duration| h.get_or_create(labels).observe(d.as_secs_f64());
             observe(&m.queue, t.queue);
             observe(&m.preprocess, t.preprocess);

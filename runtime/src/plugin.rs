@@ -1,7 +1,13 @@
 //! plugin: a model's pre- and post-processing, run in a sandboxed WebAssembly component.
 //!
-//! Each request gets a fresh instance (from a pre-linked `InstancePre`), so nothing leaks
-//! between requests and a plugin that traps only fails its own request. An instance sees
+//! Instances come from a pre-linked `InstancePre`. By default an instance that finished a
+//! request cleanly goes back to its plugin's pool and serves a later request of the same
+//! model, so what a plugin builds once (a parsed vocabulary, a label table) is built once,
+//! not per request. An instance that trapped, ran out of time or memory is dropped, never
+//! reused, so a plugin that traps only fails its own request. `[plugin] reuse_instances =
+//! false` gives every request a fresh instance instead: nothing a request leaves in the
+//! plugin's memory can reach the next one, at the cost of instantiating (and rebuilding
+//! such tables) every time. Models never share instances. An instance sees
 //! only its model's data directory (read-only, at `/data`): no network, no environment,
 //! no arguments. Memory is capped per instance and every call has a wall-clock deadline.
 //! What it prints (stdout and stderr) goes to the server's log, a line per event, in the
@@ -13,6 +19,7 @@ use crate::infer::Graphs;
 use crate::tensor::{Datatype, Tensor};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 use wasmtime::component::{Component, ComponentExportIndex, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -36,6 +43,12 @@ pub const DATA_DIR: &str = "/data";
 
 /// What one instance may print; a write past it fails (a Rust plugin's `println!` panics).
 const OUTPUT_LIMIT: usize = 1 << 20;
+
+/// A reused instance that has printed this much is retired, so it never hits the limit.
+const OUTPUT_RETIRE: usize = OUTPUT_LIMIT / 2;
+
+/// Most idle instances a plugin keeps for reuse.
+const MAX_IDLE: usize = 64;
 
 /// The optional export of the `model-plugin-with-warm-up` world, and its function.
 const WARM: &str = "wasmserve:plugin/warm@0.1.0";
@@ -121,6 +134,7 @@ impl PluginHost {
             timeout: Duration::from_millis(config.timeout_ms),
             graphs,
             warm_up,
+            idle: config.reuse_instances.then(|| Mutex::new(Vec::new())),
         })
     }
 }
@@ -134,6 +148,8 @@ pub struct Plugin {
     timeout: Duration,
     graphs: Graphs,
     warm_up: Option<ComponentExportIndex>,
+    /// Instances that finished a request cleanly, when instances are reused.
+    idle: Option<Mutex<Vec<Live>>>,
 }
 
 /// What each instance's store holds.
@@ -143,6 +159,14 @@ pub struct State {
     nn: WasiNnCtx,
     limits: StoreLimits,
     output: MemoryOutputPipe,
+    /// How much of `output` is in the log already.
+    logged: usize,
+}
+
+/// An instantiated plugin: its store and exports.
+struct Live {
+    store: Store<State>,
+    bindings: bindings::ModelPlugin,
 }
 
 impl WasiView for State {
@@ -151,11 +175,13 @@ impl WasiView for State {
     }
 }
 
-/// One instance, serving one request's pre- and post-processing.
+/// One instance, serving one request's pre- and post-processing; back to the pool when
+/// dropped, unless it failed.
 pub struct Instance<'p> {
     plugin: &'p Plugin,
-    store: Store<State>,
-    bindings: bindings::ModelPlugin,
+    live: Option<Live>,
+    /// Cleared when a call traps: the instance's state is no longer trusted.
+    reusable: bool,
 }
 
 /// What preprocess produced.
@@ -167,11 +193,19 @@ pub struct Prepared {
 }
 
 impl Plugin {
-    /// A fresh, isolated instance.
+    /// An instance for one request: an idle one when instances are reused and one is
+    /// free, else a fresh one.
     pub fn instantiate(&self) -> Result<Instance<'_>, Error> {
-        let mut store = self.store()?;
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
-        Ok(Instance { plugin: self, store, bindings })
+        let reused = self.idle.as_ref().and_then(|idle| idle.lock().expect("idle instances").pop());
+        let live = match reused {
+            Some(live) => live,
+            None => {
+                let mut store = self.store()?;
+                let bindings = self.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
+                Live { store, bindings }
+            }
+        };
+        Ok(Instance { plugin: self, live: Some(live), reusable: true })
     }
 
     /// True when the plugin exports `warm` (the `model-plugin-with-warm-up` world).
@@ -188,16 +222,18 @@ impl Plugin {
             .get_typed_func::<(), (Result<(), wit::PluginError>,)>(&mut store, export)
             .map_err(|e| self.failed(format!("its `{WARM_UP}` export does not fit the world: {e}")))?;
         let result = warm_up.call(&mut store, ());
-        self.log_output(store.data());
+        self.log_output(store.data_mut());
         let (result,) = result.map_err(|e| self.trapped(e))?;
         result.map_err(|e| self.refused(e))
     }
 
-    /// Log what an instance printed, a line per event.
-    fn log_output(&self, state: &State) {
-        for line in String::from_utf8_lossy(&state.output.contents()).lines() {
+    /// Log what an instance printed since the last time, a line per event.
+    fn log_output(&self, state: &mut State) {
+        let output = state.output.contents();
+        for line in String::from_utf8_lossy(&output[state.logged.min(output.len())..]).lines() {
             tracing::info!(plugin = %self.name, "{line}");
         }
+        state.logged = output.len();
     }
 
     /// A store for one instance: its WASI context, limits and deadline.
@@ -219,6 +255,7 @@ impl Plugin {
                 .trap_on_grow_failure(true)
                 .build(),
             output,
+            logged: 0,
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -275,6 +312,26 @@ impl Plugin {
 }
 
 impl Instance<'_> {
+    /// Run `call` on the instance within the plugin's deadline; a trap makes the instance
+    /// unfit for reuse.
+    fn call<T>(
+        &mut self,
+        call: impl FnOnce(
+            &bindings::ModelPlugin,
+            &mut Store<State>,
+        ) -> wasmtime::Result<Result<T, wit::PluginError>>,
+    ) -> Result<T, Error> {
+        let live = self.live.as_mut().expect("an instance is live until dropped");
+        live.store.set_epoch_deadline(self.plugin.deadline_ticks());
+        match call(&live.bindings, &mut live.store) {
+            Ok(answer) => answer.map_err(|e| self.plugin.refused(e)),
+            Err(trap) => {
+                self.reusable = false;
+                Err(self.plugin.trapped(trap))
+            }
+        }
+    }
+
     /// Client tensors in, graph inputs and context out.
     pub fn preprocess(
         &mut self,
@@ -282,12 +339,7 @@ impl Instance<'_> {
         params: &Vec<(String, String)>,
     ) -> Result<Prepared, Error> {
         let inputs: Vec<wit::Tensor> = inputs.into_iter().map(to_wit).collect();
-        self.store.set_epoch_deadline(self.plugin.deadline_ticks());
-        let prepared = self
-            .bindings
-            .call_preprocess(&mut self.store, &inputs, params)
-            .map_err(|e| self.plugin.trapped(e))?
-            .map_err(|e| self.plugin.refused(e))?;
+        let prepared = self.call(|b, store| b.call_preprocess(store, &inputs, params))?;
         Ok(Prepared {
             graph_inputs: self.plugin.checked("preprocess", prepared.graph_inputs)?,
             context: self.plugin.checked("preprocess", prepared.context)?,
@@ -303,19 +355,25 @@ impl Instance<'_> {
     ) -> Result<Vec<Tensor>, Error> {
         let outputs: Vec<wit::Tensor> = outputs.into_iter().map(to_wit).collect();
         let context: Vec<wit::Tensor> = context.into_iter().map(to_wit).collect();
-        self.store.set_epoch_deadline(self.plugin.deadline_ticks());
-        let result = self
-            .bindings
-            .call_postprocess(&mut self.store, &outputs, &context, params)
-            .map_err(|e| self.plugin.trapped(e))?
-            .map_err(|e| self.plugin.refused(e))?;
+        let result = self.call(|b, store| b.call_postprocess(store, &outputs, &context, params))?;
         self.plugin.checked("postprocess", result)
     }
 }
 
 impl Drop for Instance<'_> {
     fn drop(&mut self) {
-        self.plugin.log_output(self.store.data());
+        let Some(mut live) = self.live.take() else { return };
+        let state = live.store.data_mut();
+        self.plugin.log_output(state);
+        if self.reusable
+            && state.logged < OUTPUT_RETIRE
+            && let Some(idle) = &self.plugin.idle
+        {
+            let mut idle = idle.lock().expect("idle instances");
+            if idle.len() < MAX_IDLE {
+                idle.push(live);
+            }
+        }
     }
 }
 

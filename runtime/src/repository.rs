@@ -44,8 +44,8 @@ pub struct Model {
     pub plugin: Plugin,
     /// How many of its requests run and wait.
     pub slots: schedule::Slots,
-    /// With `[batching]`: the queue that joins its requests' graph runs.
-    pub batcher: Option<schedule::batch::Batcher>,
+    /// The threads that run its graph, joining requests' runs with `[batching]`.
+    pub batcher: schedule::batch::Batcher,
     /// From reading the config to ready: fetch, graph, plugin and warm-up.
     pub load_duration: Duration,
 }
@@ -244,13 +244,11 @@ fn bring_up(
         plugin.warm_up().context("the plugin's warm-up failed")?;
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
     }
-    let batcher = match &config.batching {
-        Some(batching) => Some(schedule::batch::Batcher::start(name, graph.clone(), batching)?),
-        None => None,
-    };
+    let executions = config.executions();
+    let batcher = schedule::batch::Batcher::start(name, graph.clone(), config.batching.as_ref(), executions)?;
     let mut model = Model {
         name: name.to_string(),
-        slots: schedule::Slots::new(&config.scheduling, config.batching.as_ref()),
+        slots: schedule::Slots::new(&config.scheduling, config.batching.as_ref(), executions),
         batcher,
         config,
         graph,

@@ -9,7 +9,9 @@
 //! - `read-outside`: try to read a file outside `/data`, fail with what happened;
 //! - `env`: fail with the number of environment variables and arguments it sees;
 //! - `connect`: try to open a TCP connection to the address in parameter `addr`, fail with
-//!   what happened.
+//!   what happened;
+//! - `count`: refuse with how many requests this instance has preprocessed, this one
+//!   included (shows whether instances are reused).
 //!
 //! Before any of that, `say=TEXT` prints TEXT to stderr (the server's log) and `sleep_ms=N`
 //! makes the call take N milliseconds: the tests' warm-up and slow requests.
@@ -42,6 +44,8 @@ struct Faulty;
 
 impl Guest for Faulty {
     fn preprocess(inputs: Vec<Tensor>, params: Params) -> Result<Prepared, PluginError> {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let x = find(&inputs, "x")?;
         if let Some(text) = param(&params, "say") {
             eprintln!("{text}");
@@ -65,6 +69,7 @@ impl Guest for Faulty {
                 }
             }
             Some("invalid") => return Err(invalid("asked to refuse")),
+            Some("count") => return Err(invalid(format!("call {calls}"))),
             Some("internal") => return Err(internal("asked to fail")),
             Some("malformed") => {
                 let bad = Tensor {

@@ -5,14 +5,14 @@
 //! Each model runs at most `max_in_flight` requests at once; up to `max_queue` more wait for
 //! a slot (for at most their timeout), and beyond that a request is refused at once, so a
 //! burst never queues without bound.
-//! With `[batching]`, the graph runs of several requests are joined into one (see [`batch`]).
+//! Graphs run on each model's own execution threads (see [`batch`]), where with
+//! `[batching]` the graph runs of several requests are joined into one.
 //! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
 pub mod batch;
 
 use crate::config::{Batching, Scheduling};
 use crate::error::Error;
-use crate::infer;
 use crate::repository::Model;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -32,10 +32,10 @@ pub struct Slots {
 impl Slots {
     /// Slots as `[scheduling]` says (0 in-flight: one per CPU core, and with `batching`
     /// enough requests to fill every execution's batch and the next one).
-    pub fn new(config: &Scheduling, batching: Option<&Batching>) -> Self {
+    pub fn new(config: &Scheduling, batching: Option<&Batching>, executions: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_in_flight = match (config.max_in_flight, batching) {
-            (0, Some(b)) => cores.max(b.max_batch_size * (b.executions + 1)),
+            (0, Some(b)) => cores.max(b.max_batch_size * (executions + 1)),
             (0, None) => cores,
             (n, _) => n,
         };
@@ -107,6 +107,9 @@ pub struct Timings {
     pub postprocess: std::time::Duration,
     /// Rows in the graph run (with batching: the whole batch's).
     pub batch_rows: usize,
+    /// Graph runs this request accounts for: 1, or with batching 1 for one request of each
+    /// batch and 0 for the others.
+    pub graph_runs: u64,
 }
 
 /// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
@@ -139,30 +142,20 @@ pub fn run_blocking(
     let mut instance = model.plugin.instantiate()?;
     let prepared = tracing::debug_span!("preprocess").in_scope(|| instance.preprocess(inputs, params))?;
     let preprocessed = Instant::now();
-    let (outputs, batch_wait, compute, batch_rows) =
-        tracing::debug_span!("infer").in_scope(|| match &model.batcher {
-            Some(batcher) => {
-                let answer = batcher.infer(&model.name, prepared.graph_inputs)?;
-                let wait = preprocessed.elapsed().saturating_sub(answer.compute);
-                Ok((answer.outputs, wait, answer.compute, answer.batch_rows))
-            }
-            None => {
-                let rows = prepared.graph_inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d);
-                infer::run(&model.graph, prepared.graph_inputs)
-                    .map(|outputs| (outputs, Duration::ZERO, preprocessed.elapsed(), rows.max(0) as usize))
-                    .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })
-            }
-        })?;
+    let answer =
+        tracing::debug_span!("infer").in_scope(|| model.batcher.infer(&model.name, prepared.graph_inputs))?;
+    let batch_wait = preprocessed.elapsed().saturating_sub(answer.compute);
     let inferred = Instant::now();
     let outputs = tracing::debug_span!("postprocess")
-        .in_scope(|| instance.postprocess(outputs, prepared.context, params))?;
+        .in_scope(|| instance.postprocess(answer.outputs, prepared.context, params))?;
     check_outputs(model, &outputs)?;
     let timings = Timings {
         queue: batch_wait,
         preprocess: preprocessed - started,
-        compute,
+        compute: answer.compute,
         postprocess: inferred.elapsed(),
-        batch_rows,
+        batch_rows: answer.batch_rows,
+        graph_runs: u64::from(answer.first),
     };
     tracing::debug!(
         model = %model.name,

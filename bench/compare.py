@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""wasmserve against Triton, MLServer and a FastAPI + onnxruntime server, side by side.
+
+One run, one machine: each server in turn is started on the same two models, driven by the
+same load generator (oha) with the same request bodies at several concurrencies, and
+stopped; then one table is printed: requests/s, p50, p99, errors, peak RSS and the time from
+process start to every model ready.
+
+- Models: `magika` (file-type detection: real byte work around a 3 MB network; every
+  server runs the magika 1.0.3 model file and its pre/post-processing: wasmserve in its
+  plugin, the others in the `magika` Python package) and `tiny` (mul_1.onnx: Y = X * c on a
+  3x2 tensor, where serving overhead is all there is).
+- Backend: ONNX Runtime 1.32.0 everywhere (wasmserve loads the same library as the Python
+  wheel), with the same intra-op threads (--threads). Each server keeps its own process model
+  at its defaults; batching is on where the server has it (max 32 rows, 2 ms delay): Triton's
+  dynamic batcher, MLServer's adaptive batching, wasmserve's [batching]. FastAPI has none.
+- Also measured in the same run: wasmserve with batching off; ONNX Runtime in-process on the
+  batch sizes wasmserve formed (the bound for serving overhead); and the plugin's cost per
+  request (preprocess + postprocess, instance creation included) from wasmserve's metrics.
+
+    make bench          # installs .venv-bench (bench/requirements.txt) and oha, then runs this
+
+Options: --duration S per cell (default 10), --concurrency 1,16,32, --servers (default all).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / "bench/peers"
+BINARY = Path(os.environ.get("WASMSERVE_BIN", ROOT / "target/release/wasmserve"))
+OHA = Path(os.environ.get("OHA", ROOT / ".tools/oha/bin/oha"))
+TINY_MODEL = ROOT / "tests/models/faulty/model.onnx"
+MAX_BATCH, DELAY_US = 32, 2000
+MAGIKA_FILE = ROOT / "tests/fixtures/magika/files/main.rs"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+    except OSError:
+        return None, b""
+
+
+class Running:
+    """A server process tree: its peak RSS (sum over processes, sampled every 100 ms) and
+    the seconds from start to every model ready."""
+
+    def __init__(self, name, cmd, port, env=None, cwd=None):
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile()
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.peak, self.stopping = 0, False
+        threading.Thread(target=self._sample, daemon=True).start()
+        deadline = started + 300
+        while not all(get(f"{self.base}/v2/models/{m}/ready")[0] == 200 for m in ("magika", "tiny")):
+            if self.proc.poll() is not None or time.perf_counter() > deadline:
+                self.stop()
+                self.log.seek(0)
+                sys.exit(f"{name} did not become ready:\n{self.log.read().decode(errors='replace')[-5000:]}")
+            time.sleep(0.02)
+        self.ready_s = time.perf_counter() - started
+
+    @property
+    def base(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def _sample(self):
+        root = psutil.Process(self.proc.pid)
+        while not self.stopping:
+            try:
+                procs = [root, *root.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    def stop(self):
+        self.stopping = True
+        try:
+            os.killpg(self.proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+def load(url, body, concurrency, duration):
+    """oha at `concurrency` for `duration` seconds: (req/s, p50 ms, p99 ms, failed requests)."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".json") as f:
+        f.write(body)
+        f.flush()
+        out = subprocess.run(
+            # -w: requests in flight at the deadline finish and count, rather than fail.
+            [str(OHA), "-z", f"{duration}s", "-w", "-c", str(concurrency), "-m", "POST", "-T", "application/json",
+             "-D", f.name, "--no-tui", "--output-format", "json", url],
+            check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    codes = r.get("statusCodeDistribution", {})
+    ok = codes.get("200", 0)
+    failed = sum(codes.values()) - ok + sum(r.get("errorDistribution", {}).values())
+    p = r["latencyPercentiles"]
+    return ok / r["summary"]["total"], p["p50"] * 1000, p["p99"] * 1000, failed
+
+
+def bodies(triton):
+    text = MAGIKA_FILE.read_text()
+    shape = [1, 1] if triton else [1]
+    magika = {"inputs": [{"name": "bytes", "shape": shape, "datatype": "BYTES", "data": [text]}]}
+    tiny = {"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}
+    return {"magika": json.dumps(magika).encode(), "tiny": json.dumps(tiny).encode()}
+
+
+def wasmserve_repository(dir, threads, batching):
+    """magika as the example configures it but on ONNX Runtime (with [batching] if asked),
+    and tiny: mul_1.onnx behind the test suite's pass-through plugin."""
+    magika = dir / "magika"
+    shutil.copytree(ROOT / "examples/models/magika", magika)
+    toml = (magika / "model.toml").read_text().replace('backend = "tract"', f'backend = "onnx"\nthreads = {threads}')
+    if batching:
+        toml += f"\n[batching]\nmax_batch_size = {MAX_BATCH}\nmax_queue_delay_us = {DELAY_US}\n"
+    (magika / "model.toml").write_text(toml)
+    tiny = dir / "tiny"
+    tiny.mkdir()
+    shutil.copy(TINY_MODEL, tiny / "model.onnx")
+    shutil.copy(ROOT / "tests/models/faulty/plugin.wasm", tiny / "plugin.wasm")
+    (tiny / "model.toml").write_text(f"""
+[graph]
+file = "model.onnx"
+backend = "onnx"
+threads = {threads}
+[plugin]
+file = "plugin.wasm"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [3, 2]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [3, 2]
+""")
+
+
+def start(name, threads, scratch):
+    port = free_port()
+    python = sys.executable
+    env = {"BENCH_THREADS": str(threads), "BENCH_TINY_MODEL": str(TINY_MODEL), "PYTHONPATH": str(PEERS),
+           "BENCH_MAX_BATCH": str(MAX_BATCH), "BENCH_QUEUE_DELAY_US": str(DELAY_US)}
+    if name.startswith("wasmserve"):
+        repo = scratch / name.replace(" ", "_")
+        repo.mkdir()
+        wasmserve_repository(repo, threads, batching="no batching" not in name)
+        ort = subprocess.run([python, str(ROOT / "tests/onnxruntime_library.py")], capture_output=True, text=True)
+        return Running(name, [str(BINARY), "serve", "-r", str(repo), "--port", str(port)], port,
+                       {"ORT_DYLIB_PATH": ort.stdout.strip(), "RUST_LOG": "warn"})
+    if name == "triton":
+        # PyTriton starts tritonserver with its own ports: HTTP here, gRPC and metrics above.
+        # Its Python backend stub must load this Python's own libpython, not another one.
+        port = 19000 + os.getpid() % 500 * 3
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = f"{libdir}:{os.environ.get('LD_LIBRARY_PATH', '')}"
+        return Running(name, [python, str(PEERS / "triton_server.py"), str(port)], port, env)
+    if name == "mlserver":
+        models = scratch / "mlserver"
+        models.mkdir()
+        for model, settings in [
+            ("magika", {"implementation": "runtime.MagikaRuntime", "max_batch_size": MAX_BATCH,
+                        "max_batch_time": DELAY_US / 1e6}),
+            ("tiny", {"implementation": "runtime.TinyRuntime"}),
+        ]:
+            (models / model).mkdir()
+            (models / model / "model-settings.json").write_text(json.dumps({"name": model, **settings}))
+        env |= {"PYTHONPATH": f"{PEERS}:{PEERS / 'mlserver'}", "MLSERVER_HTTP_PORT": str(port),
+                "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_PORT": str(free_port())}
+        return Running(name, [str(Path(python).parent / "mlserver"), "start", str(models)], port, env)
+    if name == "fastapi":
+        return Running(name, [python, "-m", "uvicorn", "fastapi_server:app", "--port", str(port),
+                              "--log-level", "warning"], port, env, cwd=PEERS)
+    raise SystemExit(f"unknown server {name}")
+
+
+def metrics(base):
+    """wasmserve's counters and histogram sums for magika, by name."""
+    out = {}
+    for line in get(f"{base}/metrics")[1].decode().splitlines():
+        if line.startswith("wasmserve_") and 'model="magika"' in line and "le=" not in line:
+            out[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def in_process_bound(threads, batch, seconds=5):
+    """Rows/s of ONNX Runtime alone on magika's graph, `batch` rows per run, these threads."""
+    import onnxruntime as ort
+    from magika import Magika
+
+    path = Magika()._model_path
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    x = np.random.default_rng(0).integers(0, 256, size=(batch, inp.shape[1]), dtype=np.int32)
+    session.run(None, {inp.name: x})
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, {inp.name: x})
+        runs += 1
+    return runs * batch / (time.perf_counter() - started)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--concurrency", default="1,16,32")
+    ap.add_argument("--threads", type=int, default=psutil.cpu_count(logical=True))
+    ap.add_argument("--servers", default="wasmserve,wasmserve no batching,triton,mlserver,fastapi")
+    args = ap.parse_args()
+    for tool, hint in [(BINARY, "cargo build --release"), (OHA, "make bench installs it"),
+                       (ROOT / "examples/models/magika/plugin.wasm", "make plugins")]:
+        if not Path(tool).exists():
+            sys.exit(f"missing {tool}: {hint}")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows, servers, extra = [], {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.servers.split(","):
+            print(f"# {name}: starting", file=sys.stderr, flush=True)
+            server = start(name, args.threads, Path(scratch))
+            body = bodies(name == "triton")
+            models = ["magika"] if name == "wasmserve no batching" else ["magika", "tiny"]
+            for model in models:
+                url = f"{server.base}/v2/models/{model}/infer"
+                load(url, body[model], 4, 2)  # warm up: plans, caches, batch sizes
+                for c in levels if name != "wasmserve no batching" else [c for c in levels if c > 1]:
+                    before = metrics(server.base) if name == "wasmserve" and model == "magika" else None
+                    result = load(url, body[model], c, args.duration)
+                    rows.append((name, model, c, *result))
+                    print(f"# {name} {model} c={c}: {result[0]:.0f} req/s", file=sys.stderr, flush=True)
+                    if before is not None and c == 16:
+                        after = metrics(server.base)
+                        d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                        requests = d["wasmserve_inference_request_success_total"]
+                        extra["batch"] = d["wasmserve_inference_count_total"] / d["wasmserve_inference_exec_count_total"]
+                        extra["plugin_us"] = 1e6 * (d["wasmserve_preprocess_duration_seconds_sum"]
+                                                    + d["wasmserve_postprocess_duration_seconds_sum"]) / requests
+            servers[name] = (server.peak / 2**20, server.ready_s)
+            server.stop()
+
+    print(f"\n{psutil.cpu_count()} CPUs ({platform()}), ONNX Runtime intra-op threads {args.threads}, "
+          f"{args.duration} s per cell, oha {oha_version()}\n")
+    print("| server | model | concurrency | req/s | p50 ms | p99 ms | failed | peak RSS MiB | s to ready |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, model, c, rps, p50, p99, failed in rows:
+        rss, ready = servers[name]
+        print(f"| {name} | {model} | {c} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {failed} | {rss:.0f} | {ready:.2f} |")
+
+    cell = {(n, m, c): (rps, p99) for n, m, c, rps, _, p99, _ in rows}
+    peers = [p for p in ("triton", "mlserver", "fastapi") if p in servers]
+    print()
+    if "wasmserve" in servers and peers and 16 in levels:
+        best = max(peers, key=lambda p: cell[(p, "magika", 16)][0])
+        (w, wp99), (b, bp99) = cell[("wasmserve", "magika", 16)], cell[(best, "magika", 16)]
+        print(f"- magika, concurrency 16: {w / b:.2f}x the throughput of the best peer ({best}); "
+              f"p99 {wp99 / bp99:.2f}x its p99 (target: >= 2x, <= 0.5x)")
+    if "wasmserve" in servers and "mlserver" in servers and 16 in levels:
+        ratio = cell[("wasmserve", "tiny", 16)][0] / cell[("mlserver", "tiny", 16)][0]
+        print(f"- tiny, concurrency 16: {ratio:.1f}x MLServer's throughput (target: >= 10x)")
+    if {"wasmserve", "wasmserve no batching"} <= servers.keys() and 32 in levels:
+        ratio = cell[("wasmserve", "magika", 32)][0] / cell[("wasmserve no batching", "magika", 32)][0]
+        print(f"- magika, concurrency 32: batching on gives {ratio:.2f}x the throughput of batching off (target: >= 2x)")
+    if "batch" in extra:
+        batch = max(1, round(extra["batch"]))
+        bound = in_process_bound(args.threads, batch)
+        print(f"- serving overhead: at concurrency 16 wasmserve formed batches of {extra['batch']:.1f} rows on average; "
+              f"ONNX Runtime alone on batches of {batch} with {args.threads} threads: {bound:.0f} rows/s; wasmserve "
+              f"served {cell[('wasmserve', 'magika', 16)][0]:.0f} req/s (1 row each) = "
+              f"{cell[('wasmserve', 'magika', 16)][0] / bound:.0%} of it (target: >= 85%)")
+        print(f"- plugin cost per magika request (preprocess + postprocess, fresh instance included): "
+              f"{extra['plugin_us']:.0f} µs")
+
+
+def platform():
+    try:
+        model = next(l for l in open("/proc/cpuinfo") if l.startswith("model name")).split(":")[1].strip()
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return model
+
+
+def oha_version():
+    return subprocess.run([str(OHA), "--version"], capture_output=True, text=True).stdout.strip()
+
+
+if __name__ == "__main__":
+    main()

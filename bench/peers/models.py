@@ -1,0 +1,60 @@
+"""The two benchmark models as every Python peer runs them, on onnxruntime.
+
+magika: the `magika` package itself (1.0.3, the release the wasmserve plugin reproduces)
+does the byte work; a batch is pre-processed file by file, then inferred in one
+onnxruntime call, as `Magika.identify_paths` does internally. tiny: `mul_1.onnx`, one call.
+"""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from magika import Magika
+from magika.types.seekable import Seekable
+
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+
+
+def session_options():
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    return options
+
+
+class MagikaBatch:
+    """Labels and scores for a batch of files' bytes."""
+
+    def __init__(self):
+        self.magika = Magika()
+        # The package's own session, with the benchmark's thread count.
+        self.magika._onnx_session = ort.InferenceSession(
+            str(self.magika._model_path), session_options(), providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, files):
+        m = self.magika
+        results, features = [None] * len(files), []
+        for i, content in enumerate(files):
+            result, feature = m._get_result_or_features_from_seekable(Seekable(io.BytesIO(content)))
+            if result is not None:
+                results[i] = result
+            else:
+                features.append((Path(str(i)), feature))
+        for key, result in m._get_results_from_features(features).items():
+            results[int(key)] = result
+        labels = [str(r.output.label) for r in results]
+        scores = np.array([r.score for r in results], dtype=np.float32)
+        return labels, scores
+
+
+class Tiny:
+    """Y = X * constant, X of shape [3, 2]."""
+
+    def __init__(self, path):
+        self.session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+
+    def __call__(self, x):
+        return self.session.run(None, {"X": x})[0]
