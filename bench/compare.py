@@ -14,9 +14,13 @@ process start to every model ready.
   wheel), with the same intra-op threads (--threads). Each server keeps its own process model
   at its defaults; batching is on where the server has it (max 32 rows, 2 ms delay): Triton's
   dynamic batcher, MLServer's adaptive batching, wasmserve's [batching]. FastAPI has none.
-- Also measured in the same run: wasmserve with batching off; ONNX Runtime in-process on the
-  batch sizes wasmserve formed (the bound for serving overhead); and the plugin's cost per
-  request (preprocess + postprocess, instance creation included) from wasmserve's metrics.
+- wasmserve runs in three configurations: as it ships (instances reused, no batching: on
+  this CPU batching does not pay for magika, see the bound below), with [batching] on
+  magika, and with a fresh plugin instance per request.
+- Also measured in the same run: ONNX Runtime in-process on magika at batch sizes 1 and 32
+  (the bound for serving overhead, and what batching can gain on this machine); and the
+  plugin's cost per request (preprocess + postprocess, instance creation included) from
+  wasmserve's metrics.
 
     make bench          # installs .venv-bench (bench/requirements.txt) and oha, then runs this
 
@@ -135,12 +139,14 @@ def bodies(triton):
     return {"magika": json.dumps(magika).encode(), "tiny": json.dumps(tiny).encode()}
 
 
-def wasmserve_repository(dir, threads, batching):
+def wasmserve_repository(dir, threads, batching, reuse):
     """magika as the example configures it but on ONNX Runtime (with [batching] if asked),
     and tiny: mul_1.onnx behind the test suite's pass-through plugin."""
     magika = dir / "magika"
     shutil.copytree(ROOT / "examples/models/magika", magika)
     toml = (magika / "model.toml").read_text().replace('backend = "tract"', f'backend = "onnx"\nthreads = {threads}')
+    plugin = "" if reuse else "\nreuse_instances = false"
+    toml = toml.replace("[plugin]", "[plugin]" + plugin)
     if batching:
         toml += f"\n[batching]\nmax_batch_size = {MAX_BATCH}\nmax_queue_delay_us = {DELAY_US}\n"
     (magika / "model.toml").write_text(toml)
@@ -155,6 +161,7 @@ backend = "onnx"
 threads = {threads}
 [plugin]
 file = "plugin.wasm"
+reuse_instances = {str(reuse).lower()}
 [[inputs]]
 name = "x"
 datatype = "FP32"
@@ -166,15 +173,24 @@ shape = [3, 2]
 """)
 
 
+# wasmserve's configurations: (magika batched, plugin instances reused, models, concurrency levels or None for all).
+WASMSERVE = {
+    "wasmserve": (False, True, ["magika", "tiny"], None),
+    "wasmserve batching": (True, True, ["magika"], [16, 32]),
+    "wasmserve fresh instances": (False, False, ["magika", "tiny"], [16]),
+}
+
+
 def start(name, threads, scratch):
     port = free_port()
     python = sys.executable
     env = {"BENCH_THREADS": str(threads), "BENCH_TINY_MODEL": str(TINY_MODEL), "PYTHONPATH": str(PEERS),
            "BENCH_MAX_BATCH": str(MAX_BATCH), "BENCH_QUEUE_DELAY_US": str(DELAY_US)}
-    if name.startswith("wasmserve"):
+    if name in WASMSERVE:
         repo = scratch / name.replace(" ", "_")
         repo.mkdir()
-        wasmserve_repository(repo, threads, batching="no batching" not in name)
+        batching, reuse, _, _ = WASMSERVE[name]
+        wasmserve_repository(repo, threads, batching, reuse)
         ort = subprocess.run([python, str(ROOT / "tests/onnxruntime_library.py")], capture_output=True, text=True)
         return Running(name, [str(BINARY), "serve", "-r", str(repo), "--port", str(port)], port,
                        {"ORT_DYLIB_PATH": ort.stdout.strip(), "RUST_LOG": "warn"})
@@ -213,7 +229,7 @@ def metrics(base):
     return out
 
 
-def in_process_bound(threads, batch, seconds=5):
+def in_process_bound(threads, batch, seconds=4):
     """Rows/s of ONNX Runtime alone on magika's graph, `batch` rows per run, these threads."""
     import onnxruntime as ort
     from magika import Magika
@@ -237,7 +253,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--concurrency", default="1,16,32")
     ap.add_argument("--threads", type=int, default=psutil.cpu_count(logical=True))
-    ap.add_argument("--servers", default="wasmserve,wasmserve no batching,triton,mlserver,fastapi")
+    ap.add_argument("--servers", default=",".join([*WASMSERVE, "triton", "mlserver", "fastapi"]))
     args = ap.parse_args()
     for tool, hint in [(BINARY, "cargo build --release"), (OHA, "make bench installs it"),
                        (ROOT / "examples/models/magika/plugin.wasm", "make plugins")]:
@@ -250,22 +266,24 @@ def main():
             print(f"# {name}: starting", file=sys.stderr, flush=True)
             server = start(name, args.threads, Path(scratch))
             body = bodies(name == "triton")
-            models = ["magika"] if name == "wasmserve no batching" else ["magika", "tiny"]
+            _, _, models, only = WASMSERVE.get(name, (None, None, ["magika", "tiny"], None))
             for model in models:
                 url = f"{server.base}/v2/models/{model}/infer"
                 load(url, body[model], 4, 2)  # warm up: plans, caches, batch sizes
-                for c in levels if name != "wasmserve no batching" else [c for c in levels if c > 1]:
-                    before = metrics(server.base) if name == "wasmserve" and model == "magika" else None
+                for c in [c for c in levels if only is None or c in only]:
+                    measured = name in WASMSERVE and model == "magika" and c == 16
+                    before = metrics(server.base) if measured else None
                     result = load(url, body[model], c, args.duration)
                     rows.append((name, model, c, *result))
                     print(f"# {name} {model} c={c}: {result[0]:.0f} req/s", file=sys.stderr, flush=True)
-                    if before is not None and c == 16:
+                    if measured:
                         after = metrics(server.base)
                         d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
                         requests = d["wasmserve_inference_request_success_total"]
-                        extra["batch"] = d["wasmserve_inference_count_total"] / d["wasmserve_inference_exec_count_total"]
-                        extra["plugin_us"] = 1e6 * (d["wasmserve_preprocess_duration_seconds_sum"]
-                                                    + d["wasmserve_postprocess_duration_seconds_sum"]) / requests
+                        extra[name] = (
+                            d["wasmserve_inference_count_total"] / d["wasmserve_inference_exec_count_total"],
+                            1e6 * (d["wasmserve_preprocess_duration_seconds_sum"]
+                                   + d["wasmserve_postprocess_duration_seconds_sum"]) / requests)
             servers[name] = (server.peak / 2**20, server.ready_s)
             server.stop()
 
@@ -288,18 +306,20 @@ def main():
     if "wasmserve" in servers and "mlserver" in servers and 16 in levels:
         ratio = cell[("wasmserve", "tiny", 16)][0] / cell[("mlserver", "tiny", 16)][0]
         print(f"- tiny, concurrency 16: {ratio:.1f}x MLServer's throughput (target: >= 10x)")
-    if {"wasmserve", "wasmserve no batching"} <= servers.keys() and 32 in levels:
-        ratio = cell[("wasmserve", "magika", 32)][0] / cell[("wasmserve no batching", "magika", 32)][0]
+    bound = {b: in_process_bound(args.threads, b) for b in (1, 32)}
+    print(f"- ONNX Runtime alone on magika, {args.threads} threads: {bound[1]:.0f} rows/s at batch 1, "
+          f"{bound[32]:.0f} rows/s at batch 32 ({bound[32] / bound[1]:.2f}x): what batching can gain on this CPU")
+    if {"wasmserve", "wasmserve batching"} <= servers.keys() and 32 in levels:
+        ratio = cell[("wasmserve batching", "magika", 32)][0] / cell[("wasmserve", "magika", 32)][0]
         print(f"- magika, concurrency 32: batching on gives {ratio:.2f}x the throughput of batching off (target: >= 2x)")
-    if "batch" in extra:
-        batch = max(1, round(extra["batch"]))
-        bound = in_process_bound(args.threads, batch)
-        print(f"- serving overhead: at concurrency 16 wasmserve formed batches of {extra['batch']:.1f} rows on average; "
-              f"ONNX Runtime alone on batches of {batch} with {args.threads} threads: {bound:.0f} rows/s; wasmserve "
-              f"served {cell[('wasmserve', 'magika', 16)][0]:.0f} req/s (1 row each) = "
-              f"{cell[('wasmserve', 'magika', 16)][0] / bound:.0%} of it (target: >= 85%)")
-        print(f"- plugin cost per magika request (preprocess + postprocess, fresh instance included): "
-              f"{extra['plugin_us']:.0f} µs")
+    for name, (batch, plugin_us) in extra.items():
+        b = max(1, round(batch))
+        bound_b = bound.get(b) or in_process_bound(args.threads, b)
+        served = cell[(name, "magika", 16)][0]
+        print(f"- {name}, magika at concurrency 16: batches of {batch:.1f} rows on average; ONNX Runtime alone on "
+              f"batches of {b}: {bound_b:.0f} rows/s; served {served:.0f} req/s (1 row each) = {served / bound_b:.0%} "
+              f"of it (target: >= 85%); plugin cost {plugin_us:.0f} µs per request (preprocess + postprocess, "
+              f"instance included)")
 
 
 def platform():

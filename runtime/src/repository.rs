@@ -121,7 +121,8 @@ impl Repository {
         for (name, dir, config, fetched_in) in self.configs(fetcher) {
             let started = Instant::now();
             let graph = config.and_then(|config| {
-                let graph = infer::load(&dir.join(&config.graph.file), &config.graph, options)
+                let file = dir.join(&config.graph.file);
+                let graph = infer::load(&file, &config.graph, config.executions(), options)
                     .context("cannot load its graph")?;
                 tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
                     elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");

@@ -410,17 +410,25 @@ fn start_up_errors_name_the_cause() {
 #[test]
 fn onnx_runtime_agrees_with_tract() {
     let Some(library) = onnxruntime_library() else { return };
-    let repo = edited_repository(&examples(), &["magika", "minilm"], |t| t.replace("\"tract\"", "\"onnx\""));
+    // Two executions: two ONNX Runtime sessions, used at once by concurrent requests.
+    let repo = edited_repository(&examples(), &["magika", "minilm"], |t| {
+        t.replace("\"tract\"", "\"onnx\"") + "\n[scheduling]\nexecutions = 2\n"
+    });
     let onnx = Server::start_env(repo.path(), &[], &[("ORT_DYLIB_PATH", &library)]);
     let tract = Server::start(&examples(), &[]);
     let (_, meta) = onnx.get("/v2/models/magika");
     assert!(meta.contains("onnx/onnx"), "{meta}");
-    for name in ["doc.pdf", "main.rs", "photo.jpg", "index.html", "notes.txt"] {
-        let bytes = std::fs::read(fixture("magika/files").join(name)).unwrap();
-        let (a, b) = (identify(&onnx, &bytes), identify(&tract, &bytes));
-        assert_eq!(a.0, b.0, "{name}");
-        assert!((a.1 - b.1).abs() < 1e-3, "{name}: scores {} vs {}", a.1, b.1);
-    }
+    std::thread::scope(|s| {
+        for name in ["doc.pdf", "main.rs", "photo.jpg", "index.html", "notes.txt"] {
+            let (onnx, tract) = (&onnx, &tract);
+            s.spawn(move || {
+                let bytes = std::fs::read(fixture("magika/files").join(name)).unwrap();
+                let (a, b) = (identify(onnx, &bytes), identify(tract, &bytes));
+                assert_eq!(a.0, b.0, "{name}");
+                assert!((a.1 - b.1).abs() < 1e-3, "{name}: scores {} vs {}", a.1, b.1);
+            });
+        }
+    });
     let sentences = ["A man is playing a guitar.", "The report is due on Friday."];
     for (a, b) in embed(&onnx, &sentences, json!({})).iter().zip(embed(&tract, &sentences, json!({}))) {
         assert!(cosine(a, &b) > 0.999, "backends disagree: cosine {}", cosine(a, &b));

@@ -26,16 +26,23 @@ pub struct BackendOptions {
     pub onnxruntime_library: Option<PathBuf>,
 }
 
-/// Load the graph at `path` on the backend its config names.
-pub fn load(path: &Path, config: &GraphConfig, options: &BackendOptions) -> anyhow::Result<Graph> {
+/// Load the graph at `path` on the backend its config names, able to run `executions`
+/// times at once.
+pub fn load(
+    path: &Path,
+    config: &GraphConfig,
+    executions: usize,
+    options: &BackendOptions,
+) -> anyhow::Result<Graph> {
     let model = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     match config.backend {
+        // A tract plan runs from any number of threads at once.
         Backend::Tract => tract::load(&model),
         #[cfg(feature = "onnx")]
-        Backend::Onnx => onnx::load(&model, config, options),
+        Backend::Onnx => onnx::load(&model, config, executions, options),
         #[cfg(not(feature = "onnx"))]
         Backend::Onnx => {
-            let _ = options;
+            let _ = (options, executions);
             bail!(
                 "this wasmserve was built without the `onnx` feature: rebuild with `--features onnx` or use backend = \"tract\""
             )

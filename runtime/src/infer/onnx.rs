@@ -15,9 +15,10 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use wasmtime_wasi_nn::wit::TensorType;
 
+/// One session per execution: `Session::run` takes `&mut self` in this ort release, so a
+/// session runs one graph at a time.
 struct Onnx {
-    /// `Session::run` takes `&mut self` in this ort release.
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
 }
 
 /// Load ONNX Runtime's library once per process. A missing or broken library is an error
@@ -56,20 +57,21 @@ fn check_library(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Create a session for `model` with the execution provider the config asks for.
+/// Create `executions` sessions for `model` with the execution provider the config asks for.
 pub fn load(
     model: &[u8],
     config: &GraphConfig,
+    executions: usize,
     options: &BackendOptions,
 ) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
     init(options)?;
-    let session = match config.target {
-        Target::Cpu => session(model, config, false)?,
+    let (first, gpu) = match config.target {
+        Target::Cpu => (session(model, config, false)?, false),
         Target::Gpu => match session(model, config, true) {
-            Ok(session) => session,
+            Ok(session) => (session, true),
             Err(e) if config.gpu_fallback => {
                 tracing::warn!("no usable GPU ({e:#}); running on the CPU as gpu_fallback allows");
-                session(model, config, false)?
+                (session(model, config, false)?, false)
             }
             Err(e) => {
                 return Err(e.context(
@@ -79,9 +81,13 @@ pub fn load(
             }
         },
     };
-    let inputs = session.inputs.iter().map(|i| i.name.clone()).collect();
-    let outputs = session.outputs.iter().map(|o| o.name.clone()).collect();
-    Ok(graph(inputs, outputs, Onnx { session: Mutex::new(session) }))
+    let inputs = first.inputs.iter().map(|i| i.name.clone()).collect();
+    let outputs = first.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut sessions = vec![first];
+    for _ in 1..executions {
+        sessions.push(session(model, config, gpu)?);
+    }
+    Ok(graph(inputs, outputs, Onnx { sessions: sessions.into_iter().map(Mutex::new).collect() }))
 }
 
 fn session(model: &[u8], config: &GraphConfig, gpu: bool) -> anyhow::Result<Session> {
@@ -107,7 +113,12 @@ impl Runner for Onnx {
             .into_iter()
             .map(|t| to_ort(t).map(SessionInputValue::from))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut session = self.session.lock().map_err(|_| anyhow!("session poisoned"))?;
+        // A free session if there is one, else wait for the first.
+        let free = self.sessions.iter().find_map(|s| s.try_lock().ok());
+        let mut session = match free {
+            Some(session) => session,
+            None => self.sessions[0].lock().map_err(|_| anyhow!("session poisoned"))?,
+        };
         let outputs = session.run(inputs.as_slice())?;
         outputs.iter().map(|(_, value)| from_ort(&value)).collect()
     }
