@@ -9,36 +9,46 @@ use crate::error::{Error, Result};
 use crate::tensor::{Datatype, Tensor, bytes_elements};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer};
 
 /// Build the response for `request` from the model's `outputs`.
+///
+/// JSON data is written element by element straight from the tensor's bytes (no JSON value
+/// per element); binary outputs are appended after the JSON as they are.
 pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<Tensor>) -> Result<Response> {
     let selected = select(request, outputs)?;
-    let mut binary = Vec::new();
-    let mut any_binary = false;
-    let mut json_outputs = Vec::with_capacity(selected.len());
-    for (tensor, as_binary) in selected {
-        let mut out = json!({ "name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape });
-        if as_binary {
-            any_binary = true;
-            out["parameters"] = json!({ "binary_data_size": tensor.data.len() });
-            binary.extend_from_slice(&tensor.data);
-        } else {
-            out["data"] = json_data(&tensor)?;
+    for (tensor, as_binary) in &selected {
+        if !as_binary && tensor.datatype == Datatype::Bytes {
+            check_utf8(tensor)?;
         }
-        json_outputs.push(out);
     }
-    let mut body = json!({ "model_name": model, "model_version": version, "outputs": json_outputs });
-    if let Some(id) = &request.id {
-        body["id"] = json!(id);
+    let body = Body {
+        id: request.id.as_deref(),
+        model_name: model,
+        model_version: version,
+        outputs: selected
+            .iter()
+            .map(|(t, as_binary)| Output {
+                name: &t.name,
+                datatype: t.datatype,
+                shape: &t.shape,
+                parameters: as_binary.then(|| BinarySize { binary_data_size: t.data.len() }),
+                data: (!as_binary).then_some(Elements(t)),
+            })
+            .collect(),
+    };
+    let binary_bytes: usize = selected.iter().filter(|(_, b)| *b).map(|(t, _)| t.data.len()).sum();
+    let json_guess = selected.iter().filter(|(_, b)| !b).map(|(t, _)| t.data.len() * 3).sum::<usize>() + 256;
+    let mut payload = Vec::with_capacity(json_guess + binary_bytes);
+    serde_json::to_writer(&mut payload, &body).map_err(|e| Error::Internal(e.to_string()))?;
+    if !selected.iter().any(|(_, b)| *b) {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], payload).into_response());
     }
-    let json = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
-    if !any_binary {
-        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
+    let header_length = HeaderValue::from(payload.len());
+    for (tensor, _) in selected.iter().filter(|(_, b)| *b) {
+        payload.extend_from_slice(&tensor.data);
     }
-    let header_length = HeaderValue::from(json.len());
-    let mut payload = json;
-    payload.extend_from_slice(&binary);
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
@@ -47,6 +57,44 @@ pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<T
         payload,
     )
         .into_response())
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    model_name: &'a str,
+    model_version: &'a str,
+    outputs: Vec<Output<'a>>,
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    name: &'a str,
+    datatype: Datatype,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Elements<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+/// A BYTES output goes in JSON as strings: every element must be UTF-8.
+fn check_utf8(t: &Tensor) -> Result<()> {
+    for element in bytes_elements(&t.name, &t.data)? {
+        if std::str::from_utf8(element).is_err() {
+            return Err(Error::bad_request(format!(
+                "output '{}' holds bytes that are not UTF-8 and cannot go in JSON: request it with \"binary_data\": true",
+                t.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The outputs the request asked for (all when it named none), in its order, each with
@@ -69,38 +117,47 @@ pub(crate) fn select(request: &InferRequest, outputs: Vec<Tensor>) -> Result<Vec
         .collect()
 }
 
-/// A tensor's elements as a flat JSON array.
-fn json_data(t: &Tensor) -> Result<Value> {
-    fn each<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> Value) -> Value {
-        Value::Array(data.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N"))).collect())
+/// A tensor's elements as a flat JSON array, read from its little-endian bytes as written.
+struct Elements<'a>(&'a Tensor);
+
+impl Serialize for Elements<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        fn each<const N: usize, S: Serializer, T: Serialize>(
+            serializer: S,
+            data: &[u8],
+            f: impl Fn([u8; N]) -> T,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            let chunks = data.chunks_exact(N);
+            let mut seq = serializer.serialize_seq(Some(chunks.len()))?;
+            for c in chunks {
+                seq.serialize_element(&f(c.try_into().expect("chunk of N")))?;
+            }
+            seq.end()
+        }
+        let (d, s) = (&self.0.data, serializer);
+        match self.0.datatype {
+            Datatype::Bool => each::<1, _, _>(s, d, |b| b[0] != 0),
+            Datatype::Uint8 => each::<1, _, _>(s, d, |b| b[0]),
+            Datatype::Int8 => each::<1, _, _>(s, d, i8::from_le_bytes),
+            Datatype::Uint16 => each::<2, _, _>(s, d, u16::from_le_bytes),
+            Datatype::Int16 => each::<2, _, _>(s, d, i16::from_le_bytes),
+            Datatype::Uint32 => each::<4, _, _>(s, d, u32::from_le_bytes),
+            Datatype::Int32 => each::<4, _, _>(s, d, i32::from_le_bytes),
+            Datatype::Uint64 => each::<8, _, _>(s, d, u64::from_le_bytes),
+            Datatype::Int64 => each::<8, _, _>(s, d, i64::from_le_bytes),
+            Datatype::Fp16 => each::<2, _, _>(s, d, |b| half::f16::from_le_bytes(b).to_f32()),
+            Datatype::Bf16 => each::<2, _, _>(s, d, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Datatype::Fp32 => each::<4, _, _>(s, d, f32::from_le_bytes),
+            Datatype::Fp64 => each::<8, _, _>(s, d, f64::from_le_bytes),
+            Datatype::Bytes => {
+                let elements = bytes_elements(&self.0.name, d).map_err(serde::ser::Error::custom)?;
+                let mut seq = s.serialize_seq(Some(elements.len()))?;
+                for e in elements {
+                    // check_utf8 ran before serialising.
+                    seq.serialize_element(&String::from_utf8_lossy(e))?;
+                }
+                seq.end()
+            }
+        }
     }
-    let d = &t.data;
-    Ok(match t.datatype {
-        Datatype::Bool => each::<1>(d, |b| json!(b[0] != 0)),
-        Datatype::Uint8 => each::<1>(d, |b| json!(b[0])),
-        Datatype::Int8 => each::<1>(d, |b| json!(i8::from_le_bytes(b))),
-        Datatype::Uint16 => each::<2>(d, |b| json!(u16::from_le_bytes(b))),
-        Datatype::Int16 => each::<2>(d, |b| json!(i16::from_le_bytes(b))),
-        Datatype::Uint32 => each::<4>(d, |b| json!(u32::from_le_bytes(b))),
-        Datatype::Int32 => each::<4>(d, |b| json!(i32::from_le_bytes(b))),
-        Datatype::Uint64 => each::<8>(d, |b| json!(u64::from_le_bytes(b))),
-        Datatype::Int64 => each::<8>(d, |b| json!(i64::from_le_bytes(b))),
-        Datatype::Fp16 => each::<2>(d, |b| json!(half::f16::from_le_bytes(b).to_f32())),
-        Datatype::Bf16 => each::<2>(d, |b| json!(half::bf16::from_le_bytes(b).to_f32())),
-        Datatype::Fp32 => each::<4>(d, |b| json!(f32::from_le_bytes(b))),
-        Datatype::Fp64 => each::<8>(d, |b| json!(f64::from_le_bytes(b))),
-        Datatype::Bytes => Value::Array(
-            bytes_elements(&t.name, d)?
-                .into_iter()
-                .map(|e| {
-                    std::str::from_utf8(e).map(|s| json!(s)).map_err(|_| {
-                        Error::bad_request(format!(
-                            "output '{}' holds bytes that are not UTF-8 and cannot go in JSON: request it with \"binary_data\": true",
-                            t.name
-                        ))
-                    })
-                })
-                .collect::<Result<_>>()?,
-        ),
-    })
 }
