@@ -161,3 +161,53 @@ impl Serialize for Elements<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::RequestedOutput;
+    use crate::tensor::push_bytes_element;
+
+    fn request(binary: Option<bool>) -> InferRequest {
+        let outputs =
+            vec![RequestedOutput { name: "t".into(), binary }, RequestedOutput { name: "x".into(), binary }];
+        InferRequest { id: Some("r1".into()), params: vec![], inputs: vec![], outputs, binary_outputs: false }
+    }
+
+    fn outputs(text: &[u8]) -> Vec<Tensor> {
+        let mut data = Vec::new();
+        push_bytes_element(&mut data, text);
+        let x = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        vec![
+            Tensor { name: "x".into(), datatype: Datatype::Fp32, shape: vec![2], data: x },
+            Tensor { name: "t".into(), datatype: Datatype::Bytes, shape: vec![1], data },
+        ]
+    }
+
+    async fn body(response: Response) -> Vec<u8> {
+        axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn json_outputs_come_in_the_requested_order_with_their_values() {
+        let response = encode("m", "1", &request(None), outputs(b"hello")).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
+        assert_eq!(json["id"], "r1");
+        assert_eq!(
+            json["outputs"][0],
+            serde_json::json!({"name": "t", "datatype": "BYTES", "shape": [1], "data": ["hello"]})
+        );
+        assert_eq!(json["outputs"][1]["data"], serde_json::json!([1.5, -2.0]));
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_go_binary_or_fail_clearly() {
+        let err = encode("m", "1", &request(None), outputs(&[0xff, 0xfe])).unwrap_err();
+        assert!(err.to_string().contains("output 't' holds bytes that are not UTF-8"), "{err}");
+        let response = encode("m", "1", &request(Some(true)), outputs(&[0xff, 0xfe])).unwrap();
+        let n: usize = response.headers()[HEADER_LENGTH].to_str().unwrap().parse().unwrap();
+        let body = body(response).await;
+        assert_eq!(&body[n..n + 6], &[2, 0, 0, 0, 0xff, 0xfe]);
+        assert_eq!(body.len(), n + 6 + 8);
+    }
+}
