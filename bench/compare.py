@@ -280,10 +280,11 @@ def main():
                         after = metrics(server.base)
                         d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
                         requests = d["wasmserve_inference_request_success_total"]
+                        stage = {k: 1e3 * d[f"wasmserve_{k}_duration_seconds_sum"] / requests
+                                 for k in ("request", "queue", "preprocess", "compute", "postprocess")}
                         extra[name] = (
                             d["wasmserve_inference_count_total"] / d["wasmserve_inference_exec_count_total"],
-                            1e6 * (d["wasmserve_preprocess_duration_seconds_sum"]
-                                   + d["wasmserve_postprocess_duration_seconds_sum"]) / requests)
+                            1e3 * (stage["preprocess"] + stage["postprocess"]), stage)
             servers[name] = (server.peak / 2**20, server.ready_s)
             server.stop()
 
@@ -312,7 +313,7 @@ def main():
     if {"wasmserve", "wasmserve batching"} <= servers.keys() and 32 in levels:
         ratio = cell[("wasmserve batching", "magika", 32)][0] / cell[("wasmserve", "magika", 32)][0]
         print(f"- magika, concurrency 32: batching on gives {ratio:.2f}x the throughput of batching off (target: >= 2x)")
-    for name, (batch, plugin_us) in extra.items():
+    for name, (batch, plugin_us, stage) in extra.items():
         b = max(1, round(batch))
         bound_b = bound.get(b) or in_process_bound(args.threads, b)
         served = cell[(name, "magika", 16)][0]
@@ -320,6 +321,7 @@ def main():
               f"batches of {b}: {bound_b:.0f} rows/s; served {served:.0f} req/s (1 row each) = {served / bound_b:.0%} "
               f"of it (target: >= 85%); plugin cost {plugin_us:.0f} µs per request (preprocess + postprocess, "
               f"instance included)")
+        print(f"  where a request's time went (ms, mean): " + ", ".join(f"{k} {v:.2f}" for k, v in stage.items()))
 
 
 def platform():
