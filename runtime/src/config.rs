@@ -348,6 +348,13 @@ pub struct PluginConfig {
     /// Wall-clock limit for one plugin call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Most tensor data one call (preprocess or postprocess) may return, in MiB.
+    #[serde(default = "default_max_output_mib")]
+    pub max_output_mib: usize,
+    /// Other models whose graphs the plugin may run itself through `wasi:nn`
+    /// (`load-by-name`), by model name; its own model's graph is always allowed.
+    #[serde(default)]
+    pub graphs: Vec<String>,
     /// Reuse an instance that finished a request cleanly for later requests of this model
     /// (default). `false`: a fresh instance per request, so nothing one request leaves in
     /// the plugin's memory reaches the next, at the cost of instantiating every time.
@@ -361,6 +368,10 @@ fn yes() -> bool {
 
 fn default_memory_limit_mib() -> usize {
     256
+}
+
+fn default_max_output_mib() -> usize {
+    64
 }
 
 fn default_timeout_ms() -> u64 {
@@ -419,6 +430,7 @@ impl ModelConfig {
             "`graph.target = \"gpu\"` needs `graph.backend = \"onnx\"`: tract runs on the CPU only"
         );
         anyhow::ensure!(self.plugin.memory_limit_mib > 0, "`plugin.memory_limit_mib` must be > 0");
+        anyhow::ensure!(self.plugin.max_output_mib > 0, "`plugin.max_output_mib` must be > 0");
         for (i, w) in self.warmup.iter().enumerate() {
             anyhow::ensure!(
                 w.file.is_some() != w.inputs.is_some(),

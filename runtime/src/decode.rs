@@ -286,7 +286,8 @@ pub(crate) fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result
 
 /// Flatten JSON `data` (flat or nested) into wire bytes.
 fn json_data(name: &str, datatype: Datatype, count: usize, data: Value) -> Result<Vec<u8>> {
-    let mut leaves = Vec::with_capacity(count);
+    // Not `count`: a shape may claim far more elements than the body holds.
+    let mut leaves = Vec::new();
     flatten(name, data, &mut leaves, 0)?;
     if leaves.len() != count {
         return Err(Error::bad_request(format!(
@@ -462,6 +463,11 @@ mod tests {
                 "unknown datatype 'FLOAT'",
             ),
             (r#"{"inputs": [}"#, "malformed inference request"),
+            // A shape that claims a trillion elements is refused, not allocated for.
+            (
+                r#"{"inputs":[{"name":"x","shape":[500000000000,2],"datatype":"FP32","data":[1,2]}]}"#,
+                "shape holds 1000000000000 elements but data has 2",
+            ),
         ];
         for (body, expected) in cases {
             let err = decode(body.as_bytes(), None, &declared).unwrap_err();

@@ -131,6 +131,7 @@ impl PluginHost {
             pre,
             data,
             memory_limit: config.memory_limit_mib << 20,
+            output_limit: config.max_output_mib << 20,
             timeout: Duration::from_millis(config.timeout_ms),
             graphs,
             warm_up,
@@ -145,6 +146,8 @@ pub struct Plugin {
     pre: bindings::ModelPluginPre<State>,
     data: Option<PathBuf>,
     memory_limit: usize,
+    /// Most tensor bytes one call may return.
+    output_limit: usize,
     timeout: Duration,
     graphs: Graphs,
     warm_up: Option<ComponentExportIndex>,
@@ -298,8 +301,17 @@ impl Plugin {
         }
     }
 
-    /// Tensors a plugin returns must be well-formed, like a client's.
+    /// Tensors a plugin returns must be well-formed, like a client's, and within its
+    /// output limit.
     fn checked(&self, call: &str, tensors: Vec<wit::Tensor>) -> Result<Vec<Tensor>, Error> {
+        let bytes: usize = tensors.iter().map(|t| t.data.len()).sum();
+        if bytes > self.output_limit {
+            return Err(self.failed(format!(
+                "{call} returned {} MiB of tensor data, over its limit of {} MiB (plugin.max_output_mib)",
+                bytes.div_ceil(1 << 20),
+                self.output_limit >> 20
+            )));
+        }
         tensors
             .into_iter()
             .map(|t| {

@@ -99,6 +99,51 @@ fn metric(text: &str, name: &str, model: &str) -> f64 {
 }
 
 #[test]
+fn a_plugin_returning_more_than_its_output_limit_fails_that_request() {
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        t.replace("[plugin]", "[plugin]\nmax_output_mib = 1")
+    });
+    let server = Server::start(repo.path(), &[]);
+    let r = faulty(&server, "oversized");
+    assert_eq!(r.status, 500);
+    let message = "plugin 'faulty' failed: preprocess returned 2 MiB of tensor data, over its limit of 1 MiB (plugin.max_output_mib)";
+    assert_eq!(r.error(), message);
+    assert_serves(&server);
+}
+
+#[test]
+fn a_plugin_runs_only_its_own_graph_and_those_its_config_grants() {
+    let repo = edited_repository(&test_models(), &["faulty"], str::to_string);
+    for (name, graphs) in [("granted", r#"["faulty"]"#), ("dangling", r#"["nope"]"#)] {
+        let copy = edited_repository(&test_models(), &["faulty"], |t| {
+            t.replace("[plugin]", &format!("[plugin]\ngraphs = {graphs}"))
+        });
+        std::fs::rename(copy.path().join("faulty"), repo.path().join(name)).unwrap();
+    }
+    let server = Server::start_listening(repo.path(), &[]);
+    let index = server.wait_loaded();
+    assert_eq!((&index[0]["name"], &index[0]["state"]), (&json!("dangling"), &json!("UNAVAILABLE")));
+    let reason = index[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("`plugin.graphs`: no model named 'nope' has a loaded graph"), "{reason}");
+    let by_name = |model: &str, graph: &str| {
+        server.infer(
+            model,
+            &json!({"parameters": {"graph": graph},
+            "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]}),
+        )
+    };
+    let (_, meta) = server.get("/v2/models/granted");
+    let params = serde_json::from_str::<Value>(&meta).unwrap()["parameters"].clone();
+    assert_eq!(params["plugin_graphs"], "granted,faulty", "{meta}");
+    assert_eq!((&params["plugin_network"], &params["plugin_data_dir"]), (&json!(false), &Value::Null));
+    assert_eq!(by_name("granted", "faulty").status, 200, "a granted graph");
+    assert_eq!(by_name("granted", "granted").status, 200, "its own graph");
+    let r = by_name("faulty", "granted");
+    assert_eq!(r.status, 400, "a graph not granted");
+    assert!(r.error().contains("wasi-nn load-by-name: ErrorCode::NotFound"), "{}", r.error());
+}
+
+#[test]
 fn instances_are_reused_until_one_traps_or_reuse_is_off() {
     let calls = |server: &Server, fault: &str| {
         let r = server.infer(

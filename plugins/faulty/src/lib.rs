@@ -6,6 +6,7 @@
 //! - `memory`: allocate until the memory cap refuses;
 //! - `invalid` / `internal`: return that plugin error;
 //! - `malformed`: return a graph input whose data does not fit its shape;
+//! - `oversized`: return a 2 MiB graph input;
 //! - `read-outside`: try to read a file outside `/data`, fail with what happened;
 //! - `env`: fail with the number of environment variables and arguments it sees;
 //! - `connect`: try to open a TCP connection to the address in parameter `addr`, fail with
@@ -71,6 +72,10 @@ impl Guest for Faulty {
             Some("invalid") => return Err(invalid("asked to refuse")),
             Some("count") => return Err(invalid(format!("call {calls}"))),
             Some("internal") => return Err(internal("asked to fail")),
+            Some("oversized") => {
+                let big = Tensor { name: "X".into(), datatype: Datatype::Fp32, shape: vec![1 << 19], data: vec![0; 2 << 20] };
+                return Ok(Prepared { graph_inputs: vec![big], context: vec![] });
+            }
             Some("malformed") => {
                 let bad = Tensor {
                     name: "X".into(),

@@ -117,6 +117,20 @@ impl Graphs {
     pub fn new(graphs: HashMap<String, Graph>) -> Self {
         Self(Arc::new(graphs))
     }
+
+    /// A registry with only the graphs `names` names; an error names one that is not here.
+    pub fn only<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
+        let mut chosen = HashMap::new();
+        for name in names {
+            let graph = self.0.get(name).with_context(|| {
+                let mut loaded: Vec<&String> = self.0.keys().collect();
+                loaded.sort();
+                format!("no model named '{name}' has a loaded graph (loaded: {loaded:?})")
+            })?;
+            chosen.insert(name.to_string(), graph.clone());
+        }
+        Ok(Self::new(chosen))
+    }
 }
 
 impl GraphRegistry for Graphs {
