@@ -99,6 +99,72 @@ fn metric(text: &str, name: &str, model: &str) -> f64 {
 }
 
 #[test]
+fn a_misbehaving_model_does_not_fail_or_stall_another() {
+    // `faulty` loops, traps and exhausts memory on every request, from 6 clients at once;
+    // `steady` (the same graph and plugin, asked nothing odd) must keep answering.
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        t.replace("[plugin]", "[scheduling]\nmax_in_flight = 1\n[plugin]")
+    });
+    let steady = edited_repository(&test_models(), &["faulty"], str::to_string);
+    std::fs::rename(steady.path().join("faulty"), repo.path().join("steady")).unwrap();
+    let server = Server::start(repo.path(), &[]);
+    let timed = |n: usize, at_least: std::time::Duration| -> (Vec<std::time::Duration>, usize) {
+        let mut times = Vec::new();
+        let mut failed = 0;
+        let began = std::time::Instant::now();
+        while times.len() < n || began.elapsed() < at_least {
+            let started = std::time::Instant::now();
+            let r = server.infer("steady", &json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]}));
+            times.push(started.elapsed());
+            failed += usize::from(r.status != 200);
+        }
+        times.sort();
+        (times, failed)
+    };
+    let (quiet, _) = timed(50, std::time::Duration::ZERO);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (under_attack, failed, faults) = std::thread::scope(|s| {
+        let attackers: Vec<_> = ["loop", "trap", "memory", "loop", "trap", "memory"]
+            .into_iter()
+            .map(|fault| {
+                let (server, stop) = (&server, &stop);
+                s.spawn(move || {
+                    let mut answered = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let status = faulty(server, fault).status;
+                        assert!(status == 500 || status == 503, "{fault}: {status}");
+                        answered += 1;
+                    }
+                    answered
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (times, failed) = timed(100, std::time::Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let faults: usize = attackers.into_iter().map(|a| a.join().unwrap()).sum();
+        (times, failed, faults)
+    });
+    let p99 = |t: &[std::time::Duration]| t[t.len() * 99 / 100 - 1];
+    eprintln!(
+        "steady p50/p99 quiet {:?}/{:?}, under attack {:?}/{:?}; {faults} faulty requests",
+        quiet[25],
+        p99(&quiet),
+        under_attack[50],
+        p99(&under_attack)
+    );
+    assert_eq!(failed, 0, "steady failed while faulty misbehaved");
+    assert!(faults > 12, "the attack ran ({faults} faulty requests)");
+    // The bound README states: a misbehaving model holds at most its max_in_flight cores,
+    // so another model's p99 stays under 100 ms on 2 cores.
+    assert!(
+        p99(&under_attack) < std::time::Duration::from_millis(100),
+        "steady p99 {:?} under attack",
+        p99(&under_attack)
+    );
+}
+
+#[test]
 fn a_plugin_returning_more_than_its_output_limit_fails_that_request() {
     let repo = edited_repository(&test_models(), &["faulty"], |t| {
         t.replace("[plugin]", "[plugin]\nmax_output_mib = 1")
@@ -382,6 +448,9 @@ fn a_faulty_plugin_fails_only_its_own_request() {
         ("invalid", 400, "plugin 'faulty' rejected the input: asked to refuse"),
         ("internal", 500, "plugin 'faulty' failed: asked to fail"),
         ("malformed", 500, "preprocess returned a malformed tensor"),
+        // Rust keeps its stack in linear memory: running out of it is an out-of-bounds access.
+        ("recurse", 500, "plugin 'faulty' failed: wasm trap: out of bounds memory access"),
+        ("nn-wrong-type", 400, "plugin 'faulty' rejected the input: wasi-nn compute: ErrorCode::"),
     ] {
         let r = faulty(&server, fault);
         assert_eq!(r.status, status, "{fault}: {}", String::from_utf8_lossy(&r.body));

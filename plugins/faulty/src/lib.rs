@@ -7,6 +7,8 @@
 //! - `invalid` / `internal`: return that plugin error;
 //! - `malformed`: return a graph input whose data does not fit its shape;
 //! - `oversized`: return a 2 MiB graph input;
+//! - `recurse`: recurse until the stack runs out (Rust's, in linear memory);
+//! - `nn-wrong-type`: run its own graph through `wasi:nn` with INT32 data for the FP32 input;
 //! - `read-outside`: try to read a file outside `/data`, fail with what happened;
 //! - `env`: fail with the number of environment variables and arguments it sees;
 //! - `connect`: try to open a TCP connection to the address in parameter `addr`, fail with
@@ -27,13 +29,27 @@ use wasmserve_plugin::bindings::wasi::nn::{errors::Error as NnError, graph, tens
 use wasmserve_plugin::warm::{Guest, WarmUp};
 use wasmserve_plugin::{Datatype, Params, PluginError, Prepared, Tensor, find, internal, invalid, param};
 
+/// Deeper and deeper, each frame holding a little, until the stack is exhausted.
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 16]);
+    if depth == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1).wrapping_add(frame[15])
+}
+
 /// Run graph `name` on `x` (as its input `X`) through wasi:nn; its `Y` as tensor `y`.
 fn run_graph(name: &str, x: &Tensor) -> Result<Tensor, PluginError> {
+    run_graph_as(name, x, nn::TensorType::Fp32)
+}
+
+/// [`run_graph`], passing `x`'s bytes as elements of type `ty`.
+fn run_graph_as(name: &str, x: &Tensor, ty: nn::TensorType) -> Result<Tensor, PluginError> {
     let nn_error = |what: &str, e: NnError| invalid(format!("wasi-nn {what}: {:?}: {}", e.code(), e.data()));
     let graph = graph::load_by_name(name).map_err(|e| nn_error("load-by-name", e))?;
     let context = graph.init_execution_context().map_err(|e| nn_error("init-execution-context", e))?;
     let dims: Vec<u32> = x.shape.iter().map(|&d| d as u32).collect();
-    let input = nn::Tensor::new(&dims, nn::TensorType::Fp32, &x.data);
+    let input = nn::Tensor::new(&dims, ty, &x.data);
     let outputs = context.compute(vec![("X".to_string(), input)]).map_err(|e| nn_error("compute", e))?;
     let (_, y) =
         outputs.into_iter().find(|(n, _)| n == "Y").ok_or_else(|| internal("graph returned no Y"))?;
@@ -72,6 +88,13 @@ impl Guest for Faulty {
             Some("invalid") => return Err(invalid("asked to refuse")),
             Some("count") => return Err(invalid(format!("call {calls}"))),
             Some("internal") => return Err(internal("asked to fail")),
+            Some("recurse") => {
+                return Err(internal(format!("came back from depth {}", recurse(0))));
+            }
+            Some("nn-wrong-type") => {
+                let y = run_graph_as("faulty", x, nn::TensorType::I32)?;
+                return Err(internal(format!("the graph took INT32 data: {:?}", y.shape)));
+            }
             Some("oversized") => {
                 let big = Tensor { name: "X".into(), datatype: Datatype::Fp32, shape: vec![1 << 19], data: vec![0; 2 << 20] };
                 return Ok(Prepared { graph_inputs: vec![big], context: vec![] });
