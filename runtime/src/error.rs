@@ -116,3 +116,12 @@ impl Error {
 
 /// Result of request handling.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message a caught panic carried (`panic!` with a literal or a format), or "no message".
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}

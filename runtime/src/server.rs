@@ -110,6 +110,19 @@ pub fn router(state: AppState) -> Router {
         // The infer handler applies its own limit, answering 413 in the OIP error format.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+        .layer(catch_panics())
+}
+
+/// A panic while handling a request becomes a 500 for that request (logged with its
+/// message); the connection, the other requests and the server carry on.
+fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
+    fn answer(panic: Box<dyn std::any::Any + Send>) -> Response {
+        let message = crate::error::panic_message(&*panic);
+        let error = Error::Internal(format!("request handling panicked: {message}"));
+        error.log();
+        error.into_response()
+    }
+    tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
 }
 
 async fn server_metadata() -> Response {
@@ -302,4 +315,33 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.0.metrics.encode(&state.0.repository);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_router_keeps_serving() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("the handler broke");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/fine", get(|| async { "ok" }))
+            .layer(catch_panics());
+        let request = |path: &str| axum::http::Request::get(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request("/boom")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "internal error: request handling panicked: the handler broke");
+        assert_eq!(app.oneshot(request("/fine")).await.unwrap().status(), StatusCode::OK);
+    }
 }

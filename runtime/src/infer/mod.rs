@@ -165,6 +165,20 @@ trait Runner: Send + Sync + 'static {
     fn run(&self, inputs: Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>>;
 }
 
+/// A graph that runs `f`, with inputs `x` and outputs `y`: for tests of what runs graphs.
+#[cfg(test)]
+pub(crate) fn test_graph(
+    f: impl Fn(Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>> + Send + Sync + 'static,
+) -> Graph {
+    struct Func<F>(F);
+    impl<F: Fn(Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>> + Send + Sync + 'static> Runner for Func<F> {
+        fn run(&self, inputs: Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>> {
+            (self.0)(inputs)
+        }
+    }
+    graph(vec!["x".into()], vec!["y".into()], Func(f))
+}
+
 /// A graph's input and output names, in its order.
 struct Names {
     inputs: Vec<String>,

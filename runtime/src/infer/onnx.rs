@@ -35,11 +35,7 @@ fn init(options: &BackendOptions) -> anyhow::Result<()> {
         let lib = path.to_string_lossy().into_owned();
         std::panic::catch_unwind(move || ort::init_from(lib).commit())
             .map_err(|panic| {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
+                let msg = crate::error::panic_message(&*panic);
                 format!("cannot load ONNX Runtime from {}: {msg}", path.display())
             })?
             .map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))?;

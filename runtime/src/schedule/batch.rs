@@ -82,7 +82,13 @@ impl Batcher {
                 (graph.clone(), batches.clone(), free_tx.clone(), model.to_string());
             std::thread::Builder::new().name(format!("batch-{model}-{i}")).spawn(move || {
                 for batch in batches {
-                    execute(&name, &graph, batch);
+                    // A backend that panics fails this batch's requests (their replies are
+                    // dropped unanswered), never the thread: later batches still run.
+                    let run = std::panic::AssertUnwindSafe(|| execute(&name, &graph, batch));
+                    if let Err(panic) = std::panic::catch_unwind(run) {
+                        let message = crate::error::panic_message(&*panic);
+                        tracing::error!(model = %name, "the graph run panicked: {message}");
+                    }
                     if free_tx.send(()).is_err() {
                         break;
                     }
@@ -116,7 +122,10 @@ impl Batcher {
         let (reply, answer) = oneshot::channel();
         let job = Job { inputs, rows, enqueued: Instant::now(), reply };
         self.queue.send(job).map_err(|_| Error::Internal("the batcher has stopped".into()))?;
-        answer.blocking_recv().map_err(|_| Error::Internal("the batch was dropped unanswered".into()))?
+        answer.blocking_recv().map_err(|_| Error::Inference {
+            model: model.to_string(),
+            message: "the graph run panicked (see the server log)".into(),
+        })?
     }
 }
 
@@ -327,6 +336,25 @@ mod tests {
         let parts = split(joined, &[1, 2]).unwrap();
         assert_eq!((parts[0][0].shape.clone(), &parts[0][0].data), (a[0].shape.clone(), &a[0].data));
         assert_eq!((parts[1][0].shape.clone(), &parts[1][0].data), (b[0].shape.clone(), &b[0].data));
+    }
+
+    #[test]
+    fn a_panicking_graph_fails_its_batch_and_the_next_batch_still_runs() {
+        let graph = crate::infer::test_graph(|inputs| {
+            if inputs[0].data == 0f32.to_le_bytes() {
+                panic!("backend bug");
+            }
+            Ok(inputs)
+        });
+        let batcher = Batcher::start("m", graph, None, 1).unwrap();
+        let x = |v: f32| vec![tensor("x", vec![1], &[v])];
+        let err = batcher.infer("m", x(0.0)).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "inference failed for model 'm': the graph run panicked (see the server log)"
+        );
+        let answer = batcher.infer("m", x(2.0)).unwrap();
+        assert_eq!(answer.outputs[0].data, 2.0f32.to_le_bytes());
     }
 
     #[test]
