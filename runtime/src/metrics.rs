@@ -10,7 +10,7 @@
 //! | `wasmserve_inference_count_total` | counter: inferences (batch rows) | model, version |
 //! | `wasmserve_inference_pending_requests` | gauge: requests in the server now | model, version |
 //! | `wasmserve_request_duration_seconds` | histogram: whole request, body to response | model, version |
-//! | `wasmserve_queue_duration_seconds` | histogram: waiting for a slot (`[scheduling]`) and a worker thread | model, version |
+//! | `wasmserve_queue_duration_seconds` | histogram: waiting for a slot (`[scheduling]`), a worker thread and a free execution (and a batch to form) | model, version |
 //! | `wasmserve_preprocess_duration_seconds` | histogram: plugin preprocess, instance included | model, version |
 //! | `wasmserve_compute_duration_seconds` | histogram: the graph | model, version |
 //! | `wasmserve_postprocess_duration_seconds` | histogram: plugin postprocess | model, version |
@@ -110,7 +110,11 @@ impl Default for Metrics {
         r.register("inference_exec_count", "Graph runs (a batch of requests is one)", m.executions.clone());
         r.register("inference_pending_requests", "Inference requests in the server now", m.pending.clone());
         r.register("request_duration_seconds", "Whole inference request", m.request.clone());
-        r.register("queue_duration_seconds", "Waiting for a slot and a worker thread", m.queue.clone());
+        r.register(
+            "queue_duration_seconds",
+            "Waiting for a slot, a worker thread and a free execution (and a batch to form)",
+            m.queue.clone(),
+        );
         r.register(
             "preprocess_duration_seconds",
             "Plugin preprocess, instance creation included",

@@ -97,7 +97,8 @@ impl Slots {
 /// How long one request spent in each step.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Timings {
-    /// Waiting for a slot and a worker thread, and with batching for the batch to form.
+    /// Waiting for a slot, a worker thread and a free execution (with batching, also for
+    /// the batch to form).
     pub queue: std::time::Duration,
     /// Plugin instance and preprocess.
     pub preprocess: std::time::Duration,
