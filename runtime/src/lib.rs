@@ -23,3 +23,4 @@ pub mod schedule;
 pub mod server;
 pub mod telemetry;
 pub mod tensor;
+pub mod tls;

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,6 +86,15 @@ struct ServeArgs {
     /// Port to listen on; 0 picks a free one (the log says which).
     #[arg(long, short = 'p', default_value_t = 8000, env = "WASMSERVE_PORT")]
     port: u16,
+
+    /// Serve HTTPS (and gRPC over TLS) with this certificate chain, PEM; needs --tls-key.
+    /// Without it the port speaks plain HTTP/1.1 and HTTP/2 (h2c).
+    #[arg(long, value_name = "FILE", env = "WASMSERVE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", env = "WASMSERVE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// ONNX Runtime's shared library, for models with backend = "onnx"; e.g. the
     /// onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.1.32.0, or onnxruntime-gpu's
@@ -218,11 +228,18 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         "no models in {}: each model is a directory with a model.toml (--allow-empty-repository serves none)",
         root.display()
     );
+    // Read the certificate before listening: a bad one stops the start, not the first client.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(wasmserve::tls::config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when);
-    tracing::info!("listening on {}", listener.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {} ({scheme}; gRPC on the same port)", listener.local_addr()?);
 
     let stopping = Arc::new(Notify::new());
     let shutdown = {
@@ -239,8 +256,11 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
             tracing::info!("shutting down: no new connections");
         }
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
-    let mut server = tokio::spawn(async move { server.await });
+    let app = router(state);
+    let mut server = match tls {
+        Some(config) => tokio::spawn(wasmserve::tls::serve(listener, app, config, shutdown)),
+        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future()),
+    };
 
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
     let cache = (!args.no_cache).then(|| args.cache_dir.or_else(default_cache_dir)).flatten();

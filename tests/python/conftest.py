@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BINARY = os.environ.get("WASMSERVE_BIN", str(TARGET / "debug/wasmserve"))
 
 
 class Server:
     """`wasmserve serve` on a free port; `args` and `env` are added to its command and environment."""
 
     def __init__(self, repository: Path, args=(), env=None):
-        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-        binary = os.environ.get("WASMSERVE_BIN", str(target / "debug/wasmserve"))
         self.proc = subprocess.Popen(
-            [binary, "serve", "--repository", str(repository), "--port", "0", *args],
+            [BINARY, "serve", "--repository", str(repository), "--port", "0", *args],
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
             env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1", **(env or {})},
         )

@@ -96,7 +96,12 @@ impl Guest for Faulty {
                 return Err(internal(format!("the graph took INT32 data: {:?}", y.shape)));
             }
             Some("oversized") => {
-                let big = Tensor { name: "X".into(), datatype: Datatype::Fp32, shape: vec![1 << 19], data: vec![0; 2 << 20] };
+                let big = Tensor {
+                    name: "X".into(),
+                    datatype: Datatype::Fp32,
+                    shape: vec![1 << 19],
+                    data: vec![0; 2 << 20],
+                };
                 return Ok(Prepared { graph_inputs: vec![big], context: vec![] });
             }
             Some("malformed") => {
