@@ -348,6 +348,11 @@ pub struct PluginConfig {
     /// Wall-clock limit for one plugin call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Instructions (wasmtime fuel units, about one per wasm instruction) one call may run;
+    /// 0 (default): not metered, the time limit alone applies. Metered plugins run a little
+    /// slower; the limit is the same on every machine, unlike time.
+    #[serde(default)]
+    pub fuel: u64,
     /// Most tensor data one call (preprocess or postprocess) may return, in MiB.
     #[serde(default = "default_max_output_mib")]
     pub max_output_mib: usize,

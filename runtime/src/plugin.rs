@@ -58,6 +58,10 @@ const WARM_UP: &str = "warm-up";
 pub struct PluginHost {
     engine: Engine,
     linker: Linker<State>,
+    /// For plugins with `fuel`: an engine that meters instructions. Made on first use, as
+    /// metering slows every plugin compiled for it.
+    fueled: std::sync::OnceLock<anyhow::Result<(Engine, Linker<State>)>>,
+    cache: Option<PathBuf>,
 }
 
 impl PluginHost {
@@ -65,8 +69,14 @@ impl PluginHost {
     /// With `cache`, compiled plugins are kept in that directory, keyed by their bytes and
     /// the engine's settings, so a restart does not compile them again.
     pub fn new(cache: Option<&Path>) -> anyhow::Result<Self> {
+        let (engine, linker) = Self::engine(cache, false)?;
+        Ok(Self { engine, linker, fueled: std::sync::OnceLock::new(), cache: cache.map(Path::to_path_buf) })
+    }
+
+    /// An engine (metering fuel or not), its deadline clock and its linker.
+    fn engine(cache: Option<&Path>, fuel: bool) -> anyhow::Result<(Engine, Linker<State>)> {
         let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config.wasm_component_model(true).epoch_interruption(true).consume_fuel(fuel);
         if let Some(dir) = cache {
             let mut settings = wasmtime::CacheConfig::new();
             settings.with_directory(dir);
@@ -92,7 +102,7 @@ impl PluginHost {
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut State| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })?;
-        Ok(Self { engine, linker })
+        Ok((engine, linker))
     }
 
     /// Compile and link the plugin of model `name`; `dir` is the model directory.
@@ -104,13 +114,21 @@ impl PluginHost {
         graphs: Graphs,
     ) -> anyhow::Result<Plugin> {
         let file = dir.join(&config.file);
-        let component = Component::from_file(&self.engine, &file)
+        let (engine, linker) = match config.fuel {
+            0 => (&self.engine, &self.linker),
+            _ => {
+                let fueled = self.fueled.get_or_init(|| Self::engine(self.cache.as_deref(), true));
+                let (engine, linker) = fueled.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                (engine, linker)
+            }
+        };
+        let component = Component::from_file(engine, &file)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot compile plugin {}", file.display()))?;
-        let instance_pre =
-            self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| {
-                format!("plugin {} does not fit the wasmserve:plugin world", file.display())
-            })?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin {} does not fit the wasmserve:plugin world", file.display()))?;
         let pre =
             bindings::ModelPluginPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
                 format!("plugin {} does not export the wasmserve:plugin world", file.display())
@@ -132,6 +150,7 @@ impl PluginHost {
             data,
             memory_limit: config.memory_limit_mib << 20,
             output_limit: config.max_output_mib << 20,
+            fuel: config.fuel,
             timeout: Duration::from_millis(config.timeout_ms),
             graphs,
             warm_up,
@@ -148,6 +167,8 @@ pub struct Plugin {
     memory_limit: usize,
     /// Most tensor bytes one call may return.
     output_limit: usize,
+    /// Instructions (fuel units) one call may run; 0: not metered.
+    fuel: u64,
     timeout: Duration,
     graphs: Graphs,
     warm_up: Option<ComponentExportIndex>,
@@ -262,8 +283,18 @@ impl Plugin {
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        // Instantiation (and the warm-up export) run under the same limits as a call.
+        self.arm(&mut store)?;
         Ok(store)
+    }
+
+    /// A call's limits, before each call: its deadline and, if metered, its fuel.
+    fn arm(&self, store: &mut Store<State>) -> Result<(), Error> {
+        store.set_epoch_deadline(self.deadline_ticks());
+        if self.fuel > 0 {
+            store.set_fuel(self.fuel).map_err(|e| self.failed(format!("cannot set its fuel: {e}")))?;
+        }
+        Ok(())
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -282,6 +313,9 @@ impl Plugin {
         let message = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => {
                 format!("exceeded its time limit of {} ms", self.timeout.as_millis())
+            }
+            Some(wasmtime::Trap::OutOfFuel) => {
+                format!("exceeded its fuel of {} instructions (plugin.fuel)", self.fuel)
             }
             _ if root.contains("growing memory") => {
                 format!("exceeded its memory limit of {} MiB", self.memory_limit >> 20)
@@ -334,7 +368,7 @@ impl Instance<'_> {
         ) -> wasmtime::Result<Result<T, wit::PluginError>>,
     ) -> Result<T, Error> {
         let live = self.live.as_mut().expect("an instance is live until dropped");
-        live.store.set_epoch_deadline(self.plugin.deadline_ticks());
+        self.plugin.arm(&mut live.store)?;
         match call(&live.bindings, &mut live.store) {
             Ok(answer) => answer.map_err(|e| self.plugin.refused(e)),
             Err(trap) => {

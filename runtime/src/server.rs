@@ -185,6 +185,7 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
         "plugin_environment": false,
         "plugin_memory_limit_mib": plugin.memory_limit_mib,
         "plugin_timeout_ms": plugin.timeout_ms,
+        "plugin_fuel": plugin.fuel,
         "plugin_max_output_mib": plugin.max_output_mib,
         "plugin_reuse_instances": plugin.reuse_instances,
     });

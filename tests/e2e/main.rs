@@ -165,6 +165,25 @@ fn a_misbehaving_model_does_not_fail_or_stall_another() {
 }
 
 #[test]
+fn a_metered_plugin_stops_at_its_fuel_and_serves_within_it() {
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        slow(t).replace("[plugin]", "[plugin]\nfuel = 5000000")
+    });
+    let server = Server::start(repo.path(), &[]);
+    assert_serves(&server);
+    let started = std::time::Instant::now();
+    let r = faulty(&server, "loop");
+    assert_eq!(r.status, 500);
+    assert_eq!(r.error(), "plugin 'faulty' failed: exceeded its fuel of 5000000 instructions (plugin.fuel)");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "stopped by fuel, not by the 5 s time limit"
+    );
+    assert_serves(&server);
+    assert_eq!(server.get_json("/v2/models/faulty").1["parameters"]["plugin_fuel"], 5000000);
+}
+
+#[test]
 fn a_plugin_returning_more_than_its_output_limit_fails_that_request() {
     let repo = edited_repository(&test_models(), &["faulty"], |t| {
         t.replace("[plugin]", "[plugin]\nmax_output_mib = 1")
