@@ -10,8 +10,8 @@
 //! such tables) every time. Models never share instances. An instance sees
 //! only its model's data directory (read-only, at `/data`): no network, no environment,
 //! no arguments. Memory is capped per instance and every call has a wall-clock deadline.
-//! What it prints (stdout and stderr) goes to the server's log, a line per event, in the
-//! request's span.
+//! Its clocks tick in whole milliseconds. What it prints (stdout and stderr) goes to the
+//! server's log, a line per event, in the request's span.
 
 use crate::config::PluginConfig;
 use crate::error::Error;
@@ -49,6 +49,39 @@ const OUTPUT_RETIRE: usize = OUTPUT_LIMIT / 2;
 
 /// Most idle instances a plugin keeps for reuse.
 const MAX_IDLE: usize = 64;
+
+/// The resolution of the clocks a plugin reads. Pre- and post-processing have no use for
+/// finer time, and fine clocks are what timing side channels are measured with.
+const CLOCK_RESOLUTION: Duration = Duration::from_millis(1);
+
+/// Wall-clock time in whole milliseconds.
+struct CoarseWallClock;
+
+impl wasmtime_wasi::HostWallClock for CoarseWallClock {
+    fn resolution(&self) -> Duration {
+        CLOCK_RESOLUTION
+    }
+
+    fn now(&self) -> Duration {
+        let since_epoch =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Duration::from_millis(since_epoch.as_millis() as u64)
+    }
+}
+
+/// Monotonic time since the instance was made, in whole milliseconds.
+struct CoarseMonotonicClock(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for CoarseMonotonicClock {
+    fn resolution(&self) -> u64 {
+        CLOCK_RESOLUTION.as_nanos() as u64
+    }
+
+    fn now(&self) -> u64 {
+        let step = CLOCK_RESOLUTION.as_nanos() as u64;
+        self.0.elapsed().as_nanos() as u64 / step * step
+    }
+}
 
 /// The optional export of the `model-plugin-with-warm-up` world, and its function.
 const WARM: &str = "wasmserve:plugin/warm@0.1.0";
@@ -265,6 +298,7 @@ impl Plugin {
         let mut wasi = WasiCtxBuilder::new();
         let output = MemoryOutputPipe::new(OUTPUT_LIMIT);
         wasi.stdout(output.clone()).stderr(output.clone());
+        wasi.wall_clock(CoarseWallClock).monotonic_clock(CoarseMonotonicClock(std::time::Instant::now()));
         if let Some(data) = &self.data {
             wasi.preopened_dir(data, DATA_DIR, FsPerms::ReadOnly)
                 .map_err(|e| self.failed(format!("cannot open its data directory: {e:#}")))?;

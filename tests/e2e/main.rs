@@ -483,6 +483,12 @@ fn a_faulty_plugin_fails_only_its_own_request() {
     assert!(r.error().contains("reading /etc/passwd: Err"), "{}", r.error());
     let r = faulty(&server, "env");
     assert!(r.error().ends_with("env: 0 variables, 0 arguments"), "{}", r.error());
+    // Its clocks tick in whole milliseconds: the smallest step it can see is 1 ms.
+    let r = faulty(&server, "clock");
+    let step: u64 =
+        r.error().rsplit("monotonic step ").next().unwrap().trim_end_matches(" ns").parse().unwrap();
+    assert!(r.error().contains("clock: wall 0 ns into its ms"), "{}", r.error());
+    assert!(step > 0 && step.is_multiple_of(1_000_000), "{}", r.error());
     let addr = server.base.trim_start_matches("http://").to_string();
     let r = server.infer(
         "faulty",

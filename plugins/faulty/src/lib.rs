@@ -7,6 +7,8 @@
 //! - `invalid` / `internal`: return that plugin error;
 //! - `malformed`: return a graph input whose data does not fit its shape;
 //! - `oversized`: return a 2 MiB graph input;
+//! - `clock`: refuse with the wall clock's nanoseconds within its millisecond and how many
+//!   nanoseconds the monotonic clock moved across a short spin (shows the clocks' grain);
 //! - `recurse`: recurse until the stack runs out (Rust's, in linear memory);
 //! - `nn-wrong-type`: run its own graph through `wasi:nn` with INT32 data for the FP32 input;
 //! - `read-outside`: try to read a file outside `/data`, fail with what happened;
@@ -88,6 +90,19 @@ impl Guest for Faulty {
             Some("invalid") => return Err(invalid("asked to refuse")),
             Some("count") => return Err(invalid(format!("call {calls}"))),
             Some("internal") => return Err(internal("asked to fail")),
+            Some("clock") => {
+                let wall =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let (start, mut spins) = (std::time::Instant::now(), 0u64);
+                while start.elapsed().is_zero() {
+                    spins = std::hint::black_box(spins + 1);
+                }
+                let step = start.elapsed().as_nanos();
+                return Err(invalid(format!(
+                    "clock: wall {} ns into its ms, monotonic step {step} ns",
+                    wall.subsec_nanos() % 1_000_000
+                )));
+            }
             Some("recurse") => {
                 return Err(internal(format!("came back from depth {}", recurse(0))));
             }
