@@ -25,12 +25,17 @@ plugins:
 	for p in $(EXAMPLE_PLUGINS); do cp $(WASM_OUT)/$${p}_plugin.wasm examples/models/$$p/plugin.wasm; done
 	cp $(WASM_OUT)/faulty_plugin.wasm tests/models/faulty/plugin.wasm
 
+# `DIR/installed: REQUIREMENTS`: a virtual environment in DIR with those packages.
+define make-venv
+$(PYTHON) -m venv $(@D)
+$(@D)/bin/python -m pip install --quiet --upgrade pip
+$(@D)/bin/python -m pip install --quiet -r $<
+touch $@
+endef
+
 # Test-only Python packages (tritonclient, onnxruntime for its library and the references).
 $(VENV)/installed: tests/requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -r tests/requirements.txt
-	touch $@
+	$(make-venv)
 
 venv: $(VENV)/installed
 
@@ -49,10 +54,7 @@ test: examples venv $(TOOLS)/installed
 # virtual environment: checkov pins packages the test tools need newer.
 DEPLOY_VENV := .venv-deploy
 $(DEPLOY_VENV)/installed: deploy/requirements.txt
-	$(PYTHON) -m venv $(DEPLOY_VENV)
-	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r deploy/requirements.txt
-	touch $@
+	$(make-venv)
 
 deploy-check: $(DEPLOY_VENV)/installed
 	cargo build --bin wasmserve
@@ -67,10 +69,7 @@ lint:
 # Throughput against Triton, MLServer and FastAPI (bench/compare.py): not part of `make test`.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/installed: bench/requirements.txt
-	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -r bench/requirements.txt
-	touch $@
+	$(make-venv)
 
 $(TOOLS)/oha/bin/oha:
 	cargo install oha --version 1.16.0 --locked --root $(TOOLS)/oha
