@@ -400,7 +400,7 @@ impl ModelConfig {
     pub fn executions(&self) -> usize {
         match (self.scheduling.executions, self.graph.backend) {
             (0, Backend::Onnx) => 1,
-            (0, Backend::Tract) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (0, Backend::Tract) => cores(),
             (n, _) => n,
         }
     }
@@ -458,6 +458,11 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// CPU cores this process may use: what the `0 = per core` defaults mean.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The JSON schema of `model.toml` (committed as `schemas/model.schema.json`).

@@ -33,7 +33,7 @@ impl Slots {
     /// Slots as `[scheduling]` says (0 in-flight: one per CPU core, and with `batching`
     /// enough requests to fill every execution's batch and the next one).
     pub fn new(config: &Scheduling, batching: Option<&Batching>, executions: usize) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::config::cores();
         let max_in_flight = match (config.max_in_flight, batching) {
             (0, Some(b)) => cores.max(b.max_batch_size * (executions + 1)),
             (0, None) => cores,
