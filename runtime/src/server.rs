@@ -212,7 +212,8 @@ async fn infer(
     let answer = state
         .observed(&path, &id, &headers, async |model| {
             let (request, outputs, timings, rows) = decode_and_run(&state, &model, &headers, body).await?;
-            let response = encode::encode(&model.name, &model.config.version, &request, outputs)?;
+            let response =
+                encode::encode(&model.name, &model.config.version, &request, outputs)?.into_response();
             Ok((response, timings, rows))
         })
         .await;

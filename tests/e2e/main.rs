@@ -434,6 +434,61 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(identify(&server, b"#!/bin/sh\necho hello world\nexit 0\n").0, "shell");
 }
 
+/// The server's peak resident memory, in bytes; `reset` starts a new peak (Linux).
+fn peak_rss(server: &Server, reset: bool) -> u64 {
+    let proc = format!("/proc/{}", server.pid());
+    if reset {
+        std::fs::write(format!("{proc}/clear_refs"), "5").unwrap();
+    }
+    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap();
+    kib.trim().trim_end_matches(" kB").parse::<u64>().unwrap() << 10
+}
+
+#[test]
+fn hostile_bodies_cost_a_small_multiple_of_their_size() {
+    // Bodies of 32 MiB that once made the server hold 14 to 53 times as much as they
+    // weigh (bench/request_memory.py has every case). Each is refused with a 400, and the
+    // server's peak memory grows by less than four times the body while it decides.
+    let server = Server::start(&test_models(), &["--max-body-mib", "40"]);
+    let size = 32usize << 20;
+    let fill = |head: &str, unit: &dyn Fn(usize) -> String, tail: &str| {
+        let mut body = head.to_string();
+        let mut i = 0;
+        while body.len() + tail.len() < size {
+            body += &unit(i);
+            i += 1;
+        }
+        body.pop();
+        body + tail
+    };
+    let x = r#"{"name":"x","shape":[3,2],"datatype":"FP32","data":[1,2,3,4,5,6]}"#;
+    let cases = [
+        (
+            fill(
+                r#"{"inputs":[{"name":"x","shape":[3,2],"datatype":"FP32","data":["#,
+                &|_| "[0],".into(),
+                "]}]}",
+            ),
+            "input 'x': its shape holds 6 elements but data has",
+        ),
+        (
+            fill(r#"{"parameters":{"#, &|i| format!(r#""p{i}":0,"#), &format!(r#"}},"inputs":[{x}]}}"#)),
+            "more than 64 parameters",
+        ),
+        (fill(r#"{"inputs":["#, &|_| format!("{x},"), "]}"), "more than 1024 inputs"),
+    ];
+    for (body, expected) in cases {
+        let before = peak_rss(&server, true);
+        let r = server.post("/v2/models/faulty/infer", &[], body.as_bytes());
+        let grew = peak_rss(&server, false) - before;
+        assert_eq!(r.status, 400, "{expected}: {}", r.error());
+        assert!(r.error().contains(expected), "{expected}: {}", r.error());
+        assert!(grew < 4 * size as u64, "{expected}: peak memory grew by {} MiB", grew >> 20);
+    }
+    assert_model_serves(&server, "faulty");
+}
+
 /// `fault` asks the test plugin to misbehave; the graph squares nothing, it multiplies by W.
 fn faulty(server: &Server, fault: &str) -> server::Response {
     server.infer(
