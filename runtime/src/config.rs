@@ -345,6 +345,11 @@ pub struct PluginConfig {
     /// Linear-memory cap per plugin instance, in MiB.
     #[serde(default = "default_memory_limit_mib")]
     pub memory_limit_mib: usize,
+    /// Most table elements (function references) per plugin instance, all tables together:
+    /// tables live in host memory outside the memory cap. Rust plugins use under a hundred;
+    /// interpreters compiled to WebAssembly, tens of thousands.
+    #[serde(default = "default_max_table_elements")]
+    pub max_table_elements: usize,
     /// Wall-clock limit for one plugin call, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -367,12 +372,23 @@ pub struct PluginConfig {
     pub reuse_instances: bool,
 }
 
+impl PluginConfig {
+    /// The graphs the plugin may run through `wasi:nn`: its own model's, then those granted.
+    pub fn allowed_graphs<'a>(&'a self, model: &'a str) -> Vec<&'a str> {
+        std::iter::once(model).chain(self.graphs.iter().map(String::as_str)).collect()
+    }
+}
+
 fn yes() -> bool {
     true
 }
 
 fn default_memory_limit_mib() -> usize {
     256
+}
+
+fn default_max_table_elements() -> usize {
+    1_000_000
 }
 
 fn default_max_output_mib() -> usize {
@@ -441,6 +457,7 @@ impl ModelConfig {
         );
         anyhow::ensure!(self.plugin.memory_limit_mib > 0, "`plugin.memory_limit_mib` must be > 0");
         anyhow::ensure!(self.plugin.max_output_mib > 0, "`plugin.max_output_mib` must be > 0");
+        anyhow::ensure!(self.plugin.max_table_elements > 0, "`plugin.max_table_elements` must be > 0");
         for (i, w) in self.warmup.iter().enumerate() {
             anyhow::ensure!(
                 w.file.is_some() != w.inputs.is_some(),

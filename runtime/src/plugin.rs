@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use wasmtime::component::{Component, ComponentExportIndex, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
@@ -49,6 +49,13 @@ const OUTPUT_RETIRE: usize = OUTPUT_LIMIT / 2;
 
 /// Most idle instances a plugin keeps for reuse.
 const MAX_IDLE: usize = 64;
+
+/// Most core instances, tables and linear memories one plugin instance may create. A Rust
+/// component has 3 instances, 2 tables and 1 memory; other toolchains add adapters. Memory
+/// and table elements are capped in total, whatever the count.
+const MAX_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
 
 /// The resolution of the clocks a plugin reads. Pre- and post-processing have no use for
 /// finer time, and fine clocks are what timing side channels are measured with.
@@ -182,6 +189,7 @@ impl PluginHost {
             pre,
             data,
             memory_limit: config.memory_limit_mib << 20,
+            table_limit: config.max_table_elements,
             output_limit: config.max_output_mib << 20,
             fuel: config.fuel,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -192,12 +200,62 @@ impl PluginHost {
     }
 }
 
+/// What one instance holds against its limits: linear memory and table elements, each
+/// counted across all its memories or tables, so a second memory is no way around the cap.
+struct Limits {
+    memory_limit: usize,
+    table_limit: usize,
+    memory: usize,
+    table_elements: usize,
+}
+
+/// A limit a plugin ran into, in the words of its config; growing past one traps.
+#[derive(Debug, thiserror::Error)]
+#[error("exceeded its {0}")]
+struct LimitExceeded(String);
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory - current + desired;
+        if total > self.memory_limit {
+            let limit = format!("memory limit of {} MiB (plugin.memory_limit_mib)", self.memory_limit >> 20);
+            return Err(LimitExceeded(limit).into());
+        }
+        self.memory = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements - current + desired;
+        if total > self.table_limit {
+            let limit = format!("table limit of {} elements (plugin.max_table_elements)", self.table_limit);
+            return Err(LimitExceeded(limit).into());
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
 /// A compiled, linked plugin ready to instantiate.
 pub struct Plugin {
     name: String,
     pre: bindings::ModelPluginPre<State>,
     data: Option<PathBuf>,
     memory_limit: usize,
+    /// Most table elements, all tables together.
+    table_limit: usize,
     /// Most tensor bytes one call may return.
     output_limit: usize,
     /// Instructions (fuel units) one call may run; 0: not metered.
@@ -214,7 +272,7 @@ pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     nn: WasiNnCtx,
-    limits: StoreLimits,
+    limits: Limits,
     output: MemoryOutputPipe,
     /// How much of `output` is in the log already.
     logged: usize,
@@ -308,10 +366,12 @@ impl Plugin {
             table: ResourceTable::new(),
             // No backends: a plugin runs the server's loaded graphs, never loads its own.
             nn: WasiNnCtx::new([], self.graphs.clone().into()),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.memory_limit)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                memory_limit: self.memory_limit,
+                table_limit: self.table_limit,
+                memory: 0,
+                table_elements: 0,
+            },
             output,
             logged: 0,
         };
@@ -351,9 +411,10 @@ impl Plugin {
             Some(wasmtime::Trap::OutOfFuel) => {
                 format!("exceeded its fuel of {} instructions (plugin.fuel)", self.fuel)
             }
-            _ if root.contains("growing memory") => {
-                format!("exceeded its memory limit of {} MiB", self.memory_limit >> 20)
-            }
+            _ if e.downcast_ref::<LimitExceeded>().is_some() => root,
+            _ if root.contains("count too high") => format!(
+                "{root} (a plugin may create {MAX_INSTANCES} core instances, {MAX_TABLES} tables, {MAX_MEMORIES} memories)"
+            ),
             Some(trap) => format!("{trap} (details in the server log)"),
             None => format!("trapped: {root}"),
         };
@@ -476,4 +537,24 @@ fn to_wit(t: Tensor) -> wit::Tensor {
 
 fn from_wit(t: wit::Tensor) -> Tensor {
     Tensor { name: t.name, datatype: from_wit_datatype(t.datatype), shape: t.shape, data: t.data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_count_every_memory_and_every_table_together() {
+        let mut limits = Limits { memory_limit: 100 << 20, table_limit: 10, memory: 0, table_elements: 0 };
+        assert!(limits.memory_growing(0, 60 << 20, None).unwrap());
+        // A second memory is no way around the cap, nor is growing the first past it.
+        let second = limits.memory_growing(0, 60 << 20, None).unwrap_err();
+        assert_eq!(second.to_string(), "exceeded its memory limit of 100 MiB (plugin.memory_limit_mib)");
+        assert!(limits.memory_growing(60 << 20, 100 << 20, None).unwrap());
+        assert!(limits.memory_growing(100 << 20, (100 << 20) + 1, None).is_err());
+        assert!(limits.table_growing(0, 6, None).unwrap());
+        assert!(limits.table_growing(0, 4, None).unwrap());
+        let table = limits.table_growing(4, 5, None).unwrap_err();
+        assert_eq!(table.to_string(), "exceeded its table limit of 10 elements (plugin.max_table_elements)");
+    }
 }

@@ -239,9 +239,7 @@ fn bring_up(
 ) -> anyhow::Result<Model> {
     let started = Instant::now();
     // Through wasi:nn a plugin reaches its own model's graph and those its config grants.
-    let allowed = graphs
-        .only(std::iter::once(name).chain(config.plugin.graphs.iter().map(String::as_str)))
-        .context("`plugin.graphs`")?;
+    let allowed = graphs.only(config.plugin.allowed_graphs(name)).context("`plugin.graphs`")?;
     let plugin = host.load(name, dir, &config.plugin, allowed).context("cannot load its plugin")?;
     tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
     if plugin.has_warm_up() {

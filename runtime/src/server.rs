@@ -176,17 +176,16 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
     });
     // What the plugin may do: its limits and grants, as its config states them.
     let plugin = &model.config.plugin;
-    let mut graphs = vec![model.name.clone()];
-    graphs.extend(plugin.graphs.iter().cloned());
     body["parameters"] = json!({
         "plugin_data_dir": plugin.data.as_ref().map(|_| format!("{} (read-only)", crate::plugin::DATA_DIR)),
-        "plugin_graphs": graphs.join(","),
+        "plugin_graphs": plugin.allowed_graphs(&model.name).join(","),
         "plugin_network": false,
         "plugin_environment": false,
         "plugin_memory_limit_mib": plugin.memory_limit_mib,
         "plugin_timeout_ms": plugin.timeout_ms,
         "plugin_fuel": plugin.fuel,
         "plugin_max_output_mib": plugin.max_output_mib,
+        "plugin_max_table_elements": plugin.max_table_elements,
         "plugin_reuse_instances": plugin.reuse_instances,
     });
     if let Some(description) = &model.config.description {

@@ -197,6 +197,24 @@ fn a_plugin_returning_more_than_its_output_limit_fails_that_request() {
 }
 
 #[test]
+fn a_plugin_over_its_table_limit_fails_with_the_limit_named() {
+    // The faulty plugin's function table has about 70 elements: under a cap of 50 it cannot
+    // even be instantiated for its warm-up, so the model never serves (a plugin growing its
+    // table at run time meets the same check).
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        t.replace("[plugin]", "[plugin]\nmax_table_elements = 50")
+    });
+    let server = Server::start_listening(repo.path(), &[]);
+    let index = server.wait_loaded();
+    let reason = "the plugin's warm-up failed: plugin 'faulty' failed: exceeded its table limit of 50 elements (plugin.max_table_elements)";
+    assert_eq!(index[0]["reason"], reason);
+    let r = faulty(&server, "none");
+    assert_eq!(r.status, 503);
+    assert!(r.error().contains(reason), "{}", r.error());
+    assert_eq!(server.get("/v2/health/live").0, 200);
+}
+
+#[test]
 fn a_plugin_runs_only_its_own_graph_and_those_its_config_grants() {
     let repo = edited_repository(&test_models(), &["faulty"], str::to_string);
     for (name, graphs) in [("granted", r#"["faulty"]"#), ("dangling", r#"["nope"]"#)] {
@@ -221,6 +239,10 @@ fn a_plugin_runs_only_its_own_graph_and_those_its_config_grants() {
     let params = serde_json::from_str::<Value>(&meta).unwrap()["parameters"].clone();
     assert_eq!(params["plugin_graphs"], "granted,faulty", "{meta}");
     assert_eq!((&params["plugin_network"], &params["plugin_data_dir"]), (&json!(false), &Value::Null));
+    assert_eq!(
+        (&params["plugin_memory_limit_mib"], &params["plugin_max_table_elements"]),
+        (&json!(64), &json!(1_000_000))
+    );
     assert_eq!(by_name("granted", "faulty").status, 200, "a granted graph");
     assert_eq!(by_name("granted", "granted").status, 200, "its own graph");
     let r = by_name("faulty", "granted");
