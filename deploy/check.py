@@ -39,7 +39,7 @@ def validate(files):
 
 def resources():
     """The manifests of Kubernetes' own kinds (kustomization files and KServe's kinds aside)."""
-    files = sorted((DEPLOY / "kubernetes/base").glob("*.yaml"))
+    files = sorted((DEPLOY / "kubernetes/base").glob("*.yaml")) + sorted((DEPLOY / "kubernetes/batch").glob("*.yaml"))
     return [f for f in files if f.name != "kustomization.yaml"]
 
 
@@ -50,7 +50,7 @@ def rendered(tmp):
         print("note: kubectl not found; the kustomizations were not rendered (their resources were checked one by one)")
         return []
     out = []
-    for overlay in ["base", "gpu"]:
+    for overlay in ["base", "gpu", "batch"]:
         text = run(kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone",
                    DEPLOY / "kubernetes" / overlay, capture_output=True, text=True, check=True).stdout
         path = Path(tmp) / f"{overlay}.yaml"
@@ -86,7 +86,8 @@ def chart(tmp):
 
 
 def serve_args_are_accepted(args, label):
-    """`args` (a container's, after the binary) parse, and only the repository is missing."""
+    """`args` (a container's, after the binary: `serve` or `batch`) parse, and only the
+    repository is missing."""
     result = run(BINARY, *args, "--repository", "/nonexistent/models",
                  capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     if "cannot read model repository /nonexistent/models" not in result.stderr:
@@ -110,6 +111,12 @@ def settings_match_the_binary(tmp):
     assert runtime["spec"]["protocolVersions"] == ["v2"]
     isvc = yaml.safe_load((DEPLOY / "kserve/inferenceservice.yaml").read_text())
     assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+    job = yaml.safe_load((DEPLOY / "kubernetes/batch/job.yaml").read_text())["spec"]["template"]
+    cron = yaml.safe_load((DEPLOY / "kubernetes/batch/cronjob.yaml").read_text())
+    assert cron["spec"]["jobTemplate"]["spec"]["template"] == job, "the Job and the CronJob run the same pod"
+    args = job["spec"]["containers"][0]["args"]
+    at = args.index("--repository")
+    serve_args_are_accepted(args[:at] + args[at + 2:], "kubernetes/batch/job.yaml")
 
 
 def main():

@@ -37,8 +37,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A download that receives nothing for this long is abandoned (and retried).
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Progress lines in the log, at most this often per download.
-const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Leftover temporary files older than this are removed at start-up: an interrupted fetch.
 const STALE_AFTER: Duration = Duration::from_secs(3600);
 
@@ -199,10 +197,10 @@ impl Fetcher {
                 file.write_all(&chunk).await.map_err(permanent)?;
                 progress.add(chunk.len() as u64);
             }
-            if progress.done != total {
+            if progress.counter.done != total {
                 return Err(Failure::Transient(anyhow::anyhow!(
                     "the connection ended after {} of {total} bytes",
-                    progress.done
+                    progress.counter.done
                 )));
             }
             file.sync_all().await.map_err(permanent)?;
@@ -488,11 +486,7 @@ fn resolve(config: &mut ModelConfig, view: &Path) {
 struct Progress<'a> {
     model: &'a str,
     url: &'a str,
-    total: u64,
-    done: u64,
-    started: Instant,
-    logged: Instant,
-    bar: Option<ProgressBar>,
+    counter: crate::telemetry::Progress,
 }
 
 impl<'a> Progress<'a> {
@@ -507,45 +501,33 @@ impl<'a> Progress<'a> {
             bar.set_message(format!("{model}: {}", url.rsplit('/').next().unwrap_or(url)));
             bar
         });
-        Self { model, url, total, done: 0, started: Instant::now(), logged: Instant::now(), bar }
+        Self { model, url, counter: crate::telemetry::Progress::new(total, 0, bar) }
     }
 
     fn add(&mut self, n: u64) {
-        self.done += n;
-        match &self.bar {
-            Some(bar) => bar.inc(n),
-            None if self.logged.elapsed() >= LOG_EVERY => {
-                self.logged = Instant::now();
-                tracing::info!(
-                    model = self.model,
-                    url = self.url,
-                    "fetching: {:.0}% ({:.1} of {:.1} MiB, {:.1} MiB/s)",
-                    100.0 * self.done as f64 / self.total.max(1) as f64,
-                    mib(self.done),
-                    mib(self.total),
-                    self.rate()
-                );
-            }
-            None => {}
+        if self.counter.add(n) {
+            tracing::info!(
+                model = self.model,
+                url = self.url,
+                "fetching: {:.0}% ({:.1} of {:.1} MiB, {:.1} MiB/s)",
+                100.0 * self.counter.done as f64 / self.counter.total.max(1) as f64,
+                mib(self.counter.done),
+                mib(self.counter.total),
+                mib(self.counter.rate(0) as u64)
+            );
         }
     }
 
     fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        let elapsed = self.counter.finish();
         tracing::info!(
             model = self.model,
             url = self.url,
-            mib = format!("{:.1}", mib(self.total)),
-            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            mib = format!("{:.1}", mib(self.counter.total)),
+            elapsed_ms = elapsed.as_millis() as u64,
             "downloaded ({:.1} MiB/s)",
-            self.rate()
+            mib(self.counter.rate(0) as u64)
         );
-    }
-
-    fn rate(&self) -> f64 {
-        mib(self.done) / self.started.elapsed().as_secs_f64().max(1e-3)
     }
 }
 

@@ -6,7 +6,7 @@
 //! [`server`] (REST; [`grpc`] for gRPC) -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
 //! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
-//! config lists from their URLs.
+//! config lists from their URLs. [`batch`] runs the same path offline over files.
 //!
 //! Without the `server` feature (on by default) only the protocol is built: [`config`],
 //! [`decode`], [`encode`], [`tensor`] and [`error`].
@@ -18,6 +18,8 @@ pub mod encode;
 pub mod error;
 pub mod tensor;
 
+#[cfg(feature = "server")]
+pub mod batch;
 #[cfg(feature = "server")]
 pub mod fetch;
 #[cfg(feature = "server")]

@@ -49,7 +49,26 @@ enum Command {
     /// accepting connections, finishes the requests in flight and exits 0.
     Serve(ServeArgs),
 
-    /// Print the JSON schema of a config file: `server` (--config) or `model` (model.toml).
+    /// Run one model over many inputs offline (precomputed predictions), into JSON Lines.
+    ///
+    /// --input is a file of JSON Lines, one inference request per line (a REST request
+    /// body), or a directory whose files are each the raw data of the model's one input,
+    /// taken in name order. Each record goes through the same plugin and graph as a served
+    /// request; several run at once (--concurrency), so a model with [batching] batches them.
+    ///
+    /// --output gets one line per record, in input order:
+    /// {"record": 0, "source": "in.jsonl:1", "response": {...}} with the response a server
+    /// would give (outputs in JSON), or {"record": 0, "source": ..., "status": 400,
+    /// "error": "..."}. A failed record does not stop the run; the summary in the log counts
+    /// and names failures. Run again with the same --output after an interruption and it
+    /// continues after the last complete line.
+    ///
+    /// Exits 0 once every record has a line (failures included), 1 if the run could not
+    /// finish (the model failed to load, the input could not be read).
+    Batch(BatchArgs),
+
+    /// Print the JSON schema of a config file: `server` (--config), `model` (model.toml) or
+    /// `versions` (a versioned model's versions.toml).
     Schema {
         /// Which file.
         #[arg(value_enum)]
@@ -61,6 +80,7 @@ enum Command {
 enum SchemaOf {
     Server,
     Model,
+    Versions,
 }
 
 /// `wasmserve serve`'s settings; also the keys of its `--config` file.
@@ -144,6 +164,48 @@ struct ServeArgs {
     drain_timeout_secs: u64,
 }
 
+/// `wasmserve batch`'s settings.
+#[derive(clap::Args)]
+struct BatchArgs {
+    /// Directory holding one directory per model, each with a model.toml.
+    #[arg(long, short = 'r', value_name = "DIR", env = "WASMSERVE_REPOSITORY")]
+    repository: PathBuf,
+
+    /// The model to run: its directory's name in the repository. Only it, and the models
+    /// whose graphs its plugin may use, are loaded.
+    #[arg(long, short = 'm', value_name = "NAME")]
+    model: String,
+
+    /// The model's version to run; default: its default version.
+    #[arg(long, value_name = "VERSION")]
+    version: Option<String>,
+
+    /// A JSON Lines file of inference requests, or a directory of input files.
+    #[arg(long, short = 'i', value_name = "FILE|DIR")]
+    input: PathBuf,
+
+    /// The JSON Lines file to write, or to continue where an earlier run stopped.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
+
+    /// Records in flight at once; default: the model's max_in_flight (with [batching],
+    /// enough to fill its batches).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+
+    /// ONNX Runtime's shared library, for models with backend = "onnx" (as for `serve`).
+    #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
+    onnxruntime_library: Option<PathBuf>,
+
+    /// Where fetched model files and compiled plugins are kept (as for `serve`).
+    #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Keep nothing across runs (as for `serve`).
+    #[arg(long, conflicts_with = "cache_dir", env = "WASMSERVE_NO_CACHE")]
+    no_cache: bool,
+}
+
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -160,10 +222,14 @@ fn main() -> std::process::ExitCode {
             let schema = match of {
                 SchemaOf::Server => server_schema(),
                 SchemaOf::Model => wasmserve::config::schema(),
+                SchemaOf::Versions => wasmserve::config::versions_schema(),
             };
             println!("{}", serde_json::to_string_pretty(&schema).expect("JSON"));
             Ok(())
         }
+        Command::Batch(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(batch(args, interactive && cli.log_format == LogFormat::Text))),
         Command::Serve(args) => tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| {
             let serve_matches = matches.subcommand_matches("serve").expect("the serve subcommand");
             let result = with_config_file(args, serve_matches)
@@ -263,22 +329,10 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     };
 
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
-    let cache = (!args.no_cache).then(|| args.cache_dir.or_else(default_cache_dir)).flatten();
-    // Without a cache, fetched files still need a place: one that goes away with the server.
-    let (fetched, scratch) = match &cache {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let scratch = tempfile::Builder::new().prefix("wasmserve-").tempdir();
-            let scratch = scratch.context("cannot create a temporary directory")?;
-            (scratch.path().to_path_buf(), Some(scratch))
-        }
-    };
-    let fetcher = Fetcher::new(&fetched.join("models"), progress_bars);
-    let plugin_cache = cache.map(|dir| dir.join("plugins"));
-    let mut loading =
-        tokio::task::spawn_blocking(move || repository.load(&options, &fetcher, plugin_cache.as_deref()));
-    let failures = tokio::select! {
-        failures = &mut loading => failures.context("model loading panicked")?,
+    let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
+    let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, &options));
+    let (failures, scratch) = tokio::select! {
+        loaded = &mut loading => loaded.context("model loading panicked")?,
         stopped = &mut server => return stopped?.context("server failed"),
     };
     if let (true, Some((name, reason))) = (args.exit_on_error, failures.first()) {
@@ -294,6 +348,62 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopped");
+    drop(scratch);
+    Ok(())
+}
+
+/// Where models are fetched to and compiled plugins kept.
+struct Caches {
+    fetcher: Fetcher,
+    plugins: Option<PathBuf>,
+    /// With --no-cache: the temporary directory fetched files go to, removed on drop.
+    scratch: Option<tempfile::TempDir>,
+}
+
+impl Caches {
+    fn new(cache_dir: Option<PathBuf>, no_cache: bool, progress_bars: bool) -> anyhow::Result<Self> {
+        let cache = (!no_cache).then(|| cache_dir.or_else(default_cache_dir)).flatten();
+        // Without a cache, fetched files still need a place: one that goes away at exit.
+        let (fetched, scratch) = match &cache {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let scratch = tempfile::Builder::new().prefix("wasmserve-").tempdir();
+                let scratch = scratch.context("cannot create a temporary directory")?;
+                (scratch.path().to_path_buf(), Some(scratch))
+            }
+        };
+        let fetcher = Fetcher::new(&fetched.join("models"), progress_bars);
+        Ok(Self { fetcher, plugins: cache.map(|dir| dir.join("plugins")), scratch })
+    }
+
+    /// Bring the repository's models up (see [`Repository::load`]); returns the failures and
+    /// the scratch directory to keep until exit.
+    fn load(
+        self,
+        repository: &Repository,
+        options: &BackendOptions,
+    ) -> (Vec<(String, String)>, Option<tempfile::TempDir>) {
+        (repository.load(options, &self.fetcher, self.plugins.as_deref()), self.scratch)
+    }
+}
+
+/// `wasmserve batch`: load the model (and those whose graphs its plugin uses), then run
+/// every record of the input through it.
+async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
+    let mut repository = Repository::scan(&args.repository)?;
+    let dir = repository.dir(&args.model, args.version.as_deref())?;
+    let config = wasmserve::config::ModelConfig::load(dir)?;
+    repository.keep(&config.plugin.allowed_graphs(&args.model));
+    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
+    let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
+    let repository = Arc::new(repository);
+    let loading = repository.clone();
+    let (_, scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, &options))
+        .await
+        .context("model loading panicked")?;
+    let model = repository.get(&args.model, args.version.as_deref())?;
+    let concurrency = args.concurrency.unwrap_or_else(|| model.slots.max_in_flight());
+    wasmserve::batch::run(model, &args.input, &args.output, concurrency, progress_bars).await?;
     drop(scratch);
     Ok(())
 }
@@ -328,6 +438,11 @@ mod tests {
         for (of, committed, schema) in [
             ("server", include_str!("../../schemas/server.schema.json"), super::server_schema()),
             ("model", include_str!("../../schemas/model.schema.json"), wasmserve::config::schema()),
+            (
+                "versions",
+                include_str!("../../schemas/versions.schema.json"),
+                wasmserve::config::versions_schema(),
+            ),
         ] {
             let committed: serde_json::Value = serde_json::from_str(committed).unwrap();
             assert!(

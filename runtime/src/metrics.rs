@@ -45,11 +45,6 @@ struct FailureLabels {
     code: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NameLabel {
-    model: String,
-}
-
 type Histograms = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -76,8 +71,8 @@ pub struct Metrics {
     compute: Histograms,
     postprocess: Histograms,
     batch_rows: Histograms,
-    ready: Family<NameLabel, Gauge>,
-    load: Family<NameLabel, Gauge<f64, AtomicU64>>,
+    ready: Family<ModelLabels, Gauge>,
+    load: Family<ModelLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -127,7 +122,7 @@ impl Default for Metrics {
             "Rows in the graph run that served the request (the whole batch's with batching)",
             m.batch_rows.clone(),
         );
-        r.register("model_ready", "1 when the model is loaded and warmed up", m.ready.clone());
+        r.register("model_ready", "1 when the model version is loaded and warmed up", m.ready.clone());
         r.register("model_load_duration_seconds", "From reading the config to ready", m.load.clone());
         m
     }
@@ -150,8 +145,9 @@ impl Metrics {
 
     /// The text exposition, with the model gauges read from the repository now.
     pub fn encode(&self, repository: &Repository) -> String {
-        for (name, state) in repository.states() {
-            let label = NameLabel { model: name.to_string() };
+        for (name, version, state) in repository.states() {
+            let label =
+                ModelLabels { model: name.to_string(), version: version.unwrap_or_default().to_string() };
             self.ready.get_or_create(&label).set(i64::from(matches!(state, State::Ready(_))));
             if let State::Ready(model) = state {
                 self.load.get_or_create(&label).set(model.load_duration.as_secs_f64());

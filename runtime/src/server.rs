@@ -138,19 +138,20 @@ async fn server_ready(State(state): State<AppState>) -> StatusCode {
     if state.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
-/// The OIP repository extension's index: every model with its state, and why it is not
-/// ready when it is not.
+/// The OIP repository extension's index: every model version with its state, and why it is
+/// not ready when it is not.
 async fn repository_index(State(state): State<AppState>) -> Response {
     let index: Vec<_> = state
         .0
         .repository
         .states()
-        .map(|(name, model)| {
+        .map(|(name, version, model)| {
             let mut entry = json!({ "name": name, "state": model.name() });
-            match &model {
-                ModelState::Ready(m) => entry["version"] = json!(m.config.version),
-                ModelState::Unavailable(reason) => entry["reason"] = json!(reason),
-                ModelState::Loading => {}
+            if let Some(version) = version {
+                entry["version"] = json!(version);
+            }
+            if let ModelState::Unavailable(reason) = &model {
+                entry["reason"] = json!(reason);
             }
             entry
         })
@@ -167,9 +168,10 @@ pub(crate) struct ModelPath {
 
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
     let model = state.model_at(&path)?;
+    let versions = state.0.repository.versions(&model.name).map_or_else(Vec::new, |(all, _)| all);
     let mut body = json!({
         "name": model.name,
-        "versions": [model.config.version],
+        "versions": versions,
         "platform": model.platform(),
         "inputs": model.config.inputs,
         "outputs": model.config.outputs,

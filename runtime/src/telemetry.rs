@@ -101,3 +101,60 @@ pub fn join_remote_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) 
     // Without a trace pipeline there is nothing to join.
     let _ = span.set_parent(parent);
 }
+
+/// The progress of a long task (a download, a batch run): on a bar when a person is
+/// watching, otherwise a line in the log every few seconds, which its owner writes when
+/// [`Progress::add`] says one is due.
+pub struct Progress {
+    /// Units to do.
+    pub total: u64,
+    /// Units done.
+    pub done: u64,
+    started: std::time::Instant,
+    logged: std::time::Instant,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// How often a progress line is due when no bar is drawn.
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// Start counting from `done` of `total`; `bar` (styled by the caller) is drawn if given.
+    pub fn new(total: u64, done: u64, bar: Option<indicatif::ProgressBar>) -> Self {
+        let now = std::time::Instant::now();
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+            bar.reset_eta();
+        }
+        Self { total, done, started: now, logged: now, bar }
+    }
+
+    /// Count `n` more done; true when no bar is drawn and a log line is due.
+    pub fn add(&mut self, n: u64) -> bool {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(n);
+                false
+            }
+            None if self.logged.elapsed() >= Self::LOG_EVERY => {
+                self.logged = std::time::Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Clear the bar; the time since the start.
+    pub fn finish(&self) -> std::time::Duration {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        self.started.elapsed()
+    }
+
+    /// Units done per second since the start (those counted from `new`'s `done` excluded).
+    pub fn rate(&self, since: u64) -> f64 {
+        (self.done - since) as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+}

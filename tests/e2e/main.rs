@@ -211,7 +211,8 @@ fn a_plugin_over_its_table_limit_fails_with_the_limit_named() {
     let r = faulty(&server, "none");
     assert_eq!(r.status, 503);
     assert!(r.error().contains(reason), "{}", r.error());
-    assert_eq!(server.get("/v2/health/live").0, 200);
+    let (status, body) = server.get("/v2/health/live");
+    assert_eq!(status, 200, "{body}\n{}", server.log());
 }
 
 #[test]
@@ -933,4 +934,185 @@ fn config_file_settings_yield_to_flags_and_environment() {
     );
     let r = env.post("/v2/models/faulty/infer", &RAW, &body);
     assert_eq!(r.status, 400, "the environment overrides the file");
+}
+
+/// `wasmserve batch` over `input` into `output`, on the test models.
+fn batch_command(input: &Path, output: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wasmserve"));
+    cmd.args(["batch", "--model", "faulty", "--concurrency", "4", "--repository"]).arg(test_models());
+    cmd.arg("--input").arg(input).arg("--output").arg(output);
+    cmd.env("RUST_LOG", "info").stdin(std::process::Stdio::null());
+    cmd
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_batch_killed_midway_resumes_to_exactly_the_online_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("requests.jsonl"), dir.path().join("answers.jsonl"));
+    // 3,000 requests, every 250th malformed (a shape the model does not take), and a blank
+    // line that is no record; each sleeps 1 ms in the plugin so the run lasts long enough
+    // to be killed midway.
+    let records = 3000;
+    let mut text = String::new();
+    for i in 0..records {
+        let shape = if i % 250 == 7 { json!([2, 3]) } else { json!([3, 2]) };
+        let data: Vec<f32> = (0..6).map(|k| ((i * 7 + k) % 23) as f32 - 11.0).collect();
+        let request = json!({"id": format!("r{i}"), "parameters": {"sleep_ms": "1"},
+            "inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]});
+        text += &format!("{request}\n");
+        if i == 10 {
+            text += "\n";
+        }
+    }
+    std::fs::write(&input, &text).unwrap();
+
+    let mut first = batch_command(&input, &output).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read(&output).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count()) < 500 {
+        assert!(std::time::Instant::now() < deadline, "no progress in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    first.kill().unwrap(); // SIGKILL: no chance to finish a line or flush
+    first.wait().unwrap();
+    let partial = lines(&output).len();
+    assert!((500..records).contains(&partial), "killed midway: {partial} lines");
+
+    let second = batch_command(&input, &output).output().unwrap();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{log}");
+    assert!(log.contains("resuming after the records already written"), "{log}");
+
+    let answers = lines(&output);
+    assert_eq!(answers.len(), records, "one line per record");
+    assert_eq!(answers.iter().filter(|a| a["status"] == 400).count(), records / 250);
+    let server = Server::start(&test_models(), &[]);
+    let requests: Vec<Value> =
+        text.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (i, (answer, request)) in answers.iter().zip(&requests).enumerate() {
+        assert_eq!(answer["record"], i, "in input order, each once");
+        let line = if i <= 10 { i + 1 } else { i + 2 };
+        assert_eq!(answer["source"], format!("requests.jsonl:{line}"));
+        let online = server.infer("faulty", request);
+        if online.status == 200 {
+            assert_eq!(answer["response"], online.json(), "record {i}");
+        } else {
+            assert_eq!(
+                (answer["status"].as_u64(), answer["error"].as_str()),
+                (Some(online.status as u64), Some(online.error().as_str())),
+                "record {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_over_a_directory_answers_each_file_as_a_raw_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out.jsonl"));
+    std::fs::create_dir(&input).unwrap();
+    let floats = |v: f32| (0..6).flat_map(|k| (v + k as f32).to_le_bytes()).collect::<Vec<u8>>();
+    let files = [("a.bin", floats(1.0)), ("b.bin", vec![0; 5]), ("c.bin", floats(-3.5))];
+    for (name, bytes) in &files {
+        std::fs::write(input.join(name), bytes).unwrap();
+    }
+    let run = batch_command(&input, &output).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let answers = lines(&output);
+    let server = Server::start(&test_models(), &[]);
+    assert_eq!(answers.len(), files.len());
+    for (answer, (name, bytes)) in answers.iter().zip(&files) {
+        assert_eq!(answer["source"], *name);
+        let online = server.post("/v2/models/faulty/infer", &RAW, bytes);
+        match online.status {
+            200 => assert_eq!(answer["response"], online.json(), "{name}"),
+            status => assert_eq!(
+                (answer["status"].as_u64(), answer["error"].as_str()),
+                (Some(status as u64), Some(online.error().as_str())),
+                "{name}"
+            ),
+        }
+    }
+    assert_eq!(answers[1]["status"], 400, "5 bytes are no [3, 2] FP32 tensor");
+}
+
+#[test]
+fn versions_are_served_by_their_policy_and_the_default_answers_unversioned_paths() {
+    let repo = tempfile::tempdir().unwrap();
+    let copy = |model: &str, version: u32, edit: &dyn Fn(&str) -> String| {
+        let one = edited_repository(&test_models(), &["faulty"], edit);
+        std::fs::create_dir_all(repo.path().join(model)).unwrap();
+        std::fs::rename(one.path().join("faulty"), repo.path().join(model).join(version.to_string()))
+            .unwrap();
+    };
+    for version in 1..=3 {
+        copy("m", version, &|t| t.to_string());
+    }
+    // A version whose model.toml claims another number never serves.
+    copy("m", 4, &|t| format!("version = \"7\"\n{t}"));
+    // Every version served; unversioned requests pinned to 2 (a rollback is this line).
+    std::fs::write(repo.path().join("m/versions.toml"), "policy = \"all\"\ndefault = 2\n").unwrap();
+    copy("broken", 1, &|t| t.to_string());
+    std::fs::write(repo.path().join("broken/versions.toml"), "policy = \"specific\"\nversions = [1, 4]\n")
+        .unwrap();
+
+    let server = Server::start_listening(repo.path(), &[]);
+    let index = server.wait_loaded();
+    let entries: Vec<(String, String, String)> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["version"].as_str().unwrap_or("-").into(),
+                e["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("broken", "-", "UNAVAILABLE"),
+        ("m", "1", "READY"),
+        ("m", "2", "READY"),
+        ("m", "3", "READY"),
+        ("m", "4", "UNAVAILABLE"),
+    ];
+    assert_eq!(entries, expected.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())), "{index}");
+    assert_eq!(index[0]["reason"], "`versions` lists 4, which has no directory (present: [1])");
+    assert!(
+        index[4]["reason"].as_str().unwrap().ends_with("says version \"7\" but its directory is 4"),
+        "{index}"
+    );
+
+    let request =
+        json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]});
+    let body = request.to_string();
+    let version_of = |path: &str| {
+        let r = server.post(path, &[], body.as_bytes());
+        (
+            r.status,
+            if r.status == 200 { r.json()["model_version"].as_str().unwrap().to_string() } else { r.error() },
+        )
+    };
+    assert_eq!(version_of("/v2/models/m/infer"), (200, "2".into()));
+    assert_eq!(version_of("/v2/models/m/versions/3/infer"), (200, "3".into()));
+    assert_eq!(version_of("/v2/models/m/versions/1/infer"), (200, "1".into()));
+    let (status, error) = version_of("/v2/models/m/versions/4/infer");
+    assert_eq!(status, 503);
+    assert!(error.starts_with("model 'm' version 4 is unavailable: "), "{error}");
+    assert_eq!(
+        version_of("/v2/models/m/versions/9/infer"),
+        (404, "model 'm' has no version '9' (it serves [\"1\", \"2\", \"3\", \"4\"])".into())
+    );
+    assert_eq!(version_of("/v2/models/broken/infer").0, 503);
+    assert_eq!(server.get_json("/v2/models/m").1["versions"], json!(["1", "2", "3", "4"]));
+    assert_eq!(server.get("/v2/models/m/versions/3/ready").0, 200);
+    assert_eq!(server.get("/v2/models/m/versions/4/ready").0, 503);
+    let (_, metrics) = server.get("/metrics");
+    assert!(metrics.contains("wasmserve_model_ready{model=\"m\",version=\"3\"} 1"), "{metrics}");
+    assert!(metrics.contains("wasmserve_model_ready{model=\"m\",version=\"4\"} 0"), "{metrics}");
 }

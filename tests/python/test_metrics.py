@@ -51,5 +51,5 @@ def test_metrics_move_with_traffic(server, client):
         assert count == (4 if stage == "request" else 3), stage
         assert delta(f"wasmserve_{stage}_duration_seconds_sum", **model) > 0, stage
     assert value(after, "wasmserve_inference_pending_requests", **model) == 0
-    assert value(after, "wasmserve_model_ready", model="minilm") == 1
-    assert value(after, "wasmserve_model_load_duration_seconds", model="minilm") > 0
+    assert value(after, "wasmserve_model_ready", model="minilm", version="1") == 1
+    assert value(after, "wasmserve_model_load_duration_seconds", model="minilm", version="1") > 0

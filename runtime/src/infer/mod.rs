@@ -118,16 +118,18 @@ impl Graphs {
         Self(Arc::new(graphs))
     }
 
-    /// A registry with only the graphs `names` names; an error names one that is not here.
-    pub fn only<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Self> {
-        let mut chosen = HashMap::new();
-        for name in names {
-            let graph = self.0.get(name).with_context(|| {
+    /// The registry one plugin sees: its own model version's graph under the model's name,
+    /// and the graphs of the models `granted` names (each model's default version); an error
+    /// names a granted one that is not here.
+    pub fn for_plugin(&self, own: (&str, &Graph), granted: &[String]) -> anyhow::Result<Self> {
+        let mut chosen = HashMap::from([(own.0.to_string(), own.1.clone())]);
+        for name in granted {
+            let graph = self.0.get(name.as_str()).with_context(|| {
                 let mut loaded: Vec<&String> = self.0.keys().collect();
                 loaded.sort();
                 format!("no model named '{name}' has a loaded graph (loaded: {loaded:?})")
             })?;
-            chosen.insert(name.to_string(), graph.clone());
+            chosen.insert(name.clone(), graph.clone());
         }
         Ok(Self::new(chosen))
     }

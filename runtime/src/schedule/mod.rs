@@ -48,6 +48,11 @@ impl Slots {
         }
     }
 
+    /// How many of the model's requests run at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
     /// A slot, once one is free: refused at once when the queue is full, or after waiting
     /// longer than the request's `timeout` parameter (µs) or the model's queue timeout.
     async fn acquire(

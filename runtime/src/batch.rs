@@ -1,0 +1,356 @@
+//! batch: offline inference, the server's request path (decode -> plugin -> schedule ->
+//! infer -> encode) over a file of requests or a directory of inputs, into JSON Lines.
+//!
+//! Input: a file of JSON Lines, one OIP inference request per line (a REST body), or a
+//! directory whose files are each the raw data of the model's one input (as
+//! `curl --data-binary @file` sends it), taken in name order.
+//!
+//! Output: one line per input record, in input order:
+//! `{"record": 0, "source": "requests.jsonl:1", "response": {...}}`, the response being
+//! what `POST /v2/models/M/infer` answers (outputs in JSON), or
+//! `{"record": 0, "source": "...", "status": 400, "error": "..."}`. A failed record is
+//! written and counted; the run goes on.
+//!
+//! Resuming: lines are written in input order and flushed as they complete, so a run that
+//! stopped left a prefix of the output. A new run keeps its complete lines (a torn last line
+//! is cut off) and continues with the next record.
+
+use crate::decode;
+use crate::encode;
+use crate::error::Error;
+use crate::repository::Model;
+use anyhow::Context;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::io::{BufRead, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How many failures the summary names.
+const NAMED_FAILURES: usize = 5;
+
+/// One input record: where it came from and its request body.
+struct Record {
+    index: u64,
+    source: String,
+    body: Vec<u8>,
+    /// `Inference-Header-Content-Length`: `Some("0")` for a raw file, `None` for JSON.
+    header_length: Option<&'static str>,
+}
+
+/// One output line.
+#[derive(Serialize)]
+struct Line<'a> {
+    record: u64,
+    source: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Records in the input.
+    pub records: u64,
+    /// Records an earlier run had already written.
+    pub skipped: u64,
+    /// Records answered in this run.
+    pub succeeded: u64,
+    /// Records that failed in this run, the first few with their errors.
+    pub failed: u64,
+    /// `(source, error)` of the first failures.
+    pub failures: Vec<(String, String)>,
+}
+
+/// Run every record of `input` through `model` into `output`, `concurrency` at a time,
+/// continuing an earlier run's output. `progress_bar`: draw a bar (a person is watching).
+pub async fn run(
+    model: Arc<Model>,
+    input: &Path,
+    output: &Path,
+    concurrency: usize,
+    progress_bar: bool,
+) -> anyhow::Result<Summary> {
+    let mut records = Records::open(input)?;
+    let total = records.count;
+    let (done, last) = resume(output)?;
+    // The lines kept must be this input's: the last one names the same record.
+    let mut skipped = None;
+    for record in records.by_ref().take(done as usize) {
+        skipped = Some(record?.source);
+    }
+    anyhow::ensure!(
+        done <= total && skipped == last,
+        "{} does not continue this input: it holds {done} records, the last from {}, and {} has {total} records{}; \
+         write to a new output, or delete it to start over",
+        output.display(),
+        last.as_deref().unwrap_or("nowhere"),
+        input.display(),
+        skipped.map(|s| format!(", record {} from {s}", done - 1)).unwrap_or_default()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    if done > 0 {
+        tracing::info!(output = %output.display(), done, "resuming after the records already written");
+    }
+    let mut summary = Summary { records: total, skipped: done, ..Summary::default() };
+    let mut progress = Progress::new(&model.name, total, done, progress_bar);
+    let answers = futures::stream::iter(records)
+        .map(|record| {
+            let model = model.clone();
+            async move {
+                let record = record?;
+                let answer = infer(&model, &record).await;
+                anyhow::Ok((record, answer))
+            }
+        })
+        .buffered(concurrency.max(1));
+    futures::pin_mut!(answers);
+    while let Some(answer) = answers.next().await {
+        let (record, answer) = answer?;
+        let mut line =
+            Line { record: record.index, source: &record.source, response: None, status: None, error: None };
+        match answer {
+            Ok(response) => {
+                summary.succeeded += 1;
+                line.response = Some(response);
+            }
+            Err(e) => {
+                summary.failed += 1;
+                if summary.failures.len() < NAMED_FAILURES {
+                    summary.failures.push((record.source.clone(), e.to_string()));
+                }
+                line.status = Some(e.status().as_u16());
+                line.error = Some(e.to_string());
+            }
+        }
+        let mut text = serde_json::to_vec(&line).expect("a line is JSON");
+        text.push(b'\n');
+        file.write_all(&text).with_context(|| format!("cannot write {}", output.display()))?;
+        progress.advance(summary.failed);
+    }
+    file.sync_all().with_context(|| format!("cannot write {}", output.display()))?;
+    progress.finish(&summary);
+    Ok(summary)
+}
+
+/// One record through the model, as the server would answer it, outputs in JSON.
+async fn infer(model: &Arc<Model>, record: &Record) -> Result<Box<RawValue>, Error> {
+    let mut request = decode::decode(&record.body, record.header_length, &model.config.inputs)?;
+    // A line of JSON holds JSON: outputs asked for in binary come as JSON here.
+    request.binary_outputs = false;
+    request.outputs.iter_mut().for_each(|o| o.binary = None);
+    let (outputs, _, _) = crate::server::run(model, &mut request).await?;
+    let encoded = encode::encode(&model.name, &model.config.version, &request, outputs)?;
+    let text = String::from_utf8(encoded.body).map_err(|e| Error::Internal(e.to_string()))?;
+    RawValue::from_string(text).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// How many records `output` already holds, and the source of the last: its complete lines,
+/// after cutting off a torn last line (a run killed mid-write). The last line must be
+/// record `count - 1`.
+fn resume(output: &Path) -> anyhow::Result<(u64, Option<String>)> {
+    let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(output) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, None)),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", output.display())),
+    };
+    let mut complete = 0u64;
+    let mut lines = 0u64;
+    let mut last = String::new();
+    let mut reader = std::io::BufReader::new(&mut file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).with_context(|| format!("cannot read {}", output.display()))?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        complete += n as u64;
+        lines += 1;
+        std::mem::swap(&mut last, &mut line);
+    }
+    drop(reader);
+    file.set_len(complete).with_context(|| format!("cannot truncate {}", output.display()))?;
+    file.seek(std::io::SeekFrom::End(0))?;
+    if lines == 0 {
+        return Ok((0, None));
+    }
+    #[derive(serde::Deserialize)]
+    struct Numbered {
+        record: u64,
+        source: String,
+    }
+    let numbered: Numbered = serde_json::from_str(&last)
+        .with_context(|| format!("{} is not the output of a batch run", output.display()))?;
+    anyhow::ensure!(
+        numbered.record == lines - 1,
+        "{}: line {lines} is record {}, not {}: the file was edited or is another job's output",
+        output.display(),
+        numbered.record,
+        lines - 1
+    );
+    Ok((lines, Some(numbered.source)))
+}
+
+/// The input's records, read one at a time.
+struct Records {
+    count: u64,
+    next: u64,
+    source: Source,
+}
+
+enum Source {
+    /// `number`: lines read so far.
+    Lines {
+        name: String,
+        lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+        number: u64,
+    },
+    Files(std::vec::IntoIter<PathBuf>),
+}
+
+impl Records {
+    fn open(input: &Path) -> anyhow::Result<Self> {
+        let cannot = || format!("cannot read {}", input.display());
+        if input.is_dir() {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(input).with_context(cannot)? {
+                let path = entry.with_context(cannot)?.path();
+                if path.is_file() {
+                    files.push(path);
+                }
+            }
+            files.sort();
+            let count = files.len() as u64;
+            return Ok(Self { count, next: 0, source: Source::Files(files.into_iter()) });
+        }
+        let open = || std::fs::File::open(input).with_context(cannot);
+        // Blank lines are no records; counted the same way they are read.
+        let mut count = 0;
+        for line in std::io::BufReader::new(open()?).lines() {
+            count += u64::from(!line.with_context(cannot)?.trim().is_empty());
+        }
+        let name =
+            input.file_name().map_or_else(|| input.display().to_string(), |n| n.to_string_lossy().into());
+        let lines = std::io::BufReader::new(open()?).lines();
+        Ok(Self { count, next: 0, source: Source::Lines { name, lines, number: 0 } })
+    }
+}
+
+impl Iterator for Records {
+    type Item = anyhow::Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let index = self.next;
+        let record = match &mut self.source {
+            Source::Files(files) => {
+                let path = files.next()?;
+                let source = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+                std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+                    .map(|body| Record { index, source, body, header_length: Some("0") })
+            }
+            Source::Lines { name, lines, number } => loop {
+                let line = lines.next()?;
+                *number += 1;
+                match line {
+                    Ok(line) if line.trim().is_empty() => continue,
+                    Ok(line) => {
+                        let source = format!("{name}:{number}");
+                        break Ok(Record { index, source, body: line.into_bytes(), header_length: None });
+                    }
+                    Err(e) => break Err(e).context(format!("cannot read {name}")),
+                }
+            },
+        };
+        self.next += 1;
+        Some(record)
+    }
+}
+
+/// Records done, on a bar at a terminal, else in the log every few seconds.
+struct Progress<'a> {
+    model: &'a str,
+    counter: crate::telemetry::Progress,
+    /// Records an earlier run wrote.
+    skipped: u64,
+}
+
+impl<'a> Progress<'a> {
+    fn new(model: &'a str, total: u64, done: u64, bar: bool) -> Self {
+        tracing::info!(model = %model, records = total, already_done = done, "batch started");
+        let bar = bar.then(|| {
+            let style = ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} records, eta {eta}")
+                .expect("a valid template");
+            ProgressBar::new(total).with_style(style).with_message(model.to_string())
+        });
+        Self { model, counter: crate::telemetry::Progress::new(total, done, bar), skipped: done }
+    }
+
+    fn advance(&mut self, failed: u64) {
+        if self.counter.add(1) {
+            let (done, total) = (self.counter.done, self.counter.total);
+            tracing::info!(model = %self.model, failed, "batch: {done} of {total} records");
+        }
+    }
+
+    fn finish(&self, summary: &Summary) {
+        let elapsed = self.counter.finish();
+        tracing::info!(
+            model = %self.model,
+            records = summary.records,
+            skipped = summary.skipped,
+            succeeded = summary.succeeded,
+            failed = summary.failed,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "batch done ({:.0} records/s)",
+            self.counter.rate(self.skipped)
+        );
+        for (source, error) in &summary.failures {
+            tracing::warn!(model = %self.model, source, "failed: {error}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_keeps_complete_lines_and_refuses_a_foreign_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.jsonl");
+        assert_eq!(resume(&output).unwrap(), (0, None), "no output yet: start at record 0");
+        let line =
+            |i: u64| format!("{{\"record\":{i},\"source\":\"in.jsonl:{}\",\"response\":{{}}}}\n", i + 1);
+        std::fs::write(&output, format!("{}{}{{\"record\":2,\"sou", line(0), line(1))).unwrap();
+        assert_eq!(resume(&output).unwrap(), (2, Some("in.jsonl:2".into())));
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), line(0) + &line(1), "the torn line is cut off");
+        std::fs::write(&output, line(0) + &line(5)).unwrap();
+        let err = resume(&output).unwrap_err().to_string();
+        assert!(err.contains("line 2 is record 5, not 1"), "{err}");
+        std::fs::write(&output, "not json\n").unwrap();
+        assert!(resume(&output).unwrap_err().to_string().contains("is not the output of a batch run"));
+    }
+
+    #[test]
+    fn records_skip_blank_lines_and_count_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "{\"a\":1}\n\n  \n{\"b\":2}\n").unwrap();
+        let records = Records::open(&input).unwrap();
+        assert_eq!(records.count, 2);
+        let sources: Vec<(u64, String)> = records.map(|r| r.unwrap()).map(|r| (r.index, r.source)).collect();
+        assert_eq!(sources, [(0, "in.jsonl:1".to_string()), (1, "in.jsonl:4".to_string())]);
+    }
+}
