@@ -12,6 +12,12 @@ pub enum Error {
     /// No such model or version (404).
     #[error("{0}")]
     NotFound(String),
+    /// A control endpoint without the right bearer token (401, with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A control endpoint on a server started without a token: control is off (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     TooLarge(String),
@@ -62,6 +68,8 @@ impl Error {
         match self {
             Error::BadRequest(_) | Error::PluginInput { .. } => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
@@ -79,6 +87,8 @@ impl From<Error> for tonic::Status {
         let code = match &e {
             Error::BadRequest(_) | Error::PluginInput { .. } => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
+            Error::Unauthorized(_) => Code::Unauthenticated,
+            Error::Forbidden(_) => Code::PermissionDenied,
             Error::TooLarge(_) => Code::ResourceExhausted,
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
             Error::Unavailable(_) | Error::Overloaded(_) => Code::Unavailable,
@@ -93,11 +103,17 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let mut response =
             (self.status(), axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response();
-        if let Error::Overloaded(_) = self {
+        use axum::http::{HeaderValue, header};
+        match self {
             // A load balancer or client may try again (elsewhere) after a second.
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            Error::Overloaded(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Error::Unauthorized(_) => {
+                let challenge = HeaderValue::from_static("Bearer realm=\"wasmserve\"");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            _ => {}
         }
         response
     }

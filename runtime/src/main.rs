@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use wasmserve::fetch::Fetcher;
 use wasmserve::infer::BackendOptions;
-use wasmserve::repository::Repository;
-use wasmserve::server::{AppState, ReadyWhen, router};
+use wasmserve::repository::{Loader, Repository};
+use wasmserve::server::{AppState, ReadyWhen, control_router, router};
 use wasmserve::telemetry::{self, LogFormat};
 
 /// A model server: WebAssembly plugins pre- and post-process, tract or ONNX Runtime infers,
@@ -158,6 +158,37 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0, value_name = "SECS", env = "WASMSERVE_SHUTDOWN_DELAY_SECS")]
     shutdown_delay_secs: u64,
 
+    /// A file holding the bearer token that opens the control endpoints (POST
+    /// /v2/repository/models/{m}/load and .../unload): clients send `Authorization: Bearer
+    /// <token>`. Without a token (this or WASMSERVE_CONTROL_TOKEN) they answer 403. On
+    /// Kubernetes, a Secret mounted as a file.
+    #[arg(long, value_name = "FILE", env = "WASMSERVE_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
+
+    /// The control token itself, from the environment only (a flag would show in `ps`).
+    #[arg(
+        long,
+        hide = true,
+        env = "WASMSERVE_CONTROL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "control_token_file"
+    )]
+    #[serde(skip)]
+    control_token: Option<String>,
+
+    /// Serve the control endpoints on this port only (same --host, same TLS), and not on
+    /// --port: keep it out of the Service that clients reach.
+    #[arg(long, value_name = "PORT", env = "WASMSERVE_CONTROL_PORT")]
+    control_port: Option<u16>,
+
+    /// Look at the repository every this many seconds and reload what changed on disk (a
+    /// config, a plugin, a model file, versions.toml), load new model directories and
+    /// unload removed ones; 0 (default): only at start-up and through the control endpoints.
+    /// A reload warms the new version up before it takes traffic.
+    #[arg(long, default_value_t = 0, value_name = "SECS", env = "WASMSERVE_POLL_SECS")]
+    #[serde(default)]
+    poll_secs: u64,
+
     /// After the delay, how long requests in flight may take to finish before the server
     /// exits anyway. Keep delay + drain under Kubernetes' terminationGracePeriodSeconds.
     #[arg(long, default_value_t = 30, value_name = "SECS", env = "WASMSERVE_DRAIN_TIMEOUT_SECS")]
@@ -280,6 +311,7 @@ fn with_config_file(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Resu
     }
     let mut merged: ServeArgs = merged.try_into().with_context(invalid)?;
     merged.config = Some(path);
+    merged.control_token = args.control_token;
     Ok(merged)
 }
 
@@ -300,12 +332,46 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
+    let control_token = match (&args.control_token_file, args.control_token) {
+        (Some(file), _) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the control token file {}", file.display()))?;
+            Some(token.trim().to_string())
+        }
+        (None, token) => token,
+    };
+    if control_token.as_deref().is_some_and(|t| t.len() < 16) {
+        anyhow::bail!(
+            "the control token is shorter than 16 characters: use a long random one (openssl rand -hex 32)"
+        );
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when);
+    let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when, control_token);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {} ({scheme}; gRPC on the same port)", listener.local_addr()?);
+    let mut app = router(state.clone());
+    match args.control_port {
+        Some(port) => {
+            let addr = SocketAddr::new(args.host, port);
+            let control = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--control-port)"))?;
+            tracing::info!("control endpoints on {} ({scheme})", control.local_addr()?);
+            let app = control_router(state.clone());
+            // Stopped with the process: nothing in flight there needs draining.
+            match tls.clone() {
+                Some(config) => {
+                    tokio::spawn(wasmserve::tls::serve(control, app, config, std::future::pending()));
+                }
+                None => {
+                    tokio::spawn(axum::serve(control, app).into_future());
+                }
+            }
+        }
+        None => app = app.merge(control_router(state.clone())),
+    }
 
     let stopping = Arc::new(Notify::new());
     let shutdown = {
@@ -322,7 +388,6 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
             tracing::info!("shutting down: no new connections");
         }
     };
-    let app = router(state);
     let mut server = match tls {
         Some(config) => tokio::spawn(wasmserve::tls::serve(listener, app, config, shutdown)),
         None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future()),
@@ -330,7 +395,8 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
 
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
-    let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, &options));
+    let watched = repository.clone();
+    let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, options));
     let (failures, scratch) = tokio::select! {
         loaded = &mut loading => loaded.context("model loading panicked")?,
         stopped = &mut server => return stopped?.context("server failed"),
@@ -339,6 +405,22 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         anyhow::bail!("model '{name}' is unavailable: {reason} (--exit-on-error)");
     }
     tracing::info!(unavailable = failures.len(), "all models loaded");
+    if args.poll_secs > 0 {
+        let every = Duration::from_secs(args.poll_secs);
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            loop {
+                let polling = watched.clone();
+                seen = tokio::task::spawn_blocking(move || {
+                    polling.poll(&mut seen);
+                    seen
+                })
+                .await
+                .unwrap_or_default();
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
 
     let drain_limit = Duration::from_secs(args.shutdown_delay_secs + args.drain_timeout_secs);
     tokio::select! {
@@ -381,9 +463,10 @@ impl Caches {
     fn load(
         self,
         repository: &Repository,
-        options: &BackendOptions,
+        options: BackendOptions,
     ) -> (Vec<(String, String)>, Option<tempfile::TempDir>) {
-        (repository.load(options, &self.fetcher, self.plugins.as_deref()), self.scratch)
+        let loader = Loader { options, fetcher: self.fetcher, plugin_cache: self.plugins };
+        (repository.load(loader), self.scratch)
     }
 }
 
@@ -392,13 +475,13 @@ impl Caches {
 async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     let mut repository = Repository::scan(&args.repository)?;
     let dir = repository.dir(&args.model, args.version.as_deref())?;
-    let config = wasmserve::config::ModelConfig::load(dir)?;
+    let config = wasmserve::config::ModelConfig::load(&dir)?;
     repository.keep(&config.plugin.allowed_graphs(&args.model));
     let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let repository = Arc::new(repository);
     let loading = repository.clone();
-    let (_, scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, &options))
+    let (_, scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, options))
         .await
         .context("model loading panicked")?;
     let model = repository.get(&args.model, args.version.as_deref())?;

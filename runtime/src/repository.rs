@@ -33,7 +33,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// How many models fetch their files at once.
@@ -86,9 +86,17 @@ impl State {
     }
 }
 
-/// Every model the server serves, by name, each with its versions and their states.
+/// Every model the server serves, by name, each with its versions and their states. Models
+/// are loaded again or unloaded while serving ([`Repository::reload`]): a request holds the
+/// model it started with until it finishes.
 pub struct Repository {
-    models: BTreeMap<String, Entry>,
+    root: PathBuf,
+    models: RwLock<BTreeMap<String, Arc<Entry>>>,
+    /// The graphs plugins reach by model name (each model's default version's).
+    graphs: Mutex<HashMap<String, wasmtime_wasi_nn::Graph>>,
+    loaded: OnceLock<Loaded>,
+    /// One reload or unload at a time.
+    changing: Mutex<()>,
 }
 
 /// A model: the versions its policy serves (ascending) and the default one, or why its
@@ -111,6 +119,21 @@ struct Version {
 impl Version {
     fn new(name: String, dir: PathBuf) -> Self {
         Self { name, dir, state: RwLock::new(State::Loading) }
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(*self.state.read().expect("state lock"), State::Ready(_))
+    }
+
+    fn set(&self, model: &str, state: State) {
+        match &state {
+            State::Ready(_) => tracing::info!(model, version = %self.name, "ready"),
+            State::Unavailable(reason) => {
+                tracing::error!(model, version = %self.name, "unavailable: {reason}")
+            }
+            State::Loading => {}
+        }
+        *self.state.write().expect("state lock") = state;
     }
 }
 
@@ -153,6 +176,19 @@ impl Entry {
     fn names(&self) -> Vec<&str> {
         self.versions.iter().map(|v| v.name.as_str()).collect()
     }
+
+    /// `version` of this model `name` (default: the default version), if it is served.
+    fn version(&self, name: &str, version: Option<&str>) -> Result<&Version, Error> {
+        if let Some(problem) = &self.problem {
+            return Err(Error::Unavailable(format!("model '{name}' is unavailable: {problem}")));
+        }
+        match version {
+            None => Ok(&self.versions[self.default]),
+            Some(v) => self.versions.iter().find(|s| s.name == v).ok_or_else(|| {
+                Error::NotFound(format!("model '{name}' has no version '{v}' (it serves {:?})", self.names()))
+            }),
+        }
+    }
 }
 
 /// The `version` a directory's model.toml sets, if it parses and sets one.
@@ -160,6 +196,22 @@ fn declared_version(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(config::FILE_NAME)).ok()?;
     let table = text.parse::<toml::Table>().ok()?;
     table.get("version")?.as_str().map(str::to_string)
+}
+
+/// What (re)loading a model needs, kept from the first load for later ones.
+pub struct Loader {
+    /// Backend settings (ONNX Runtime's library).
+    pub options: BackendOptions,
+    /// Brings the files configs list.
+    pub fetcher: Fetcher,
+    /// Where compiled plugins are kept across restarts.
+    pub plugin_cache: Option<PathBuf>,
+}
+
+/// The loader and the plugin engine it started, once [`Repository::load`] ran.
+struct Loaded {
+    loader: Loader,
+    host: anyhow::Result<PluginHost>,
 }
 
 impl Repository {
@@ -185,60 +237,29 @@ impl Repository {
             if let Some(problem) = &model.problem {
                 tracing::error!(model = %name, "unavailable: {problem}");
             }
-            models.insert(name.to_string(), model);
+            models.insert(name.to_string(), Arc::new(model));
         }
-        Ok(Self { models })
+        Ok(Self {
+            root: root.to_path_buf(),
+            models: RwLock::new(models),
+            graphs: Mutex::new(HashMap::new()),
+            loaded: OnceLock::new(),
+            changing: Mutex::new(()),
+        })
     }
 
     /// Bring every model up; returns the models that ended unavailable, with the reasons
-    /// (each is also logged). `fetcher` brings the files configs list; `plugin_cache`
-    /// keeps compiled plugins across restarts. Call from a blocking thread of a tokio runtime.
-    pub fn load(
-        &self,
-        options: &BackendOptions,
-        fetcher: &Fetcher,
-        plugin_cache: Option<&Path>,
-    ) -> Vec<(String, String)> {
-        // Graphs next: every plugin may call any loaded graph through wasi:nn.
-        let mut loaded = Vec::new();
-        let mut graphs = HashMap::new();
-        for (name, version, dir, config, fetched_in) in self.configs(fetcher) {
-            let started = Instant::now();
-            let graph = config.and_then(|config| {
-                let file = dir.join(&config.graph.file);
-                let graph = infer::load(&file, &config.graph, config.executions(), options)
-                    .context("cannot load its graph")?;
-                tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
-                    elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
-                Ok((config, graph))
-            });
-            match graph {
-                Ok((config, graph)) => {
-                    // Plugins reach another model's graph by its name: its default version's.
-                    if self.models[name].versions[self.models[name].default].name == version {
-                        graphs.insert(name.to_string(), graph.clone());
-                    }
-                    loaded.push((name, version, dir, config, graph, fetched_in + started.elapsed()));
-                }
-                Err(e) => self.set(name, version, State::Unavailable(format!("{e:#}"))),
-            }
-        }
-        let graphs = Graphs::new(graphs);
-        match PluginHost::new(plugin_cache) {
-            Ok(host) => {
-                for (name, version, dir, config, graph, spent) in loaded {
-                    let state = match bring_up(&host, name, dir, config, graph, &graphs, spent) {
-                        Ok(model) => State::Ready(Arc::new(model)),
-                        Err(e) => State::Unavailable(format!("{e:#}")),
-                    };
-                    self.set(name, version, state);
-                }
-            }
-            Err(e) => loaded.iter().for_each(|(name, version, ..)| {
-                self.set(name, version, State::Unavailable(format!("cannot start the plugin engine: {e:#}")))
-            }),
-        }
+    /// (each is also logged). The loader is kept for [`Repository::reload`]. Call from a
+    /// blocking thread of a tokio runtime.
+    pub fn load(&self, loader: Loader) -> Vec<(String, String)> {
+        let host = PluginHost::new(loader.plugin_cache.as_deref());
+        let loaded = self.loaded.get_or_init(|| Loaded { loader, host });
+        let models: Vec<(String, Arc<Entry>)> =
+            self.models.read().expect("models lock").iter().map(|(n, e)| (n.clone(), e.clone())).collect();
+        let graphs = self.bring_up(loaded, &models);
+        self.graphs.lock().expect("graphs lock").extend(graphs);
         self.states()
+            .into_iter()
             .filter_map(|(name, version, state)| match state {
                 State::Unavailable(reason) => Some((
                     version.map_or_else(|| name.to_string(), |v| format!("{name} version {v}")),
@@ -249,111 +270,213 @@ impl Repository {
             .collect()
     }
 
-    /// Every model version's config, with the files it lists fetched (several at once),
-    /// and the time that took.
-    #[allow(clippy::type_complexity)]
-    fn configs(&self, fetcher: &Fetcher) -> Vec<(&str, &str, &Path, anyhow::Result<ModelConfig>, Duration)> {
-        let versions = self.models.iter().flat_map(|(name, m)| m.versions.iter().map(move |v| (name, v)));
-        let configs = futures::stream::iter(versions)
-            .map(|(name, version)| async move {
-                let started = Instant::now();
-                let dir = version.dir.as_path();
-                let config = async {
-                    let mut config = ModelConfig::load(dir)?;
-                    if self.models[name].versioned {
-                        // A numbered directory's version is its number.
-                        if let Some(declared) = declared_version(dir).filter(|d| *d != version.name) {
-                            anyhow::bail!(
-                                "{} says version \"{declared}\" but its directory is {}",
-                                dir.join(config::FILE_NAME).display(),
-                                version.name
-                            );
-                        }
-                        config.version = version.name.clone();
-                    }
-                    fetcher.fetch(name, dir, &mut config).await?;
-                    Ok(config)
-                }
-                .await;
-                (name.as_str(), version.name.as_str(), dir, config, started.elapsed())
+    /// Load `name` again from its directory (a new model, new versions, a changed policy or
+    /// files) and swap it in once every version it serves is ready; until then, and if any
+    /// fails, the versions serving now go on serving, and requests in flight finish on them.
+    /// Call from a blocking thread of a tokio runtime, after [`Repository::load`].
+    pub fn reload(&self, name: &str) -> Result<(), Error> {
+        let _one_at_a_time = self.changing.lock().expect("change lock");
+        let loaded =
+            self.loaded.get().ok_or_else(|| Error::Unavailable("the repository is still loading".into()))?;
+        let dir = self.root.join(name);
+        let entry = valid_name(name).then(|| Entry::scan(&dir)).flatten().ok_or_else(|| {
+            Error::NotFound(format!("no model directory '{name}' in {}", self.root.display()))
+        })?;
+        if let Some(problem) = &entry.problem {
+            return Err(Error::bad_request(format!("model '{name}' cannot be loaded: {problem}")));
+        }
+        let entry = Arc::new(entry);
+        let graphs = self.bring_up(loaded, &[(name.to_string(), entry.clone())]);
+        let failed: Vec<String> = entry
+            .versions
+            .iter()
+            .filter_map(|v| match &*v.state.read().expect("state lock") {
+                State::Ready(_) => None,
+                State::Unavailable(reason) => Some(format!("version {}: {reason}", v.name)),
+                State::Loading => Some(format!("version {}: not loaded", v.name)),
             })
-            .buffered(FETCH_CONCURRENCY)
             .collect();
-        tokio::runtime::Handle::current().block_on(configs)
+        let mut models = self.models.write().expect("models lock");
+        let serving = models.get(name).is_some_and(|old| old.versions.iter().any(Version::is_ready));
+        if !failed.is_empty() && serving {
+            tracing::error!(model = %name, "reload failed; the versions loaded before keep serving: {}", failed.join("; "));
+            return Err(Error::bad_request(format!(
+                "model '{name}' was not reloaded, the versions loaded before keep serving: {}",
+                failed.join("; ")
+            )));
+        }
+        models.insert(name.to_string(), entry);
+        drop(models);
+        self.graphs.lock().expect("graphs lock").extend(graphs);
+        if failed.is_empty() {
+            tracing::info!(model = %name, "reloaded");
+            Ok(())
+        } else {
+            Err(Error::bad_request(format!("model '{name}' failed to load: {}", failed.join("; "))))
+        }
     }
 
-    fn set(&self, name: &str, version: &str, state: State) {
-        match &state {
-            State::Ready(_) => tracing::info!(model = %name, version, "ready"),
-            State::Unavailable(reason) => tracing::error!(model = %name, version, "unavailable: {reason}"),
-            State::Loading => {}
+    /// Stop serving `name`: its requests in flight finish, new ones get 503 until it is
+    /// loaded again.
+    pub fn unload(&self, name: &str) -> Result<(), Error> {
+        let _one_at_a_time = self.changing.lock().expect("change lock");
+        let mut models = self.models.write().expect("models lock");
+        let entry = models.get_mut(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
+        *entry = Arc::new(Entry {
+            versions: Vec::new(),
+            default: 0,
+            versioned: entry.versioned,
+            problem: Some("unloaded".into()),
+        });
+        self.graphs.lock().expect("graphs lock").remove(name);
+        tracing::info!(model = %name, "unloaded");
+        Ok(())
+    }
+
+    /// Look for changes on disk: reload each model whose directory changed since `seen`
+    /// was taken (any file's path, size or modification time), load new model directories,
+    /// unload models whose directory is gone; `seen` is updated. A reload that fails is
+    /// logged and not tried again until the directory changes again. Call from a blocking
+    /// thread of a tokio runtime; the first call (empty `seen`) only takes stock.
+    pub fn poll(&self, seen: &mut HashMap<String, u64>) {
+        let first = seen.is_empty();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            tracing::warn!(root = %self.root.display(), "cannot read the model repository; not polled");
+            return;
+        };
+        let mut present = HashMap::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+            if path.is_dir() && Entry::scan(&path).is_some() {
+                present.insert(name, fingerprint(&path));
+            }
         }
-        let slot = self.models[name].versions.iter().find(|v| v.name == version).expect("a scanned version");
-        *slot.state.write().expect("state lock") = state;
+        if !first {
+            for (name, print) in &present {
+                if seen.get(name) != Some(print) {
+                    tracing::info!(model = %name, "its directory changed: reloading");
+                    if let Err(e) = self.reload(name) {
+                        tracing::error!(model = %name, "{e}");
+                    }
+                }
+            }
+            let gone: Vec<String> = self
+                .models
+                .read()
+                .expect("models lock")
+                .iter()
+                .filter(|(name, entry)| {
+                    !present.contains_key(*name) && entry.problem.as_deref() != Some("unloaded")
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                tracing::info!(model = %name, "its directory is gone: unloading");
+                let _ = self.unload(&name);
+            }
+        }
+        *seen = present;
+    }
+
+    /// Load the graphs and bring up the plugins of `models`' versions, setting each
+    /// version's state; returns the graphs other plugins reach by these models' names.
+    fn bring_up(
+        &self,
+        loaded: &Loaded,
+        models: &[(String, Arc<Entry>)],
+    ) -> HashMap<String, wasmtime_wasi_nn::Graph> {
+        let mut ready = Vec::new();
+        let mut graphs = HashMap::new();
+        for (name, version, dir, config, fetched_in) in configs(models, &loaded.loader.fetcher) {
+            let started = Instant::now();
+            let graph = config.and_then(|config| {
+                let file = dir.join(&config.graph.file);
+                let graph = infer::load(&file, &config.graph, config.executions(), &loaded.loader.options)
+                    .context("cannot load its graph")?;
+                tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
+                    elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
+                Ok((config, graph))
+            });
+            match graph {
+                Ok((config, graph)) => {
+                    // Plugins reach another model's graph by its name: its default version's.
+                    if version.name == version_default(models, name) {
+                        graphs.insert(name.to_string(), graph.clone());
+                    }
+                    ready.push((name, version, dir, config, graph, fetched_in + started.elapsed()));
+                }
+                Err(e) => version.set(name, State::Unavailable(format!("{e:#}"))),
+            }
+        }
+        // Every plugin may reach the graphs loaded before and those loaded now.
+        let mut registry = self.graphs.lock().expect("graphs lock").clone();
+        registry.extend(graphs.clone());
+        let registry = Graphs::new(registry);
+        for (name, version, dir, config, graph, spent) in ready {
+            let state = match &loaded.host {
+                Ok(host) => match bring_up(host, name, dir, config, graph, &registry, spent) {
+                    Ok(model) => State::Ready(Arc::new(model)),
+                    Err(e) => State::Unavailable(format!("{e:#}")),
+                },
+                Err(e) => State::Unavailable(format!("cannot start the plugin engine: {e:#}")),
+            };
+            version.set(name, state);
+        }
+        graphs
     }
 
     /// Keep only the models named (before [`Repository::load`]).
     pub fn keep(&mut self, names: &[&str]) {
-        self.models.retain(|name, _| names.contains(&name.as_str()));
+        self.models.get_mut().expect("models lock").retain(|name, _| names.contains(&name.as_str()));
     }
 
     /// True when the repository holds no model.
     pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
+        self.models.read().expect("models lock").is_empty()
     }
 
     /// Every model version's name, version and state; a model whose directory cannot be
-    /// served at all comes once, without a version.
-    pub fn states(&self) -> impl Iterator<Item = (&str, Option<&str>, State)> {
-        self.models.iter().flat_map(|(name, model)| {
-            let problem =
-                model.problem.as_ref().map(|p| (name.as_str(), None, State::Unavailable(p.clone())));
-            let versions = model.versions.iter().map(move |v| {
-                (name.as_str(), Some(v.name.as_str()), v.state.read().expect("state lock").clone())
-            });
-            problem.into_iter().chain(versions)
-        })
+    /// served at all (or that was unloaded) comes once, without a version.
+    pub fn states(&self) -> Vec<(String, Option<String>, State)> {
+        let models = self.models.read().expect("models lock");
+        let mut states = Vec::new();
+        for (name, model) in models.iter() {
+            if let Some(problem) = &model.problem {
+                states.push((name.clone(), None, State::Unavailable(problem.clone())));
+            }
+            for v in &model.versions {
+                states.push((
+                    name.clone(),
+                    Some(v.name.clone()),
+                    v.state.read().expect("state lock").clone(),
+                ));
+            }
+        }
+        states
     }
 
     /// True when every model version is ready (`all`; true for none), or at least one is.
     pub fn ready(&self, all: bool) -> bool {
-        let mut ready = self.states().map(|(_, _, s)| matches!(s, State::Ready(_)));
+        let mut ready = self.states().into_iter().map(|(_, _, s)| matches!(s, State::Ready(_)));
         if all { ready.all(|r| r) } else { ready.any(|r| r) }
     }
 
     /// The directory of `name` at `version` (default: its default version), if it is served.
-    pub fn dir(&self, name: &str, version: Option<&str>) -> Result<&Path, Error> {
-        self.slot(name, version).map(|(_, slot)| slot.dir.as_path())
+    pub fn dir(&self, name: &str, version: Option<&str>) -> Result<PathBuf, Error> {
+        let model = self.entry(name)?;
+        Ok(model.version(name, version)?.dir.clone())
     }
 
-    fn slot(&self, name: &str, version: Option<&str>) -> Result<(&Entry, &Version), Error> {
-        let model =
-            self.models.get(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
-        if let Some(problem) = &model.problem {
-            return Err(Error::Unavailable(format!("model '{name}' is unavailable: {problem}")));
-        }
-        let slot = match version {
-            None => &model.versions[model.default],
-            Some(v) => model.versions.iter().find(|s| s.name == v).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "model '{name}' has no version '{v}' (it serves {:?})",
-                    model.names()
-                ))
-            })?,
-        };
-        Ok((model, slot))
-    }
-
-    /// The versions of `name` served, ascending, and the default one.
-    pub fn versions(&self, name: &str) -> Option<(Vec<&str>, &str)> {
-        let model = self.models.get(name)?;
-        let default = model.versions.get(model.default)?;
-        Some((model.names(), default.name.as_str()))
+    /// The versions of `name` served, ascending.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        self.entry(name).map(|m| m.names().iter().map(|n| n.to_string()).collect()).unwrap_or_default()
     }
 
     /// The model called `name`, at `version` (default: its default version), if it is ready.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>, Error> {
-        let (model, slot) = self.slot(name, version)?;
+        let model = self.entry(name)?;
+        let slot = model.version(name, version)?;
         let at = if model.versioned {
             format!("model '{name}' version {}", slot.name)
         } else {
@@ -365,6 +488,80 @@ impl Repository {
             State::Unavailable(reason) => Err(Error::Unavailable(format!("{at} is unavailable: {reason}"))),
         }
     }
+
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {
+        let models = self.models.read().expect("models lock");
+        models.get(name).cloned().ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))
+    }
+}
+
+/// A digest of every file's path, size and modification time under `dir`.
+fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(dir: &Path, depth: usize, files: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() && depth < 8 => walk(&path, depth + 1, files),
+                Ok(m) => files.push((path, m.len(), m.modified().ok())),
+                Err(_) => {}
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, 0, &mut files);
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A model name from a request names a directory of the repository, never a path.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// The name of `name`'s default version among `models`.
+fn version_default<'a>(models: &'a [(String, Arc<Entry>)], name: &str) -> &'a str {
+    let (_, entry) = models.iter().find(|(n, _)| n == name).expect("a model being loaded");
+    entry.versions.get(entry.default).map_or("", |v| v.name.as_str())
+}
+
+/// Every version's config of `models`, with the files it lists fetched (several at once),
+/// and the time that took.
+#[allow(clippy::type_complexity)]
+fn configs<'a>(
+    models: &'a [(String, Arc<Entry>)],
+    fetcher: &Fetcher,
+) -> Vec<(&'a str, &'a Version, &'a Path, anyhow::Result<ModelConfig>, Duration)> {
+    let versions = models.iter().flat_map(|(name, m)| m.versions.iter().map(move |v| (name, m, v)));
+    let configs = futures::stream::iter(versions)
+        .map(|(name, model, version)| async move {
+            let started = Instant::now();
+            let dir = version.dir.as_path();
+            let config = async {
+                let mut config = ModelConfig::load(dir)?;
+                if model.versioned {
+                    // A numbered directory's version is its number.
+                    if let Some(declared) = declared_version(dir).filter(|d| *d != version.name) {
+                        anyhow::bail!(
+                            "{} says version \"{declared}\" but its directory is {}",
+                            dir.join(config::FILE_NAME).display(),
+                            version.name
+                        );
+                    }
+                    config.version = version.name.clone();
+                }
+                fetcher.fetch(name, dir, &mut config).await?;
+                Ok(config)
+            }
+            .await;
+            (name.as_str(), version, dir, config, started.elapsed())
+        })
+        .buffered(FETCH_CONCURRENCY)
+        .collect();
+    tokio::runtime::Handle::current().block_on(configs)
 }
 
 /// Compile the plugin and run the warm-up requests: a model that passes is ready.

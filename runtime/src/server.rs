@@ -12,6 +12,14 @@
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
 //!
 //! The same port serves gRPC (`inference.GRPCInferenceService`, see `grpc`) over HTTP/2.
+//!
+//! The endpoints that change what is served ([`control_router`]) need a bearer token, and
+//! may listen on a port of their own:
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | POST | `/v2/repository/models/{m}/load` | (re)load `m` from its directory; 200 once it serves |
+//! | POST | `/v2/repository/models/{m}/unload` | stop serving `m` |
 
 use crate::decode::{self, HEADER_LENGTH};
 use crate::encode;
@@ -56,6 +64,8 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     repository: Arc<Repository>,
+    /// The bearer token the control endpoints require; none: control is off.
+    control_token: Option<String>,
     metrics: Metrics,
     max_body_bytes: usize,
     ready_when: ReadyWhen,
@@ -63,10 +73,17 @@ struct Inner {
 }
 
 impl AppState {
-    /// State over a repository whose models may still be loading.
-    pub fn new(repository: Arc<Repository>, max_body_bytes: usize, ready_when: ReadyWhen) -> Self {
+    /// State over a repository whose models may still be loading; `control_token` opens the
+    /// control endpoints to requests that carry it.
+    pub fn new(
+        repository: Arc<Repository>,
+        max_body_bytes: usize,
+        ready_when: ReadyWhen,
+        control_token: Option<String>,
+    ) -> Self {
         Self(Arc::new(Inner {
             repository,
+            control_token,
             metrics: Metrics::default(),
             max_body_bytes,
             ready_when,
@@ -113,6 +130,56 @@ pub fn router(state: AppState) -> Router {
         .layer(catch_panics())
 }
 
+/// The repository extension's endpoints that change what is served, each behind the
+/// control token (`Authorization: Bearer ...`; 401 without it, 403 when the server has none).
+/// Merge into [`router`], or serve on a port of their own.
+pub fn control_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/repository/models/{model}/load", post(load_model))
+        .route("/v2/repository/models/{model}/unload", post(unload_model))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized))
+        .with_state(state)
+        .layer(catch_panics())
+}
+
+/// Let a control request through only with the server's token (compared in constant time).
+async fn authorized(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let Some(token) = &state.0.control_token else {
+        let off = "repository control is off: start the server with --control-token-file FILE or WASMSERVE_CONTROL_TOKEN";
+        return Error::Forbidden(off.into()).into_response();
+    };
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
+        _ => {
+            tracing::warn!(path = %request.uri().path(), "control request refused: no valid bearer token");
+            Error::Unauthorized(
+                "this endpoint needs the header Authorization: Bearer <the server's control token>".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Load a model (again) from its directory; answers once it serves, or why it does not.
+async fn load_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+    let repository = state.0.repository.clone();
+    tokio::task::spawn_blocking(move || repository.reload(&model))
+        .await
+        .map_err(|e| Error::Internal(format!("loading panicked: {e}")))??;
+    Ok(StatusCode::OK)
+}
+
+async fn unload_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+    state.0.repository.unload(&model)?;
+    Ok(StatusCode::OK)
+}
+
 /// A panic while handling a request becomes a 500 for that request (logged with its
 /// message); the connection, the other requests and the server carry on.
 fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
@@ -145,6 +212,7 @@ async fn repository_index(State(state): State<AppState>) -> Response {
         .0
         .repository
         .states()
+        .into_iter()
         .map(|(name, version, model)| {
             let mut entry = json!({ "name": name, "state": model.name() });
             if let Some(version) = version {
@@ -168,7 +236,7 @@ pub(crate) struct ModelPath {
 
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
     let model = state.model_at(&path)?;
-    let versions = state.0.repository.versions(&model.name).map_or_else(Vec::new, |(all, _)| all);
+    let versions = state.0.repository.versions(&model.name);
     let mut body = json!({
         "name": model.name,
         "versions": versions,

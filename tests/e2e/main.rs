@@ -1116,3 +1116,175 @@ fn versions_are_served_by_their_policy_and_the_default_answers_unversioned_paths
     assert!(metrics.contains("wasmserve_model_ready{model=\"m\",version=\"3\"} 1"), "{metrics}");
     assert!(metrics.contains("wasmserve_model_ready{model=\"m\",version=\"4\"} 0"), "{metrics}");
 }
+
+/// POST to a control endpoint at `base` with `token` (if any): status and error message.
+fn control(base: &str, path: &str, token: Option<&str>) -> (u16, String, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = agent.post(format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut r = request.send(&[] as &[u8]).unwrap();
+    let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    let error =
+        serde_json::from_str::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string));
+    (r.status().as_u16(), error.unwrap_or(body), challenge)
+}
+
+#[test]
+fn reloads_and_rollbacks_under_load_fail_no_request_and_a_broken_version_never_serves() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let repo = tempfile::tempdir().unwrap();
+    let version = |n: u32, warm_up: &str| {
+        let one = edited_repository(&test_models(), &["faulty"], |t| {
+            t.replace("[plugin]", "[plugin]\ndata = \"data\"")
+        });
+        let dir = repo.path().join("m").join(n.to_string());
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        std::fs::rename(one.path().join("faulty"), &dir).unwrap();
+        std::fs::create_dir(dir.join("data")).unwrap();
+        std::fs::write(dir.join("data/warm-up"), warm_up).unwrap();
+    };
+    version(1, "pass");
+    version(2, "pass");
+    let token_file = repo.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let args = ["--control-token-file", token_file.to_str().unwrap(), "--control-port", "0"];
+    let server = Server::start(repo.path(), &args);
+    let log = server.log();
+    let at = log.split("control endpoints on ").nth(1).expect("the control address in the log");
+    let base = format!(
+        "http://{}",
+        at.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).next().unwrap()
+    );
+    let load = |token| control(&base, "/v2/repository/models/m/load", token);
+
+    // The token guards the control port; the serving port has no control endpoints.
+    let (status, error, challenge) = load(None);
+    assert_eq!((status, challenge.as_deref()), (401, Some("Bearer realm=\"wasmserve\"")), "{error}");
+    assert!(error.contains("Authorization: Bearer"), "{error}");
+    assert_eq!(load(Some("0123456789abcdef0123456789abcdeX")).0, 401);
+    assert_eq!(control(&server.base, "/v2/repository/models/m/load", Some(TOKEN)).0, 404);
+    assert!(!server.log().contains(TOKEN), "the token never reaches the log");
+
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]})
+            .to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answers, failures) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut versions, mut failures) = (Vec::new(), Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let r = server.post("/v2/models/m/infer", &[], body.as_bytes());
+                        match r.status {
+                            200 => versions.push(r.json()["model_version"].as_str().unwrap().to_string()),
+                            _ => failures.push(format!("{}: {}", r.status, r.error())),
+                        }
+                    }
+                    (versions, failures)
+                })
+            })
+            .collect();
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
+        pause();
+        // Roll back: serve version 1 only.
+        std::fs::write(repo.path().join("m/versions.toml"), "policy = \"specific\"\nversions = [1]\n")
+            .unwrap();
+        assert_eq!(load(Some(TOKEN)).0, 200);
+        pause();
+        // A new version whose warm-up fails never takes traffic; version 1 keeps serving.
+        version(3, "fail");
+        std::fs::write(repo.path().join("m/versions.toml"), "policy = \"latest\"\n").unwrap();
+        let (status, error, _) = load(Some(TOKEN));
+        assert_eq!(status, 400, "{error}");
+        assert!(error.contains("the versions loaded before keep serving: version 3:"), "{error}");
+        assert!(error.contains("asked to fail its warm-up"), "{error}");
+        pause();
+        // Forward again, to a version that works.
+        std::fs::write(repo.path().join("m/versions.toml"), "policy = \"specific\"\nversions = [2]\n")
+            .unwrap();
+        assert_eq!(load(Some(TOKEN)).0, 200);
+        pause();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        clients.into_iter().map(|c| c.join().unwrap()).fold(
+            (Vec::new(), Vec::new()),
+            |(mut a, mut f), (v, e)| {
+                a.extend(v);
+                f.extend(e);
+                (a, f)
+            },
+        )
+    });
+    assert_eq!(failures, Vec::<String>::new(), "no request fails during reloads and rollbacks");
+    let count = |v: &str| answers.iter().filter(|a| *a == v).count();
+    assert!(count("2") > 0 && count("1") > 0, "both versions served: {} and {}", count("2"), count("1"));
+    assert_eq!(count("3"), 0, "the broken version never served");
+    println!("{} requests during the reloads, none failed", answers.len());
+
+    // Unload, then load again.
+    assert_eq!(control(&base, "/v2/repository/models/m/unload", Some(TOKEN)).0, 200);
+    let r = server.post("/v2/models/m/infer", &[], body.as_bytes());
+    assert_eq!((r.status, r.error()), (503, "model 'm' is unavailable: unloaded".to_string()));
+    assert_eq!(load(Some(TOKEN)).0, 200);
+    assert_eq!(server.post("/v2/models/m/infer", &[], body.as_bytes()).status, 200);
+    assert_eq!(control(&base, "/v2/repository/models/nope/load", Some(TOKEN)).0, 404);
+    assert_eq!(control(&base, "/v2/repository/models/..%2Ftmp/load", Some(TOKEN)).0, 404);
+}
+
+#[test]
+fn control_endpoints_are_off_without_a_token() {
+    let server = Server::start(&test_models(), &[]);
+    let (status, error, _) =
+        control(&server.base, "/v2/repository/models/faulty/load", Some("anything-at-all-long"));
+    assert_eq!(status, 403);
+    assert!(error.starts_with("repository control is off"), "{error}");
+    let (status, _, _) = control(&server.base, "/v2/repository/models/faulty/unload", None);
+    assert_eq!(status, 403);
+    assert_model_serves(&server, "faulty");
+}
+
+#[test]
+fn polling_picks_up_changed_new_and_removed_model_directories() {
+    let repo = tempfile::tempdir().unwrap();
+    let copy = |to: &Path| {
+        let one = edited_repository(&test_models(), &["faulty"], |t| t.to_string());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::rename(one.path().join("faulty"), to).unwrap();
+    };
+    copy(&repo.path().join("m/1"));
+    copy(&repo.path().join("m/2"));
+    let server = Server::start(repo.path(), &["--poll-secs", "1"]);
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]})
+            .to_string();
+    let answer = |model: &str| {
+        let r = server.post(&format!("/v2/models/{model}/infer"), &[], body.as_bytes());
+        if r.status == 200 {
+            r.json()["model_version"].as_str().unwrap().to_string()
+        } else {
+            r.status.to_string()
+        }
+    };
+    let eventually = |model: &str, expected: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while answer(model) != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{model} never answered {expected}:\n{}",
+                server.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    assert_eq!(answer("m"), "2");
+    std::fs::write(repo.path().join("m/versions.toml"), "policy = \"specific\"\nversions = [1]\n").unwrap();
+    eventually("m", "1");
+    copy(&repo.path().join("new"));
+    eventually("new", "1");
+    std::fs::remove_dir_all(repo.path().join("new")).unwrap();
+    eventually("new", "503");
+    assert!(server.log().contains("its directory changed: reloading"), "{}", server.log());
+}
