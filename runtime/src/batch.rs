@@ -150,7 +150,7 @@ async fn infer(model: &Arc<Model>, record: &Record) -> Result<Box<RawValue>, Err
     request.binary_outputs = false;
     request.outputs.iter_mut().for_each(|o| o.binary = None);
     let (outputs, _, _) = crate::server::run(model, &mut request).await?;
-    let encoded = encode::encode(&model.name, &model.config.version, &request, outputs)?;
+    let encoded = encode::encode(&model.name, &model.config.version, None, &request, outputs)?;
     let text = String::from_utf8(encoded.body).map_err(|e| Error::Internal(e.to_string()))?;
     RawValue::from_string(text).map_err(|e| Error::Internal(e.to_string()))
 }

@@ -25,7 +25,14 @@ pub struct Encoded {
 ///
 /// JSON data is written element by element straight from the tensor's bytes (no JSON value
 /// per element); binary outputs are appended after the JSON as they are.
-pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<Tensor>) -> Result<Encoded> {
+/// `variant`: the route variant that answered, stated in the response's `parameters`.
+pub fn encode(
+    model: &str,
+    version: &str,
+    variant: Option<&str>,
+    request: &InferRequest,
+    outputs: Vec<Tensor>,
+) -> Result<Encoded> {
     let selected = select(request, outputs)?;
     for (tensor, as_binary) in &selected {
         if !as_binary && tensor.datatype == Datatype::Bytes {
@@ -36,6 +43,7 @@ pub fn encode(model: &str, version: &str, request: &InferRequest, outputs: Vec<T
         id: request.id.as_deref(),
         model_name: model,
         model_version: version,
+        parameters: variant.map(|variant| ResponseParameters { variant }),
         outputs: selected
             .iter()
             .map(|(t, as_binary)| Output {
@@ -83,7 +91,14 @@ struct Body<'a> {
     id: Option<&'a str>,
     model_name: &'a str,
     model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ResponseParameters<'a>>,
     outputs: Vec<Output<'a>>,
+}
+
+#[derive(Serialize)]
+struct ResponseParameters<'a> {
+    variant: &'a str,
 }
 
 #[derive(Serialize)]
@@ -209,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn json_outputs_come_in_the_requested_order_with_their_values() {
-        let response = encode("m", "1", &request(None), outputs(b"hello")).unwrap();
+        let response = encode("m", "1", None, &request(None), outputs(b"hello")).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body(response).await).unwrap();
         assert_eq!(json["id"], "r1");
         assert_eq!(
@@ -221,9 +236,9 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_that_are_not_utf8_go_binary_or_fail_clearly() {
-        let err = encode("m", "1", &request(None), outputs(&[0xff, 0xfe])).unwrap_err();
+        let err = encode("m", "1", None, &request(None), outputs(&[0xff, 0xfe])).unwrap_err();
         assert!(err.to_string().contains("output 't' holds bytes that are not UTF-8"), "{err}");
-        let encoded = encode("m", "1", &request(Some(true)), outputs(&[0xff, 0xfe])).unwrap();
+        let encoded = encode("m", "1", None, &request(Some(true)), outputs(&[0xff, 0xfe])).unwrap();
         let n = encoded.json_length.unwrap();
         let response = encoded.into_response();
         assert_eq!(response.headers()[HEADER_LENGTH], n.to_string().as_str());

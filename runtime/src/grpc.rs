@@ -110,10 +110,19 @@ impl GrpcInferenceService for Grpc {
         let path = path(request.model_name.clone(), request.model_version.clone());
         let answer = self
             .0
-            .observed(&path, &id, &headers, async |model| {
+            .observed(&path, &id, &headers, async |target| {
+                let model = &target.model;
                 let mut decoded = decode(request, &model.config.inputs)?;
-                let (outputs, timings, rows) = crate::server::run(&model, &mut decoded).await?;
-                Ok((encode(&model.name, &model.config.version, &decoded, outputs)?, timings, rows))
+                target.shadow(&self.0, &decoded);
+                let (outputs, timings, rows) = crate::server::run(model, &mut decoded).await?;
+                let mut response = encode(&model.name, &model.config.version, &decoded, outputs)?;
+                if let Some(variant) = target.variant() {
+                    let variant = infer_parameter::ParameterChoice::StringParam(variant.to_string());
+                    response
+                        .parameters
+                        .insert("variant".into(), InferParameter { parameter_choice: Some(variant) });
+                }
+                Ok((response, timings, rows))
             })
             .await?;
         ok(answer)

@@ -16,8 +16,9 @@
 //! | `wasmserve_postprocess_duration_seconds` | histogram: plugin postprocess | model, version |
 //! | `wasmserve_inference_exec_count_total` | counter: graph runs (a batch is one) | model, version |
 //! | `wasmserve_batch_rows` | histogram: rows in the graph run that served a request (with `[batching]`, the whole batch's) | model, version |
-//! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model |
-//! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model |
+//! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model, version |
+//! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model, version |
+//! | `wasmserve_route_requests_total` | counter: requests a route sent on | route, variant, role (`served` or `shadow`), code |
 //!
 //! Warm-up requests are not counted.
 
@@ -36,6 +37,14 @@ use std::time::Duration;
 struct ModelLabels {
     model: String,
     version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    variant: String,
+    role: &'static str,
+    code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +82,7 @@ pub struct Metrics {
     batch_rows: Histograms,
     ready: Family<ModelLabels, Gauge>,
     load: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    routed: Family<RouteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,6 +103,7 @@ impl Default for Metrics {
             batch_rows: Histograms::new_with_constructor(rows_histogram as fn() -> Histogram),
             ready: Family::default(),
             load: Family::default(),
+            routed: Family::default(),
         };
         let r = &mut m.registry;
         r.register("inference_request_success", "Inference requests answered 200", m.success.clone());
@@ -124,6 +135,7 @@ impl Default for Metrics {
         );
         r.register("model_ready", "1 when the model version is loaded and warmed up", m.ready.clone());
         r.register("model_load_duration_seconds", "From reading the config to ready", m.load.clone());
+        r.register("route_requests", "Requests a route sent to a variant or its shadow", m.routed.clone());
         m
     }
 }
@@ -156,6 +168,15 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+impl Metrics {
+    /// A route sent a request to `variant` (`shadow`: a copy to its shadow) and got `code`.
+    pub fn routed(&self, route: &str, variant: &str, shadow: bool, code: u16) {
+        let role = if shadow { "shadow" } else { "served" };
+        let labels = RouteLabels { route: route.to_string(), variant: variant.to_string(), role, code };
+        self.routed.get_or_create(&labels).inc();
     }
 }
 

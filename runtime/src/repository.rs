@@ -22,7 +22,7 @@
 //! Every version served is loaded, warmed up and served on its own
 //! (`/v2/models/{m}/versions/{v}/...`); requests that name no version go to the default.
 
-use crate::config::{self, ModelConfig, Warmup};
+use crate::config::{self, ModelConfig, RouteConfig, Warmup};
 use crate::decode;
 use crate::error::Error;
 use crate::fetch::Fetcher;
@@ -92,6 +92,8 @@ impl State {
 pub struct Repository {
     root: PathBuf,
     models: RwLock<BTreeMap<String, Arc<Entry>>>,
+    /// Public names that send requests to other models (`route.toml`).
+    routes: RwLock<BTreeMap<String, Arc<RouteConfig>>>,
     /// The graphs plugins reach by model name (each model's default version's).
     graphs: Mutex<HashMap<String, wasmtime_wasi_nn::Graph>>,
     loaded: OnceLock<Loaded>,
@@ -138,6 +140,11 @@ impl Version {
 }
 
 impl Entry {
+    /// A model that cannot serve at all, and why.
+    fn broken(problem: String) -> Self {
+        Self { versions: Vec::new(), default: 0, versioned: false, problem: Some(problem) }
+    }
+
     /// A model directory: a `model.toml` (one version, as its config says), or numbered
     /// version directories chosen by `versions.toml`. `None`: not a model directory.
     fn scan(dir: &Path) -> Option<Self> {
@@ -219,11 +226,23 @@ impl Repository {
     /// version directories that do. All start `Loading`; [`Repository::load`] brings them up.
     pub fn scan(root: &Path) -> anyhow::Result<Self> {
         let mut models = BTreeMap::new();
+        let mut routes = BTreeMap::new();
         let entries = std::fs::read_dir(root)
             .with_context(|| format!("cannot read model repository {}", root.display()))?;
         for entry in entries {
             let path = entry?.path();
             if !path.is_dir() {
+                continue;
+            }
+            if path.join(config::ROUTE_FILE).is_file() {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                match RouteConfig::load(&path) {
+                    Ok(route) => drop(routes.insert(name, Arc::new(route))),
+                    Err(e) => {
+                        tracing::error!(route = %name, "unavailable: {e:#}");
+                        models.insert(name, Arc::new(Entry::broken(format!("{e:#}"))));
+                    }
+                }
                 continue;
             }
             let Some(model) = Entry::scan(&path) else {
@@ -242,6 +261,7 @@ impl Repository {
         Ok(Self {
             root: root.to_path_buf(),
             models: RwLock::new(models),
+            routes: RwLock::new(routes),
             graphs: Mutex::new(HashMap::new()),
             loaded: OnceLock::new(),
             changing: Mutex::new(()),
@@ -279,6 +299,13 @@ impl Repository {
         let loaded =
             self.loaded.get().ok_or_else(|| Error::Unavailable("the repository is still loading".into()))?;
         let dir = self.root.join(name);
+        if valid_name(name) && dir.join(config::ROUTE_FILE).is_file() {
+            let route = RouteConfig::load(&dir).map_err(|e| Error::bad_request(format!("{e:#}")))?;
+            self.routes.write().expect("routes lock").insert(name.to_string(), Arc::new(route));
+            self.models.write().expect("models lock").remove(name);
+            tracing::info!(route = %name, "route reloaded");
+            return Ok(());
+        }
         let entry = valid_name(name).then(|| Entry::scan(&dir)).flatten().ok_or_else(|| {
             Error::NotFound(format!("no model directory '{name}' in {}", self.root.display()))
         })?;
@@ -307,6 +334,8 @@ impl Repository {
         }
         models.insert(name.to_string(), entry);
         drop(models);
+        // A route of the same name (the directory was one) gives way to the model.
+        self.routes.write().expect("routes lock").remove(name);
         self.graphs.lock().expect("graphs lock").extend(graphs);
         if failed.is_empty() {
             tracing::info!(model = %name, "reloaded");
@@ -320,14 +349,13 @@ impl Repository {
     /// loaded again.
     pub fn unload(&self, name: &str) -> Result<(), Error> {
         let _one_at_a_time = self.changing.lock().expect("change lock");
+        if self.routes.write().expect("routes lock").remove(name).is_some() {
+            tracing::info!(route = %name, "route removed");
+            return Ok(());
+        }
         let mut models = self.models.write().expect("models lock");
         let entry = models.get_mut(name).ok_or_else(|| Error::NotFound(format!("unknown model '{name}'")))?;
-        *entry = Arc::new(Entry {
-            versions: Vec::new(),
-            default: 0,
-            versioned: entry.versioned,
-            problem: Some("unloaded".into()),
-        });
+        *entry = Arc::new(Entry::broken("unloaded".into()));
         self.graphs.lock().expect("graphs lock").remove(name);
         tracing::info!(model = %name, "unloaded");
         Ok(())
@@ -348,7 +376,7 @@ impl Repository {
         for entry in entries.filter_map(|e| e.ok()) {
             let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
-            if path.is_dir() && Entry::scan(&path).is_some() {
+            if path.is_dir() && (path.join(config::ROUTE_FILE).is_file() || Entry::scan(&path).is_some()) {
                 present.insert(name, fingerprint(&path));
             }
         }
@@ -361,7 +389,7 @@ impl Repository {
                     }
                 }
             }
-            let gone: Vec<String> = self
+            let mut gone: Vec<String> = self
                 .models
                 .read()
                 .expect("models lock")
@@ -371,6 +399,9 @@ impl Repository {
                 })
                 .map(|(name, _)| name.clone())
                 .collect();
+            let routes = self.routes.read().expect("routes lock");
+            gone.extend(routes.keys().filter(|name| !present.contains_key(*name)).cloned());
+            drop(routes);
             for name in gone {
                 tracing::info!(model = %name, "its directory is gone: unloading");
                 let _ = self.unload(&name);
@@ -487,6 +518,11 @@ impl Repository {
             State::Loading => Err(Error::Unavailable(format!("{at} is loading"))),
             State::Unavailable(reason) => Err(Error::Unavailable(format!("{at} is unavailable: {reason}"))),
         }
+    }
+
+    /// The route called `name`, if there is one.
+    pub fn route(&self, name: &str) -> Option<Arc<RouteConfig>> {
+        self.routes.read().expect("routes lock").get(name).cloned()
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Entry>, Error> {

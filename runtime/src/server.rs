@@ -106,6 +106,94 @@ impl AppState {
     pub(crate) fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
         self.0.repository.get(&path.model, path.version.as_deref())
     }
+
+    /// Where an inference request goes: the model its path names or, when the name is a
+    /// route, the variant the route picks (by the sticky header's value, else at random by
+    /// weight) and the shadow that gets a copy.
+    pub(crate) fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
+        let Some(route) = self.0.repository.route(&path.model) else {
+            return Ok(Target { model: self.model_at(path)?, routed: None });
+        };
+        if path.version.is_some() {
+            return Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)));
+        }
+        let sticky = route.sticky_header.as_deref().and_then(|h| headers.get(h));
+        let draw = match sticky {
+            // The same value picks the same variant on every replica and after restarts.
+            Some(value) => {
+                use sha2::Digest;
+                let digest =
+                    sha2::Sha256::new().chain_update(&path.model).chain_update([0]).chain_update(value);
+                u64::from_le_bytes(digest.finalize()[..8].try_into().expect("8 bytes"))
+            }
+            None => fastrand::u64(..),
+        };
+        let variant = route.pick(draw);
+        let model = self.0.repository.get(&variant.model, variant.version.as_deref())?;
+        let shadow = route.shadow.as_ref().and_then(|s| {
+            let label = crate::config::target_label(&s.model, s.version.as_deref());
+            match self.0.repository.get(&s.model, s.version.as_deref()) {
+                Ok(model) => Some((label, model)),
+                Err(e) => {
+                    tracing::debug!(route = %path.model, shadow = %label, "no copy to the shadow: {e}");
+                    None
+                }
+            }
+        });
+        let variant = crate::config::target_label(&variant.model, variant.version.as_deref());
+        Ok(Target { model, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
+    }
+}
+
+/// The model that answers a request, and the route that chose it, if one did.
+pub(crate) struct Target {
+    pub(crate) model: Arc<Model>,
+    pub(crate) routed: Option<Routed>,
+}
+
+/// A route's choice for one request.
+pub(crate) struct Routed {
+    route: String,
+    /// The variant that answers, as responses and metrics name it.
+    pub(crate) variant: String,
+    shadow: Option<(String, Arc<Model>)>,
+}
+
+impl Target {
+    /// The variant that answers, for the response's parameters.
+    pub(crate) fn variant(&self) -> Option<&str> {
+        self.routed.as_ref().map(|r| r.variant.as_str())
+    }
+
+    /// Send a copy of `request` to the route's shadow, if it has one: it runs beside the
+    /// answer, counted and logged, and whatever it answers goes nowhere else.
+    pub(crate) fn shadow(&self, state: &AppState, request: &decode::InferRequest) {
+        let Some(Routed { route, shadow: Some((label, model)), .. }) = &self.routed else { return };
+        let (state, route, label, model) = (state.clone(), route.clone(), label.clone(), model.clone());
+        let (inputs, params) = (request.inputs.clone(), request.params.clone());
+        let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let timer = state.0.metrics.start(&model.name, &model.config.version);
+            let answer = schedule::run(model.clone(), inputs, params).await;
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let code = match &answer {
+                Ok((outputs, timings)) => {
+                    timer.finish(200, Some((timings, rows)));
+                    let shapes: Vec<String> =
+                        outputs.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect();
+                    tracing::info!(route = %route, shadow = %label, elapsed_ms, outputs = ?shapes, "shadow answered");
+                    200
+                }
+                Err(e) => {
+                    timer.finish(e.status().as_u16(), None);
+                    tracing::warn!(route = %route, shadow = %label, elapsed_ms, "shadow failed: {e}");
+                    e.status().as_u16()
+                }
+            };
+            state.0.metrics.routed(&route, &label, true, code);
+        });
+    }
 }
 
 /// The router with every OIP endpoint.
@@ -234,8 +322,9 @@ pub(crate) struct ModelPath {
     pub(crate) version: Option<String>,
 }
 
+/// A route answers with one of its variants' metadata (its variants take the same inputs).
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
-    let model = state.model_at(&path)?;
+    let model = state.target(&path, &HeaderMap::new())?.model;
     let versions = state.0.repository.versions(&model.name);
     let mut body = json!({
         "name": model.name,
@@ -265,7 +354,7 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
 }
 
 async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<StatusCode> {
-    state.model_at(&path).map(|_| StatusCode::OK)
+    state.target(&path, &HeaderMap::new()).map(|_| StatusCode::OK)
 }
 
 /// The header that carries a request's id; a client's own is kept, else one is made.
@@ -279,11 +368,12 @@ async fn infer(
 ) -> Response {
     let id = request_id(None, &headers);
     let answer = state
-        .observed(&path, &id, &headers, async |model| {
-            let (request, outputs, timings, rows) = decode_and_run(&state, &model, &headers, body).await?;
-            let response =
-                encode::encode(&model.name, &model.config.version, &request, outputs)?.into_response();
-            Ok((response, timings, rows))
+        .observed(&path, &id, &headers, async |target| {
+            let (request, outputs, timings, rows) = decode_and_run(&state, target, &headers, body).await?;
+            let model = &target.model;
+            let encoded =
+                encode::encode(&model.name, &model.config.version, target.variant(), &request, outputs)?;
+            Ok((encoded.into_response(), timings, rows))
         })
         .await;
     let mut response = answer.unwrap_or_else(Error::into_response);
@@ -311,19 +401,29 @@ impl AppState {
         path: &ModelPath,
         id: &str,
         headers: &HeaderMap,
-        work: impl AsyncFnOnce(Arc<Model>) -> Result<(R, Timings, u64)>,
+        work: impl AsyncFnOnce(&Target) -> Result<(R, Timings, u64)>,
     ) -> Result<R> {
         let span = tracing::info_span!("request", id = %id, model = %path.model,
             otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
             http.response.status_code = tracing::field::Empty);
         crate::telemetry::join_remote_trace(&span, headers);
         let answer = async {
-            let model = self.model_at(path)?;
+            let target = self.target(path, headers)?;
+            let model = &target.model;
             let timer = self.0.metrics.start(&model.name, &model.config.version);
-            let result = work(model).await;
-            match &result {
-                Ok((_, timings, rows)) => timer.finish(200, Some((timings, *rows))),
-                Err(e) => timer.finish(e.status().as_u16(), None),
+            let result = work(&target).await;
+            let code = match &result {
+                Ok((_, timings, rows)) => {
+                    timer.finish(200, Some((timings, *rows)));
+                    200
+                }
+                Err(e) => {
+                    timer.finish(e.status().as_u16(), None);
+                    e.status().as_u16()
+                }
+            };
+            if let Some(routed) = &target.routed {
+                self.0.metrics.routed(&routed.route, &routed.variant, false, code);
             }
             result.map(|(answer, ..)| answer)
         }
@@ -355,10 +455,10 @@ pub(crate) async fn run(
     Ok((outputs, timings, rows))
 }
 
-/// Read and decode a REST body, then [`run`] it.
+/// Read and decode a REST body, copy it to the route's shadow if any, then [`run`] it.
 async fn decode_and_run(
     state: &AppState,
-    model: &Arc<Model>,
+    target: &Target,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(decode::InferRequest, Vec<crate::tensor::Tensor>, Timings, u64)> {
@@ -375,9 +475,10 @@ async fn decode_and_run(
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))
         .transpose()?;
-    let mut request = decode::decode(&body, header_length, &model.config.inputs)?;
+    let mut request = decode::decode(&body, header_length, &target.model.config.inputs)?;
     drop(body);
-    let (outputs, timings, rows) = run(model, &mut request).await?;
+    target.shadow(state, &request);
+    let (outputs, timings, rows) = run(&target.model, &mut request).await?;
     Ok((request, outputs, timings, rows))
 }
 

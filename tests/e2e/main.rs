@@ -1117,6 +1117,41 @@ fn versions_are_served_by_their_policy_and_the_default_answers_unversioned_paths
     assert!(metrics.contains("wasmserve_model_ready{model=\"m\",version=\"4\"} 0"), "{metrics}");
 }
 
+/// Three clients send `path` a request without pause while `work` runs; returns the
+/// `model_version` of every answer and every failure.
+fn under_load(server: &Server, path: &str, work: impl FnOnce()) -> (Vec<String>, Vec<String>) {
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]})
+            .to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut versions, mut failures) = (Vec::new(), Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let r = server.post(path, &[], body.as_bytes());
+                        match r.status {
+                            200 => versions.push(r.json()["model_version"].as_str().unwrap().to_string()),
+                            _ => failures.push(format!("{}: {}", r.status, r.error())),
+                        }
+                    }
+                    (versions, failures)
+                })
+            })
+            .collect();
+        work();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all = (Vec::new(), Vec::new());
+        for client in clients {
+            let (versions, failures) = client.join().unwrap();
+            all.0.extend(versions);
+            all.1.extend(failures);
+        }
+        all
+    })
+}
+
 /// POST to a control endpoint at `base` with `token` (if any): status and error message.
 fn control(base: &str, path: &str, token: Option<&str>) -> (u16, String, Option<String>) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -1171,23 +1206,7 @@ fn reloads_and_rollbacks_under_load_fail_no_request_and_a_broken_version_never_s
     let body =
         json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]})
             .to_string();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (answers, failures) = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..3)
-            .map(|_| {
-                s.spawn(|| {
-                    let (mut versions, mut failures) = (Vec::new(), Vec::new());
-                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        let r = server.post("/v2/models/m/infer", &[], body.as_bytes());
-                        match r.status {
-                            200 => versions.push(r.json()["model_version"].as_str().unwrap().to_string()),
-                            _ => failures.push(format!("{}: {}", r.status, r.error())),
-                        }
-                    }
-                    (versions, failures)
-                })
-            })
-            .collect();
+    let (answers, failures) = under_load(&server, "/v2/models/m/infer", || {
         let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
         pause();
         // Roll back: serve version 1 only.
@@ -1208,15 +1227,6 @@ fn reloads_and_rollbacks_under_load_fail_no_request_and_a_broken_version_never_s
             .unwrap();
         assert_eq!(load(Some(TOKEN)).0, 200);
         pause();
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        clients.into_iter().map(|c| c.join().unwrap()).fold(
-            (Vec::new(), Vec::new()),
-            |(mut a, mut f), (v, e)| {
-                a.extend(v);
-                f.extend(e);
-                (a, f)
-            },
-        )
     });
     assert_eq!(failures, Vec::<String>::new(), "no request fails during reloads and rollbacks");
     let count = |v: &str| answers.iter().filter(|a| *a == v).count();
@@ -1287,4 +1297,120 @@ fn polling_picks_up_changed_new_and_removed_model_directories() {
     std::fs::remove_dir_all(repo.path().join("new")).unwrap();
     eventually("new", "503");
     assert!(server.log().contains("its directory changed: reloading"), "{}", server.log());
+}
+
+#[test]
+fn a_changed_plugin_and_model_file_reload_under_load_and_a_bad_digest_never_serves() {
+    const TOKEN: &str = "a-token-long-enough-for-the-server";
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        let line = t.lines().find(|l| l.starts_with("description")).unwrap();
+        t.replace(line, "description = \"before\"")
+    });
+    let dir = repo.path().join("faulty");
+    let server = Server::start_env(repo.path(), &[], &[("WASMSERVE_CONTROL_TOKEN", Path::new(TOKEN))]);
+    let load = || control(&server.base, "/v2/repository/models/faulty/load", Some(TOKEN));
+    let description = || server.get_json("/v2/models/faulty").1["parameters"]["description"].clone();
+    let replace = |name: &str| {
+        // A new file in place of the link: new content as far as the server can tell.
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        std::fs::remove_file(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    let config = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+    let (answers, failures) = under_load(&server, "/v2/models/faulty/infer", || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        replace("plugin.wasm");
+        replace("model.onnx");
+        std::fs::write(dir.join("model.toml"), config.replace("before", "after")).unwrap();
+        assert_eq!(load().0, 200);
+        assert_eq!(description(), "after");
+        // A file whose digest does not match what model.toml pins: the load fails, the
+        // model loaded before keeps serving.
+        std::fs::write(dir.join("extra.bin"), b"not what was pinned").unwrap();
+        let pinned = format!(
+            "{}\n[[fetch]]\nurl = \"extra.bin\"\nsha256 = \"{}\"\npath = \"extra.copy\"\n",
+            config.replace("before", "broken"),
+            "0".repeat(64)
+        );
+        std::fs::write(dir.join("model.toml"), pinned).unwrap();
+        let (status, error, _) = load();
+        assert_eq!(status, 400, "{error}");
+        assert!(error.contains("sha256"), "{error}");
+        assert_eq!(description(), "after");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    assert_eq!(failures, Vec::<String>::new(), "no request fails while the model reloads");
+    assert!(answers.len() > 50, "the load ran: {} answers", answers.len());
+}
+
+#[test]
+fn a_route_splits_by_weight_sticks_by_header_and_never_returns_the_shadow() {
+    let repo = tempfile::tempdir().unwrap();
+    for model in ["a", "b", "c"] {
+        let one = edited_repository(&test_models(), &["faulty"], |t| t.to_string());
+        std::fs::rename(one.path().join("faulty"), repo.path().join(model)).unwrap();
+    }
+    std::fs::create_dir(repo.path().join("ab")).unwrap();
+    let route = "sticky_header = \"x-user\"\n[[variants]]\nmodel = \"a\"\nweight = 30\n[[variants]]\nmodel = \"b\"\nweight = 70\n[shadow]\nmodel = \"c\"\n";
+    std::fs::write(repo.path().join("ab/route.toml"), route).unwrap();
+    let server = Server::start(repo.path(), &[]);
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 1, 1, 1, 1, 1]}]})
+            .to_string();
+    let ask = |user: Option<&str>| {
+        let headers: Vec<(&str, &str)> = user.map(|u| ("x-user", u)).into_iter().collect();
+        let r = server.post("/v2/models/ab/infer", &headers, body.as_bytes());
+        assert_eq!(r.status, 200, "{}", r.error());
+        let json = r.json();
+        let (name, variant) =
+            (json["model_name"].as_str().unwrap(), json["parameters"]["variant"].as_str().unwrap());
+        assert_eq!(name, variant, "the response names the variant that answered");
+        name.to_string()
+    };
+    let requests = 10_000;
+    let served: Vec<String> = std::thread::scope(|s| {
+        let clients: Vec<_> =
+            (0..4).map(|_| s.spawn(|| (0..requests / 4).map(|_| ask(None)).collect::<Vec<_>>())).collect();
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    let share = served.iter().filter(|m| *m == "a").count() as f64 / requests as f64;
+    println!("route ab: {:.2}% to a (weight 30%) over {requests} requests", share * 100.0);
+    assert!((share - 0.30).abs() < 0.02, "a served {:.2}% of {requests}", share * 100.0);
+    assert!(served.iter().all(|m| m == "a" || m == "b"), "the shadow never answers a client");
+    // The same user always gets the same variant; users are spread over both.
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..40 {
+        let user = format!("user-{user}");
+        let first = ask(Some(&user));
+        for _ in 0..5 {
+            assert_eq!(ask(Some(&user)), first, "{user} moved to another variant");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "users land on both variants");
+    // Every request was copied to the shadow (answered, or refused when it was busy), and its
+    // answers were counted, not returned.
+    let total = requests + 40 * 6;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let shadowed = loop {
+        let (_, metrics) = server.get("/metrics");
+        let shadowed: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("wasmserve_route_requests_total{") && l.contains("role=\"shadow\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        if shadowed as usize >= total || std::time::Instant::now() > deadline {
+            break shadowed as usize;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(shadowed, total, "one copy per request to the shadow");
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains(
+            "wasmserve_route_requests_total{route=\"ab\",variant=\"a\",role=\"served\",code=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(server.post("/v2/models/ab/versions/1/infer", &[], body.as_bytes()).status, 404);
 }

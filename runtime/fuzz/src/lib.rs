@@ -52,7 +52,7 @@ pub fn round_trip(request: InferRequest, declared: &[TensorSpec], binary: bool) 
     }
     let ask =
         InferRequest { id: None, params: vec![], inputs: vec![], outputs: vec![], binary_outputs: binary };
-    let encoded = match encode("m", "1", &ask, tensors.clone()) {
+    let encoded = match encode("m", "1", None, &ask, tensors.clone()) {
         Ok(encoded) => encoded,
         // JSON cannot carry BYTES that are not UTF-8: the encoder refuses them, by design.
         Err(_) if !binary && tensors.iter().any(not_utf8) => return,
