@@ -109,6 +109,10 @@ impl IntoResponse for Error {
             Error::Overloaded(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // The rest of the body is not read: the connection cannot carry another request.
+            Error::TooLarge(_) => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Error::Unauthorized(_) => {
                 let challenge = HeaderValue::from_static("Bearer realm=\"wasmserve\"");
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);

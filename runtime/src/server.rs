@@ -367,9 +367,12 @@ async fn infer(
     body: Body,
 ) -> Response {
     let id = request_id(None, &headers);
+    // The whole body is read before anything can fail: an answer sent while the client is
+    // still sending makes the connection close under a client that keeps it alive.
+    let body = read_body(&state, &headers, body).await;
     let answer = state
         .observed(&path, &id, &headers, async |target| {
-            let (request, outputs, timings, rows) = decode_and_run(&state, target, &headers, body).await?;
+            let (request, outputs, timings, rows) = decode_and_run(&state, target, &headers, body?).await?;
             let model = &target.model;
             let encoded =
                 encode::encode(&model.name, &model.config.version, target.variant(), &request, outputs)?;
@@ -455,22 +458,26 @@ pub(crate) async fn run(
     Ok((outputs, timings, rows))
 }
 
-/// Read and decode a REST body, copy it to the route's shadow if any, then [`run`] it.
-async fn decode_and_run(
-    state: &AppState,
-    target: &Target,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(decode::InferRequest, Vec<crate::tensor::Tensor>, Timings, u64)> {
+/// A REST body, up to `--max-body-mib`: refused on its declared length before anything is
+/// read, and chunked bodies stop at the limit.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
     let limit = state.0.max_body_bytes;
     let too_large =
         || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
-    // Refuse on the declared length before reading anything; chunked bodies stop at the limit.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+/// Decode a REST body, copy it to the route's shadow if any, then [`run`] it.
+async fn decode_and_run(
+    state: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> Result<(decode::InferRequest, Vec<crate::tensor::Tensor>, Timings, u64)> {
     let header_length = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))

@@ -1414,3 +1414,33 @@ fn a_route_splits_by_weight_sticks_by_header_and_never_returns_the_shadow() {
     );
     assert_eq!(server.post("/v2/models/ab/versions/1/infer", &[], body.as_bytes()).status, 404);
 }
+
+#[test]
+fn an_error_answer_leaves_a_keep_alive_connection_usable() {
+    use std::io::{Read, Write};
+    // The body arrives after the headers, as clients that write them apart send it: the
+    // server reads it before answering 404, so the connection carries the next request.
+    let server = Server::start(&test_models(), &[]);
+    let mut stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let body = br#"{"inputs":[{"name":"x","shape":[3,2],"datatype":"FP32","data":[1,1,1,1,1,1]}]}"#;
+    let head =
+        format!("POST /v2/models/nope/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stream.write_all(body).unwrap();
+    let mut answer = [0u8; 4096];
+    let n = stream.read(&mut answer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    stream.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let n = stream.read(&mut answer).unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
