@@ -181,9 +181,13 @@ impl Metrics {
 }
 
 impl RequestTimer<'_> {
-    /// The request ended with `status`; `done` carries its stage timings and row count
-    /// when it got as far as the model.
-    pub fn finish(self, status: u16, done: Option<(&Timings, u64)>) {
+    /// The request ended: answered, with its stage timings and row count, or failed.
+    /// Returns the HTTP status it ended with.
+    pub fn finish(self, outcome: Result<(&Timings, u64), &crate::error::Error>) -> u16 {
+        let (status, done) = match outcome {
+            Ok(done) => (200, Some(done)),
+            Err(e) => (e.status().as_u16(), None),
+        };
         let m = self.metrics;
         let labels = &self.labels;
         m.pending.get_or_create(labels).dec();
@@ -205,5 +209,6 @@ impl RequestTimer<'_> {
             observe(&m.postprocess, t.postprocess);
             m.batch_rows.get_or_create(labels).observe(t.batch_rows as f64);
         }
+        status
     }
 }

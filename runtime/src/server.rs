@@ -171,26 +171,21 @@ impl Target {
         let Some(Routed { route, shadow: Some((label, model)), .. }) = &self.routed else { return };
         let (state, route, label, model) = (state.clone(), route.clone(), label.clone(), model.clone());
         let (inputs, params) = (request.inputs.clone(), request.params.clone());
-        let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64);
+        let rows = rows(&inputs);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let timer = state.0.metrics.start(&model.name, &model.config.version);
             let answer = schedule::run(model.clone(), inputs, params).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            let code = match &answer {
-                Ok((outputs, timings)) => {
-                    timer.finish(200, Some((timings, rows)));
+            let code = timer.finish(answer.as_ref().map(|(_, timings)| (timings, rows)));
+            match &answer {
+                Ok((outputs, _)) => {
                     let shapes: Vec<String> =
                         outputs.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect();
                     tracing::info!(route = %route, shadow = %label, elapsed_ms, outputs = ?shapes, "shadow answered");
-                    200
                 }
-                Err(e) => {
-                    timer.finish(e.status().as_u16(), None);
-                    tracing::warn!(route = %route, shadow = %label, elapsed_ms, "shadow failed: {e}");
-                    e.status().as_u16()
-                }
-            };
+                Err(e) => tracing::warn!(route = %route, shadow = %label, elapsed_ms, "shadow failed: {e}"),
+            }
             state.0.metrics.routed(&route, &label, true, code);
         });
     }
@@ -415,16 +410,7 @@ impl AppState {
             let model = &target.model;
             let timer = self.0.metrics.start(&model.name, &model.config.version);
             let result = work(&target).await;
-            let code = match &result {
-                Ok((_, timings, rows)) => {
-                    timer.finish(200, Some((timings, *rows)));
-                    200
-                }
-                Err(e) => {
-                    timer.finish(e.status().as_u16(), None);
-                    e.status().as_u16()
-                }
-            };
+            let code = timer.finish(result.as_ref().map(|(_, timings, rows)| (timings, *rows)));
             if let Some(routed) = &target.routed {
                 self.0.metrics.routed(&routed.route, &routed.variant, false, code);
             }
@@ -452,10 +438,15 @@ pub(crate) async fn run(
 ) -> Result<(Vec<crate::tensor::Tensor>, Timings, u64)> {
     request.check_outputs(&model.config.outputs)?;
     let inputs = std::mem::take(&mut request.inputs);
-    let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64);
+    let rows = rows(&inputs);
     let params = std::mem::take(&mut request.params);
     let (outputs, timings) = schedule::run(model.clone(), inputs, params).await?;
     Ok((outputs, timings, rows))
+}
+
+/// Inferences a request asks for: the rows (dimension 0) of its first input.
+fn rows(inputs: &[crate::tensor::Tensor]) -> u64 {
+    inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64)
 }
 
 /// A REST body, up to `--max-body-mib`: refused on its declared length before anything is
