@@ -81,10 +81,7 @@ pub async fn run(
     let total = records.count;
     let (done, last) = resume(output)?;
     // The lines kept must be this input's: the last one names the same record.
-    let mut skipped = None;
-    for record in records.by_ref().take(done as usize) {
-        skipped = Some(record?.source);
-    }
+    let skipped = records.skip_answered(done)?;
     anyhow::ensure!(
         done <= total && skipped == last,
         "{} does not continue this input: it holds {done} records, the last from {}, and {} has {total} records{}; \
@@ -247,18 +244,34 @@ impl Records {
     }
 }
 
-impl Iterator for Records {
-    type Item = anyhow::Result<Record>;
+impl Records {
+    /// Pass over the `n` records an earlier run answered, without reading a file's
+    /// contents; the source of the last one.
+    fn skip_answered(&mut self, n: u64) -> anyhow::Result<Option<String>> {
+        let mut last = None;
+        for _ in 0..n {
+            match self.read(false) {
+                Some(record) => last = Some(record?.source),
+                None => break,
+            }
+        }
+        Ok(last)
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next record; with `body` false, a file's contents are left unread.
+    fn read(&mut self, body: bool) -> Option<anyhow::Result<Record>> {
         let index = self.next;
         let record = match &mut self.source {
             Source::Files(files) => {
                 let path = files.next()?;
                 let source = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
-                std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))
-                    .map(|body| Record { index, source, body, header_length: Some("0") })
+                let contents = if body { std::fs::read(&path) } else { Ok(Vec::new()) };
+                contents.with_context(|| format!("cannot read {}", path.display())).map(|body| Record {
+                    index,
+                    source,
+                    body,
+                    header_length: Some("0"),
+                })
             }
             Source::Lines { name, lines, number } => loop {
                 let line = lines.next()?;
@@ -275,6 +288,14 @@ impl Iterator for Records {
         };
         self.next += 1;
         Some(record)
+    }
+}
+
+impl Iterator for Records {
+    type Item = anyhow::Result<Record>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.read(true)
     }
 }
 
