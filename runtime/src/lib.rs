@@ -21,6 +21,8 @@ pub mod tensor;
 #[cfg(feature = "server")]
 pub mod batch;
 #[cfg(feature = "server")]
+pub mod check;
+#[cfg(feature = "server")]
 pub mod fetch;
 #[cfg(feature = "server")]
 pub mod grpc;

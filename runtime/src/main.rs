@@ -67,6 +67,16 @@ enum Command {
     /// finish (the model failed to load, the input could not be read).
     Batch(BatchArgs),
 
+    /// Check model directories before deploying them, as a server would bring them up.
+    ///
+    /// Each DIR is a model directory, or a repository whose every model is checked. The
+    /// config must parse; the files it names must be there; files it fetches are fetched
+    /// and their digests checked; the graph loads; the plugin compiles against the host's
+    /// world; its warm-up and the config's [[warmup]] requests run through the whole path,
+    /// which checks the plugin's outputs against [[outputs]]. Every problem is printed with
+    /// a hint. Exits 0 when every model is ready (warnings allowed), 1 otherwise.
+    Check(CheckArgs),
+
     /// Print the JSON schema of a config file: `server` (--config), `model` (model.toml) or
     /// `versions` (a versioned model's versions.toml).
     Schema {
@@ -195,6 +205,22 @@ struct ServeArgs {
     drain_timeout_secs: u64,
 }
 
+/// `wasmserve check`'s settings.
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Model directories, or repositories of them.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+
+    /// ONNX Runtime's shared library, for models with backend = "onnx" (as for `serve`).
+    #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
+    onnxruntime_library: Option<PathBuf>,
+
+    /// Where fetched model files are kept (as for `serve`).
+    #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
 /// `wasmserve batch`'s settings.
 #[derive(clap::Args)]
 struct BatchArgs {
@@ -258,6 +284,9 @@ fn main() -> std::process::ExitCode {
             println!("{}", serde_json::to_string_pretty(&schema).expect("JSON"));
             Ok(())
         }
+        Command::Check(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(check(args))),
         Command::Batch(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(batch(args, interactive && cli.log_format == LogFormat::Text))),
@@ -488,6 +517,59 @@ async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     let concurrency = args.concurrency.unwrap_or_else(|| model.slots.max_in_flight());
     wasmserve::batch::run(model, &args.input, &args.output, concurrency, progress_bars).await?;
     drop(scratch);
+    Ok(())
+}
+
+/// `wasmserve check`: bring each directory's models up as `serve` would, and say what is wrong.
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    use wasmserve::check;
+    let mut problems = 0;
+    for dir in &args.dirs {
+        let (root, names) = check::layout(dir)?;
+        let mut repository = Repository::scan(&root)?;
+        if !names.is_empty() {
+            repository.keep(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let mut found = Vec::new();
+        for (name, version, _) in repository.states() {
+            if let Ok(dir) = repository.dir(&name, version.as_deref()) {
+                found.extend(check::files(&name, &dir));
+            }
+        }
+        let options = BackendOptions { onnxruntime_library: args.onnxruntime_library.clone() };
+        let caches = Caches::new(args.cache_dir.clone(), false, false)?;
+        let repository = Arc::new(repository);
+        let loading = repository.clone();
+        let (failures, _scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, options))
+            .await
+            .context("model loading panicked")?;
+        for (model, reason) in failures {
+            // A model with a problem found on disk fails to load because of it: said once.
+            if found.iter().any(|p| !p.warning && model.split(' ').next() == Some(p.model.as_str())) {
+                continue;
+            }
+            let hint = check::hint(&reason);
+            found.push(check::Problem { model, message: reason, hint, warning: false });
+        }
+        for (name, version, state) in repository.states() {
+            if matches!(state, wasmserve::repository::State::Ready(_)) {
+                let at = version.map(|v| format!(" version {v}")).unwrap_or_default();
+                println!("ok      {name}{at}: ready");
+            }
+        }
+        for p in &found {
+            println!(
+                "{} {}: {}
+        hint: {}",
+                if p.warning { "warning" } else { "error  " },
+                p.model,
+                p.message,
+                p.hint
+            );
+        }
+        problems += found.iter().filter(|p| !p.warning).count();
+    }
+    anyhow::ensure!(problems == 0, "{problems} problem(s) found");
     Ok(())
 }
 

@@ -1,0 +1,115 @@
+//! check: a model directory, before it is deployed, as a server would bring it up: the
+//! config, the files it names, the files it fetches (digests), the graph, the plugin's world
+//! and exports, the plugin's warm-up and the config's warm-up requests through the whole
+//! request path (which checks the plugin's outputs against the declared ones). Every problem
+//! comes with a hint; `wasmserve check` exits non-zero when there is one.
+
+use crate::config::{self, ModelConfig};
+use std::path::Path;
+
+/// Something wrong (or missing) in a model directory, and what to do about it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The model (and version) it concerns.
+    pub model: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub hint: &'static str,
+    /// A warning: the model serves, but something a deploy should have is missing.
+    pub warning: bool,
+}
+
+/// What can be seen without loading anything: the config parses, the files it names are
+/// there, and it has a warm-up request. `dir` is one version's directory.
+pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
+    let problem = |message: String, hint| Problem { model: model.to_string(), message, hint, warning: false };
+    let config = match ModelConfig::load(dir) {
+        Ok(config) => config,
+        Err(e) => {
+            return vec![problem(format!("{e:#}"), "`wasmserve schema model` lists every key and its type")];
+        }
+    };
+    let fetched: Vec<std::path::PathBuf> = config.fetch.iter().map(|f| f.path()).collect();
+    let mut problems = Vec::new();
+    let mut named =
+        vec![("graph.file", config.graph.file.as_path()), ("plugin.file", config.plugin.file.as_path())];
+    named.extend(config.warmup.iter().filter_map(|w| w.file.as_deref()).map(|f| ("warmup.file", f)));
+    for (key, file) in named {
+        if !dir.join(file).is_file() && !fetched.iter().any(|f| f == file) {
+            problems.push(problem(
+                format!("`{key}` names {}, which is not in {}", file.display(), dir.display()),
+                "put the file there, or list it under [[fetch]] with its URL and sha256",
+            ));
+        }
+    }
+    if let Some(data) = &config.plugin.data
+        && !dir.join(data).is_dir()
+        && !fetched.iter().any(|f| f.starts_with(data))
+    {
+        problems.push(problem(
+            format!("`plugin.data` names {}, which is not a directory in {}", data.display(), dir.display()),
+            "create the directory (it is granted to the plugin read-only at /data), or remove the key",
+        ));
+    }
+    if config.warmup.is_empty() {
+        problems.push(Problem {
+            model: model.to_string(),
+            message: "no [[warmup]] request: nothing runs the plugin and the graph together before clients do".into(),
+            hint: "add [[warmup]] with `inputs` (or `file`) like a real request: the server then checks the outputs against [[outputs]] before it reports ready",
+            warning: true,
+        });
+    }
+    problems
+}
+
+/// The hint for why a model did not come up, by the step that failed.
+pub fn hint(reason: &str) -> &'static str {
+    // The most specific first: a warm-up that failed on the outputs names both.
+    const HINTS: [(&str, &str); 7] = [
+        ("postprocess returned", "the plugin's outputs must match [[outputs]] in name and datatype"),
+        ("exceeded its", "raise the limit named in [plugin], or make the plugin do less per call"),
+        (
+            "sha256",
+            "the file's digest differs from [[fetch]] sha256: if the new file is the one you want, put its digest in model.toml (sha256sum FILE)",
+        ),
+        ("plugin.graphs", "every model in `plugin.graphs` must be in the same repository and load"),
+        (
+            "cannot load its graph",
+            "check [graph] `file` and `backend`: tract reads ONNX without anything installed; backend = \"onnx\" needs --onnxruntime-library",
+        ),
+        (
+            "cannot load its plugin",
+            "build the plugin for wasm32-wasip2 against the host's wit/ (world model-plugin), e.g. `cargo build --release --target wasm32-wasip2`",
+        ),
+        (
+            "warm-up",
+            "the plugin or the graph failed on the warm-up request: send the same request to `wasmserve serve` and read the log",
+        ),
+    ];
+    HINTS.iter().find(|(key, _)| reason.contains(key)).map_or(
+        "run `wasmserve serve --repository` on the directory and read the log around the failure",
+        |(_, hint)| hint,
+    )
+}
+
+/// Where a directory's models are: a model directory is checked as itself, a repository
+/// as every model in it. Returns the repository root and the model names to check (none: all).
+pub fn layout(dir: &Path) -> anyhow::Result<(std::path::PathBuf, Vec<String>)> {
+    let is_model = dir.join(config::FILE_NAME).is_file()
+        || dir.join(config::VERSIONS_FILE).is_file()
+        || std::fs::read_dir(dir)?.filter_map(|e| e.ok()).any(|e| {
+            e.file_name().to_str().is_some_and(|n| n.parse::<u64>().is_ok())
+                && e.path().join(config::FILE_NAME).is_file()
+        });
+    if !is_model {
+        return Ok((dir.to_path_buf(), Vec::new()));
+    }
+    let dir = std::path::absolute(dir)?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("{} has no name", dir.display()))?;
+    let parent = dir.parent().ok_or_else(|| anyhow::anyhow!("{} has no parent", dir.display()))?;
+    Ok((parent.to_path_buf(), vec![name.to_string()]))
+}
