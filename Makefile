@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 PORT ?= 8000
-EXAMPLE_PLUGINS := magika minilm
+EXAMPLE_PLUGINS := magika minilm orientation
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
@@ -48,6 +48,7 @@ $(TOOLS)/installed:
 
 test: examples venv $(TOOLS)/installed
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace
+	cargo test --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" $(VPY) -m pytest tests/python -q
 	$(MAKE) deploy-check
 	$(MAKE) fuzz
@@ -85,6 +86,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
+	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --all-targets -- -D warnings
 	cargo fmt --manifest-path runtime/fuzz/Cargo.toml --all --check
 	cargo clippy --manifest-path runtime/fuzz/Cargo.toml --all-targets -- -D warnings
 

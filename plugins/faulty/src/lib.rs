@@ -27,9 +27,11 @@
 //! Its `warm-up` export prints "faulty: warm-up ran" and succeeds, unless its data directory
 //! holds a file `warm-up` saying `fail` (return an error) or `loop` (spin forever).
 
-use wasmserve_plugin::bindings::wasi::nn::{errors::Error as NnError, graph, tensor as nn};
+use wasmserve_plugin::nn::Graph;
 use wasmserve_plugin::warm::{Guest, WarmUp};
-use wasmserve_plugin::{Datatype, Params, PluginError, Prepared, Tensor, find, internal, invalid, param};
+use wasmserve_plugin::{
+    Datatype, OrError, Params, PluginError, Prepared, Tensor, find, internal, invalid, param,
+};
 
 /// Deeper and deeper, each frame holding a little, until the stack is exhausted.
 fn recurse(depth: u64) -> u64 {
@@ -42,21 +44,10 @@ fn recurse(depth: u64) -> u64 {
 
 /// Run graph `name` on `x` (as its input `X`) through wasi:nn; its `Y` as tensor `y`.
 fn run_graph(name: &str, x: &Tensor) -> Result<Tensor, PluginError> {
-    run_graph_as(name, x, nn::TensorType::Fp32)
-}
-
-/// [`run_graph`], passing `x`'s bytes as elements of type `ty`.
-fn run_graph_as(name: &str, x: &Tensor, ty: nn::TensorType) -> Result<Tensor, PluginError> {
-    let nn_error = |what: &str, e: NnError| invalid(format!("wasi-nn {what}: {:?}: {}", e.code(), e.data()));
-    let graph = graph::load_by_name(name).map_err(|e| nn_error("load-by-name", e))?;
-    let context = graph.init_execution_context().map_err(|e| nn_error("init-execution-context", e))?;
-    let dims: Vec<u32> = x.shape.iter().map(|&d| d as u32).collect();
-    let input = nn::Tensor::new(&dims, ty, &x.data);
-    let outputs = context.compute(vec![("X".to_string(), input)]).map_err(|e| nn_error("compute", e))?;
-    let (_, y) =
-        outputs.into_iter().find(|(n, _)| n == "Y").ok_or_else(|| internal("graph returned no Y"))?;
-    let shape = y.dimensions().iter().map(|&d| i64::from(d)).collect();
-    Ok(Tensor { name: "y".into(), datatype: Datatype::Fp32, shape, data: y.data() })
+    let input = Tensor { name: "X".into(), ..x.clone() };
+    let outputs = Graph::load(name)?.run(&[input])?;
+    let y = outputs.into_iter().find(|t| t.name == "Y").or_internal("graph returned no Y")?;
+    Ok(Tensor { name: "y".into(), ..y })
 }
 
 struct Faulty;
@@ -107,7 +98,7 @@ impl Guest for Faulty {
                 return Err(internal(format!("came back from depth {}", recurse(0))));
             }
             Some("nn-wrong-type") => {
-                let y = run_graph_as("faulty", x, nn::TensorType::I32)?;
+                let y = run_graph("faulty", &Tensor { datatype: Datatype::Int32, ..x.clone() })?;
                 return Err(internal(format!("the graph took INT32 data: {:?}", y.shape)));
             }
             Some("oversized") => {

@@ -17,11 +17,8 @@
 
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::OnceLock;
-use wasmserve_plugin::{
-    Guest, Params, PluginError, Prepared, Tensor, batch_size, bytes_tensor, find, internal, tensor,
-    unpack_bytes, values,
-};
+use wasmserve_plugin::classify::argmax;
+use wasmserve_plugin::{DataFile, Guest, OrError, Params, PluginError, Prepared, Tensor, find, internal};
 
 #[derive(Deserialize)]
 struct ModelConfig {
@@ -42,22 +39,15 @@ struct ContentType {
     mime_type: Option<String>,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, PluginError> {
-    let text = std::fs::read(path).map_err(|e| internal(format!("reading {path}: {e}")))?;
-    serde_json::from_slice(&text).map_err(|e| internal(format!("parsing {path}: {e}")))
+fn json<T: serde::de::DeserializeOwned>(bytes: Vec<u8>) -> Result<T, String> {
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
 }
 
-/// Read once per instance (an instance may serve more than one call).
-fn config() -> Result<&'static ModelConfig, PluginError> {
-    static CONFIG: OnceLock<Result<ModelConfig, PluginError>> = OnceLock::new();
-    CONFIG.get_or_init(|| read_json("/data/config.min.json")).as_ref().map_err(Clone::clone)
-}
-
-/// Which labels are text, and their MIME types; read once per instance.
-fn content_types() -> Result<&'static HashMap<String, ContentType>, PluginError> {
-    static KB: OnceLock<Result<HashMap<String, ContentType>, PluginError>> = OnceLock::new();
-    KB.get_or_init(|| read_json("/data/content_types_kb.min.json")).as_ref().map_err(Clone::clone)
-}
+/// The model's configuration.
+static CONFIG: DataFile<ModelConfig> = DataFile::new("config.min.json", json);
+/// Which labels are text, and their MIME types.
+static CONTENT_TYPES: DataFile<HashMap<String, ContentType>> =
+    DataFile::new("content_types_kb.min.json", json);
 
 /// Python's `bytes.isspace` set.
 fn is_space(b: &u8) -> bool {
@@ -103,8 +93,8 @@ struct Magika;
 
 impl Guest for Magika {
     fn preprocess(inputs: Vec<Tensor>, _params: Params) -> Result<Prepared, PluginError> {
-        let config = config()?;
-        let files = unpack_bytes(find(&inputs, "bytes")?)?;
+        let config = CONFIG.get()?;
+        let files = find(&inputs, "bytes")?.elements()?;
         let width = config.beg_size + config.end_size;
         let mut features = Vec::with_capacity(files.len() * width);
         // Context: per file, 0 = use the model, 1/2/3 = empty/txt/unknown without it.
@@ -128,8 +118,8 @@ impl Guest for Magika {
         }
         let n = files.len() as i64;
         Ok(Prepared {
-            graph_inputs: vec![tensor("bytes", vec![n, width as i64], &features)],
-            context: vec![tensor::<i32>("fixed", vec![n], &fixed)],
+            graph_inputs: vec![Tensor::new("bytes", [n, width as i64], &features)],
+            context: vec![Tensor::new::<i32>("fixed", [n], &fixed)],
         })
     }
 
@@ -138,32 +128,28 @@ impl Guest for Magika {
         context: Vec<Tensor>,
         _params: Params,
     ) -> Result<Vec<Tensor>, PluginError> {
-        let config = config()?;
-        let kb = content_types()?;
+        let config = CONFIG.get()?;
+        let kb = CONTENT_TYPES.get()?;
         let probabilities = find(&outputs, "target_label")?;
-        let classes = config.target_labels_space.len();
-        let scores = values::<f32>(probabilities)?;
-        let fixed = values::<i32>(find(&context, "fixed")?)?;
-        let n = batch_size(probabilities);
-        if scores.len() != n * classes || fixed.len() != n {
+        let fixed = find(&context, "fixed")?.view::<i32>()?;
+        let n = probabilities.rows();
+        let rows = probabilities.view::<f32>()?.rows();
+        if probabilities.shape != [n as i64, config.target_labels_space.len() as i64] || fixed.len() != n {
             return Err(internal(format!(
-                "model returned {} scores for {n} files of {classes} classes",
-                scores.len()
+                "model returned scores of shape {:?} for {} files",
+                probabilities.shape,
+                fixed.len()
             )));
         }
         let mut labels = Vec::with_capacity(n);
         let mut best_scores = Vec::with_capacity(n);
-        for (row, fixed) in scores.chunks_exact(classes).zip(fixed) {
+        for (row, fixed) in rows.zip(fixed.iter()) {
             let (label, score) = match fixed {
                 1 => ("empty", 1.0),
                 2 => ("txt", 1.0),
                 3 => ("unknown", 1.0),
                 _ => {
-                    let (best, &score) = row
-                        .iter()
-                        .enumerate()
-                        .max_by(|a, b| a.1.total_cmp(b.1))
-                        .ok_or_else(|| internal("model returned no classes"))?;
+                    let (best, score) = argmax(&row.to_vec()).or_internal("model returned no classes")?;
                     let dl_label = config.target_labels_space[best].as_str();
                     let label = config.overwrite_map.get(dl_label).map_or(dl_label, String::as_str);
                     let threshold = config
@@ -189,9 +175,9 @@ impl Guest for Magika {
             .collect();
         let n = n as i64;
         Ok(vec![
-            bytes_tensor("label", vec![n], labels.iter().map(|l| l.as_bytes())),
-            tensor("score", vec![n], &best_scores),
-            bytes_tensor("mime_type", vec![n], mimes.iter().map(|m| m.as_bytes())),
+            Tensor::bytes("label", [n], &labels),
+            Tensor::new("score", [n], &best_scores),
+            Tensor::bytes("mime_type", [n], &mimes),
         ])
     }
 }

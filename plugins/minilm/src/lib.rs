@@ -9,18 +9,18 @@
 //! Request parameter `normalize=false` skips the L2 normalisation.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use unicode_general_category::{GeneralCategory as Gc, get_general_category};
 use unicode_normalization::UnicodeNormalization;
 use wasmserve_plugin::warm::{Guest, WarmUp};
-use wasmserve_plugin::{
-    Params, PluginError, Prepared, Tensor, find, internal, invalid, param, tensor, unpack_bytes, values,
-};
+use wasmserve_plugin::{DataFile, Params, PluginError, Prepared, Tensor, find, internal, invalid, param};
 
 /// sentence-transformers' `max_seq_length` for this model.
 const MAX_TOKENS: usize = 256;
 /// BERT's WordPiece gives up on words longer than this.
 const MAX_WORD_CHARS: usize = 100;
+
+/// The WordPiece vocabulary, one token per line, its line number the token's id.
+static VOCAB: DataFile<Vocab> = DataFile::new("vocab.txt", Vocab::parse);
 
 struct Vocab {
     ids: HashMap<&'static str, i64>,
@@ -30,20 +30,13 @@ struct Vocab {
 }
 
 impl Vocab {
-    /// The vocabulary, read once per instance (an instance may serve more than one call).
-    fn get() -> Result<&'static Self, PluginError> {
-        static VOCAB: OnceLock<Result<Vocab, PluginError>> = OnceLock::new();
-        VOCAB.get_or_init(Self::load).as_ref().map_err(Clone::clone)
-    }
-
-    fn load() -> Result<Self, PluginError> {
-        let text = std::fs::read_to_string("/data/vocab.txt")
-            .map_err(|e| internal(format!("reading /data/vocab.txt: {e}")))?;
+    fn parse(bytes: Vec<u8>) -> Result<Self, String> {
+        let text = String::from_utf8(bytes).map_err(|e| e.to_string())?;
         // Kept for the instance's lifetime: the map borrows its tokens instead of copying them.
         let text: &'static str = String::leak(text);
         let mut ids = HashMap::with_capacity(32 << 10);
         ids.extend(text.lines().enumerate().map(|(i, t)| (t, i as i64)));
-        let id = |t: &str| ids.get(t).copied().ok_or_else(|| internal(format!("vocab lacks {t}")));
+        let id = |t: &str| ids.get(t).copied().ok_or_else(|| format!("the vocabulary lacks {t}"));
         Ok(Self { unk: id("[UNK]")?, cls: id("[CLS]")?, sep: id("[SEP]")?, ids })
     }
 
@@ -168,20 +161,12 @@ struct MiniLm;
 
 impl Guest for MiniLm {
     fn preprocess(inputs: Vec<Tensor>, _params: Params) -> Result<Prepared, PluginError> {
-        let vocab = Vocab::get()?;
-        let sentences = unpack_bytes(find(&inputs, "text")?)?;
+        let vocab = VOCAB.get()?;
+        let sentences = find(&inputs, "text")?.texts()?;
         if sentences.is_empty() {
             return Err(invalid("tensor 'text' holds no sentences"));
         }
-        let encoded = sentences
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let s =
-                    std::str::from_utf8(s).map_err(|e| invalid(format!("text[{i}] is not UTF-8: {e}")))?;
-                Ok(vocab.encode(s))
-            })
-            .collect::<Result<Vec<_>, PluginError>>()?;
+        let encoded: Vec<Vec<i64>> = sentences.iter().map(|s| vocab.encode(s)).collect();
         let (n, len) = (encoded.len(), encoded.iter().map(Vec::len).max().unwrap_or(0));
         let mut ids = vec![0i64; n * len];
         let mut mask = vec![0i64; n * len];
@@ -192,11 +177,11 @@ impl Guest for MiniLm {
         let shape = vec![n as i64, len as i64];
         Ok(Prepared {
             graph_inputs: vec![
-                tensor("input_ids", shape.clone(), &ids),
-                tensor("attention_mask", shape.clone(), &mask),
-                tensor("token_type_ids", shape.clone(), &vec![0i64; n * len]),
+                Tensor::new("input_ids", shape.clone(), &ids),
+                Tensor::new("attention_mask", shape.clone(), &mask),
+                Tensor::new("token_type_ids", shape.clone(), &vec![0i64; n * len]),
             ],
-            context: vec![tensor("attention_mask", shape, &mask)],
+            context: vec![Tensor::new("attention_mask", shape, &mask)],
         })
     }
 
@@ -213,9 +198,9 @@ impl Guest for MiniLm {
             )));
         };
         let (n, len, dim) = (n as usize, len as usize, dim as usize);
-        let states = values::<f32>(hidden)?;
-        let mask = values::<i64>(find(&context, "attention_mask")?)?;
-        if states.len() != n * len * dim || mask.len() != n * len {
+        let states = hidden.view::<f32>()?.to_vec();
+        let mask = find(&context, "attention_mask")?.view::<i64>()?.to_vec();
+        if mask.len() != n * len {
             return Err(internal("hidden states and attention mask disagree in size"));
         }
         let normalize = param(&params, "normalize") != Some("false");
@@ -236,7 +221,7 @@ impl Guest for MiniLm {
                 out.iter_mut().for_each(|o| *o /= norm);
             }
         }
-        Ok(vec![tensor("embedding", vec![n as i64, dim as i64], &embeddings)])
+        Ok(vec![Tensor::new("embedding", [n as i64, dim as i64], &embeddings)])
     }
 }
 
@@ -244,7 +229,7 @@ impl Guest for MiniLm {
 /// (rather than failing its first request).
 impl WarmUp for MiniLm {
     fn warm_up() -> Result<(), PluginError> {
-        let ids = Vocab::get()?.encode("warm up");
+        let ids = VOCAB.get()?.encode("warm up");
         if ids.len() < 3 {
             return Err(internal(format!("the vocabulary tokenised 'warm up' as {ids:?}")));
         }

@@ -68,6 +68,13 @@ pub mod warm {
 #[doc(inline)]
 pub use warm::generated::export_plugin_with_warm_up;
 
+pub mod classify;
+#[cfg(feature = "image")]
+pub mod image;
+pub mod nn;
+mod tensor;
+pub use tensor::{Element, View};
+
 /// Shorthand for a client error (HTTP 400).
 pub fn invalid(message: impl Into<String>) -> PluginError {
     PluginError::InvalidInput(message.into())
@@ -78,98 +85,75 @@ pub fn internal(message: impl Into<String>) -> PluginError {
     PluginError::Internal(message.into())
 }
 
+impl PluginError {
+    /// The same kind of error, its message prefixed with `what`: `image[2]: not a PNG`.
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            PluginError::InvalidInput(m) => PluginError::InvalidInput(format!("{what}: {m}")),
+            PluginError::Internal(m) => PluginError::Internal(format!("{what}: {m}")),
+        }
+    }
+}
+
+/// Turn any failure into the plugin error it is, with what was being done:
+/// `std::fs::read(path).or_internal("reading the labels")?`, `text.parse().or_invalid("top_k")?`.
+pub trait OrError<T> {
+    /// A client error (HTTP 400): "`what`: the error".
+    fn or_invalid(self, what: &str) -> Result<T, PluginError>;
+    /// A plugin failure (HTTP 500): "`what`: the error".
+    fn or_internal(self, what: &str) -> Result<T, PluginError>;
+}
+
+impl<T, E: std::fmt::Display> OrError<T> for Result<T, E> {
+    fn or_invalid(self, what: &str) -> Result<T, PluginError> {
+        self.map_err(|e| invalid(format!("{what}: {e}")))
+    }
+    fn or_internal(self, what: &str) -> Result<T, PluginError> {
+        self.map_err(|e| internal(format!("{what}: {e}")))
+    }
+}
+
+impl<T> OrError<T> for Option<T> {
+    fn or_invalid(self, what: &str) -> Result<T, PluginError> {
+        self.ok_or_else(|| invalid(what))
+    }
+    fn or_internal(self, what: &str) -> Result<T, PluginError> {
+        self.ok_or_else(|| internal(what))
+    }
+}
+
 /// The tensor called `name`, or an invalid-input error naming it.
 pub fn find<'a>(tensors: &'a [Tensor], name: &str) -> Result<&'a Tensor, PluginError> {
-    tensors.iter().find(|t| t.name == name).ok_or_else(|| invalid(format!("missing tensor '{name}'")))
-}
-
-/// The first dimension of a tensor (its batch size), 1 for a scalar.
-pub fn batch_size(tensor: &Tensor) -> usize {
-    tensor.shape.first().map_or(1, |&d| d.max(0) as usize)
-}
-
-/// Split BYTES data (4-byte little-endian length before each element) into its elements.
-pub fn unpack_bytes(tensor: &Tensor) -> Result<Vec<&[u8]>, PluginError> {
-    if tensor.datatype != Datatype::Bytes {
-        return Err(invalid(format!("tensor '{}' must be BYTES, got {:?}", tensor.name, tensor.datatype)));
-    }
-    let mut rest = tensor.data.as_slice();
-    let mut elements = Vec::new();
-    while !rest.is_empty() {
-        let malformed = || invalid(format!("tensor '{}': malformed BYTES data", tensor.name));
-        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(malformed)?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if tail.len() < len {
-            return Err(malformed());
-        }
-        let (element, tail) = tail.split_at(len);
-        elements.push(element);
-        rest = tail;
-    }
-    Ok(elements)
-}
-
-/// Build a BYTES tensor from its elements.
-pub fn bytes_tensor<'a>(name: &str, shape: Vec<i64>, elements: impl IntoIterator<Item = &'a [u8]>) -> Tensor {
-    let mut data = Vec::new();
-    for element in elements {
-        data.extend_from_slice(&(element.len() as u32).to_le_bytes());
-        data.extend_from_slice(element);
-    }
-    Tensor { name: name.into(), datatype: Datatype::Bytes, shape, data }
-}
-
-/// Plain numeric element types a tensor can be read as or built from.
-pub trait Element: Copy {
-    /// The datatype of a tensor holding this element type.
-    const DATATYPE: Datatype;
-    /// Size of one element in bytes.
-    const SIZE: usize;
-    /// Read one element from `SIZE` little-endian bytes.
-    fn read(bytes: &[u8]) -> Self;
-    /// Append this element's little-endian bytes.
-    fn write(self, out: &mut Vec<u8>);
-}
-
-macro_rules! element {
-    ($($t:ty => $d:ident),*) => {$(
-        impl Element for $t {
-            const DATATYPE: Datatype = Datatype::$d;
-            const SIZE: usize = size_of::<$t>();
-            fn read(bytes: &[u8]) -> Self {
-                <$t>::from_le_bytes(bytes.try_into().expect("chunk of SIZE bytes"))
-            }
-            fn write(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-        }
-    )*};
-}
-element!(u8 => Uint8, i32 => Int32, i64 => Int64, f32 => Fp32, f64 => Fp64);
-
-/// Read a numeric tensor's elements; errors if the datatype is not `T`'s.
-pub fn values<T: Element>(tensor: &Tensor) -> Result<Vec<T>, PluginError> {
-    if tensor.datatype != T::DATATYPE {
-        return Err(internal(format!(
-            "tensor '{}' is {:?}, expected {:?}",
-            tensor.name,
-            tensor.datatype,
-            T::DATATYPE
-        )));
-    }
-    Ok(tensor.data.chunks_exact(T::SIZE).map(T::read).collect())
-}
-
-/// Build a numeric tensor.
-pub fn tensor<T: Element>(name: &str, shape: Vec<i64>, values: &[T]) -> Tensor {
-    let mut data = Vec::with_capacity(values.len() * T::SIZE);
-    for &v in values {
-        v.write(&mut data);
-    }
-    Tensor { name: name.into(), datatype: T::DATATYPE, shape, data }
+    tensors.iter().find(|t| t.name == name).or_invalid(&format!("missing tensor '{name}'"))
 }
 
 /// The value of request parameter `key`, if the client sent it.
 pub fn param<'a>(params: &'a Params, key: &str) -> Option<&'a str> {
     params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A data file granted to the plugin (`[plugin] data`, read-only at `/data`), parsed once
+/// per instance and kept: `static LABELS: DataFile<Vec<String>> = DataFile::new("labels.json", parse)`.
+/// A file that is missing or does not parse is an internal error, every time it is asked for.
+pub struct DataFile<T: 'static> {
+    path: &'static str,
+    parse: fn(Vec<u8>) -> Result<T, String>,
+    value: std::sync::OnceLock<Result<T, PluginError>>,
+}
+
+impl<T> DataFile<T> {
+    /// `path` is relative to `/data`.
+    pub const fn new(path: &'static str, parse: fn(Vec<u8>) -> Result<T, String>) -> Self {
+        DataFile { path, parse, value: std::sync::OnceLock::new() }
+    }
+
+    /// The parsed file, read on the first call.
+    pub fn get(&'static self) -> Result<&'static T, PluginError> {
+        let load = || {
+            let path = format!("/data/{}", self.path);
+            let bytes = std::fs::read(&path).or_internal(&format!("reading {path}"))?;
+            (self.parse)(bytes).or_internal(&format!("parsing {path}"))
+        };
+        self.value.get_or_init(load).as_ref().map_err(Clone::clone)
+    }
 }
