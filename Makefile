@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 PORT ?= 8000
-EXAMPLE_PLUGINS := magika minilm orientation
+EXAMPLE_PLUGINS := magika minilm orientation page
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 

@@ -2,8 +2,8 @@
 //! and lay the pixels out as the normalised planes (`[3, height, width]`) vision models take.
 //! The `image` crate is re-exported for everything else (rotation, crops, filters).
 
+pub use ::image::{GrayImage, Luma, Rgb, RgbImage, imageops};
 use ::image::{ImageReader, Limits, imageops::FilterType};
-pub use ::image::{RgbImage, imageops};
 
 use crate::{PluginError, invalid};
 
