@@ -8,6 +8,7 @@
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+PLUGIN_VENV := .venv-plugins
 PORT ?= 8000
 EXAMPLE_PLUGINS := magika minilm orientation page
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
@@ -20,11 +21,18 @@ serve: examples
 
 examples: plugins
 
-plugins:
+plugins: $(PLUGIN_VENV)/installed
 	@rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
 	cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 	for p in $(EXAMPLE_PLUGINS); do cp $(WASM_OUT)/$${p}_plugin.wasm examples/models/$$p/plugin.wasm; done
 	cp $(WASM_OUT)/faulty_plugin.wasm tests/models/faulty/plugin.wasm
+	$(PLUGIN_VENV)/bin/componentize-py --wit-path wit --world model-plugin componentize \
+	  --python-path plugins/python/magika app --output examples/models/magika-py/plugin.wasm
+
+# componentize-py (PyPI) turns Python plugins into components: CPython and the standard
+# library inside, about 18 MB.
+$(PLUGIN_VENV)/installed: plugins/python/requirements.txt
+	$(make-venv)
 
 # `DIR/installed: REQUIREMENTS`: a virtual environment in DIR with those packages.
 define make-venv
@@ -87,6 +95,7 @@ lint:
 	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
 	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --all-targets -- -D warnings
+	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --target wasm32-wasip2 -- -D warnings
 	cargo fmt --manifest-path runtime/fuzz/Cargo.toml --all --check
 	cargo clippy --manifest-path runtime/fuzz/Cargo.toml --all-targets -- -D warnings
 

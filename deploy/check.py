@@ -59,6 +59,20 @@ def rendered(tmp):
     return out
 
 
+def config_maps_fit():
+    """Every ConfigMap the kustomizations generate stays under Kubernetes' limit on a
+    ConfigMap's data (1 MiB): the API server refuses a larger one at apply time."""
+
+    for kustomization in sorted((DEPLOY / "kubernetes").glob("*/kustomization.yaml")):
+        spec = yaml.safe_load(kustomization.read_text())
+        for generator in spec.get("configMapGenerator", []):
+            paths = [entry.split("=", 1)[-1] for entry in generator.get("files", [])]
+            size = sum((kustomization.parent / p).stat().st_size for p in paths)
+            name = f"{kustomization.parent.name}/{generator['name']}"
+            print(f"ConfigMap {name}: {size} bytes of files (limit 1048576)")
+            if size > 1 << 20:
+                sys.exit(f"ConfigMap {name} holds {size} bytes: over Kubernetes' 1 MiB limit")
+
 def chart(tmp):
     """The Helm chart rendered by deploy/helm/render.go (Go's text/template and sprig, as helm
     renders), once per values file: the defaults and ci/*-values.yaml."""
@@ -84,7 +98,6 @@ def chart(tmp):
         out.append(path)
     return out
 
-
 def serve_args_are_accepted(args, label):
     """`args` (a container's, after the binary: `serve` or `batch`) parse, and only the
     repository is missing."""
@@ -92,7 +105,6 @@ def serve_args_are_accepted(args, label):
                  capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     if "cannot read model repository /nonexistent/models" not in result.stderr:
         sys.exit(f"{label}: wasmserve did not accept {args}:\n{result.stderr}")
-
 
 def settings_match_the_binary(tmp):
     deployment = yaml.safe_load((DEPLOY / "kubernetes/base/deployment.yaml").read_text())
@@ -118,11 +130,11 @@ def settings_match_the_binary(tmp):
     at = args.index("--repository")
     serve_args_are_accepted(args[:at] + args[at + 2:], "kubernetes/batch/job.yaml")
 
-
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         charts = chart(tmp)
         validate(resources() + rendered(tmp) + charts)
+        config_maps_fit()
         settings_match_the_binary(tmp)
         checkov = [BIN / "checkov", "--config-file", DEPLOY / ".checkov.yaml"]
         if run(*checkov, "-d", DEPLOY).returncode != 0:
@@ -130,7 +142,6 @@ def main():
         if charts and run(*checkov, *[a for c in charts for a in ("-f", c)]).returncode != 0:
             sys.exit("checkov found problems in the rendered chart")
     print("deploy/: all checks passed")
-
 
 if __name__ == "__main__":
     main()

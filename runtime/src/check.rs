@@ -66,8 +66,16 @@ pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
 /// The hint for why a model did not come up, by the step that failed.
 pub fn hint(reason: &str) -> &'static str {
     // The most specific first: a warm-up that failed on the outputs names both.
-    const HINTS: [(&str, &str); 7] = [
+    const HINTS: [(&str, &str); 9] = [
         ("postprocess returned", "the plugin's outputs must match [[outputs]] in name and datatype"),
+        (
+            "a wasm module with a component parser",
+            "this is a core WebAssembly module, not a component: build for wasm32-wasip2 (not wasm32-wasip1 or wasm32-unknown-unknown), or wrap it with `wasm-tools component new`",
+        ),
+        (
+            "does not export the wasmserve:plugin world",
+            "a plugin exports preprocess and postprocess of wasmserve:plugin@0.1.0 (wit/plugin.wit, world model-plugin); with the Rust SDK, `wasmserve_plugin::export_plugin!(YourType)`",
+        ),
         ("exceeded its", "raise the limit named in [plugin], or make the plugin do less per call"),
         (
             "sha256",

@@ -35,6 +35,8 @@ pub mod plugin;
 #[cfg(feature = "server")]
 pub mod repository;
 #[cfg(feature = "server")]
+pub mod scaffold;
+#[cfg(feature = "server")]
 pub mod schedule;
 #[cfg(feature = "server")]
 pub mod server;

@@ -77,6 +77,10 @@ enum Command {
     /// a hint. Exits 0 when every model is ready (warnings allowed), 1 otherwise.
     Check(CheckArgs),
 
+    /// Create things to build on: `new plugin NAME`.
+    #[command(subcommand)]
+    New(NewCommand),
+
     /// Print the JSON schema of a config file: `server` (--config), `model` (model.toml) or
     /// `versions` (a versioned model's versions.toml).
     Schema {
@@ -205,6 +209,28 @@ struct ServeArgs {
     drain_timeout_secs: u64,
 }
 
+/// What `wasmserve new` creates.
+#[derive(Subcommand)]
+enum NewCommand {
+    /// A plugin project that builds and serves as it is: a Rust crate (a pass-through to fill
+    /// in with pre- and post-processing), the plugin SDK, and a model repository whose
+    /// model.toml points at the built plugin and the graph, with the graph's inputs and outputs.
+    ///
+    /// Then: `cd NAME && cargo build --release` (needs `rustup target add wasm32-wasip2`), and
+    /// `wasmserve serve --repository NAME/models`.
+    Plugin {
+        /// The plugin's and the model's name: lowercase letters, digits, '-' and '_'.
+        name: String,
+        /// Where to create the project (default: ./NAME). It must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Your ONNX model: copied into the model directory, its inputs and outputs declared
+        /// in model.toml. Default: a tiny example graph (Y = X * [[1, 2], [3, 4], [5, 6]]).
+        #[arg(long, value_name = "FILE.onnx")]
+        graph: Option<PathBuf>,
+    },
+}
+
 /// `wasmserve check`'s settings.
 #[derive(clap::Args)]
 struct CheckArgs {
@@ -283,6 +309,18 @@ fn main() -> std::process::ExitCode {
             };
             println!("{}", serde_json::to_string_pretty(&schema).expect("JSON"));
             Ok(())
+        }
+        Command::New(NewCommand::Plugin { name, dir, graph }) => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            wasmserve::scaffold::plugin(&name, &dir, graph.as_deref()).map(|created| {
+                let (dir, repository) = (created.dir.display(), created.repository.display());
+                println!("created plugin '{name}' in {dir}: its code is {dir}/src/lib.rs");
+                if let Some(note) = wasmserve::scaffold::ensure_target() {
+                    println!("{note}");
+                }
+                println!("build it:   (cd {dir} && cargo build --release)");
+                println!("serve it:   wasmserve serve --repository {repository}");
+            })
         }
         Command::Check(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)

@@ -1461,7 +1461,13 @@ fn check_passes_a_good_model_and_names_each_broken_one_with_a_hint() {
     assert!(out.contains("ok      faulty version 1: ready"), "{out}");
     type Edit<'a> = &'a dyn Fn(&str) -> String;
     type Damage<'a> = &'a dyn Fn(&Path);
-    let cases: [(&str, Edit, Damage, &str, &str); 4] = [
+    let plugin = |bytes: &'static [u8]| {
+        move |d: &Path| {
+            std::fs::remove_file(d.join("plugin.wasm")).unwrap();
+            std::fs::write(d.join("plugin.wasm"), bytes).unwrap();
+        }
+    };
+    let cases: [(&str, Edit, Damage, &str, &str); 6] = [
         (
             "unknown key",
             &|t| t.replace("[plugin]", "[plugin]\ntimeout = 5"),
@@ -1479,12 +1485,23 @@ fn check_passes_a_good_model_and_names_each_broken_one_with_a_hint() {
         (
             "not a component",
             &|t| t.to_string(),
-            &|d| {
-                std::fs::remove_file(d.join("plugin.wasm")).unwrap();
-                std::fs::write(d.join("plugin.wasm"), b"\0asm junk").unwrap();
-            },
+            &plugin(b"\0asm junk"),
             "cannot load its plugin",
             "wasm32-wasip2",
+        ),
+        (
+            "a core module",
+            &|t| t.to_string(),
+            &plugin(b"\0asm\x01\0\0\0"),
+            "cannot load its plugin",
+            "not a component: build for wasm32-wasip2",
+        ),
+        (
+            "a component without the exports",
+            &|t| t.to_string(),
+            &plugin(b"\0asm\x0d\0\x01\0"),
+            "does not export the wasmserve:plugin world",
+            "export_plugin!",
         ),
         (
             "outputs disagree",

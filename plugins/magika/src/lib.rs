@@ -39,8 +39,8 @@ struct ContentType {
     mime_type: Option<String>,
 }
 
-fn json<T: serde::de::DeserializeOwned>(bytes: Vec<u8>) -> Result<T, String> {
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+fn json<T: serde::de::DeserializeOwned>(bytes: Vec<u8>) -> Result<T, PluginError> {
+    serde_json::from_slice(&bytes).or_internal("JSON")
 }
 
 /// The model's configuration.

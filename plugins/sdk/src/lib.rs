@@ -19,7 +19,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         world: "model-plugin",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export_plugin",
         generate_all,
@@ -47,7 +47,7 @@ pub mod warm {
     pub mod generated {
         wit_bindgen::generate!({
             world: "model-plugin-with-warm-up",
-            path: "../../wit",
+            path: "wit",
             pub_export_macro: true,
             export_macro_name: "export_plugin_with_warm_up",
             default_bindings_module: "wasmserve_plugin::warm::generated",
@@ -73,6 +73,8 @@ pub mod classify;
 pub mod image;
 pub mod nn;
 mod tensor;
+#[cfg(feature = "text")]
+pub mod text;
 pub use tensor::{Element, View};
 
 /// Shorthand for a client error (HTTP 400).
@@ -133,17 +135,18 @@ pub fn param<'a>(params: &'a Params, key: &str) -> Option<&'a str> {
 }
 
 /// A data file granted to the plugin (`[plugin] data`, read-only at `/data`), parsed once
-/// per instance and kept: `static LABELS: DataFile<Vec<String>> = DataFile::new("labels.json", parse)`.
-/// A file that is missing or does not parse is an internal error, every time it is asked for.
+/// per instance and kept: `static LABELS: DataFile<Vec<String>> = DataFile::new("labels.json", parse)`
+/// with `fn parse(bytes: Vec<u8>) -> Result<Vec<String>, PluginError>`. A file that is missing
+/// or does not parse is an internal error, every time it is asked for.
 pub struct DataFile<T: 'static> {
     path: &'static str,
-    parse: fn(Vec<u8>) -> Result<T, String>,
+    parse: fn(Vec<u8>) -> Result<T, PluginError>,
     value: std::sync::OnceLock<Result<T, PluginError>>,
 }
 
 impl<T> DataFile<T> {
     /// `path` is relative to `/data`.
-    pub const fn new(path: &'static str, parse: fn(Vec<u8>) -> Result<T, String>) -> Self {
+    pub const fn new(path: &'static str, parse: fn(Vec<u8>) -> Result<T, PluginError>) -> Self {
         DataFile { path, parse, value: std::sync::OnceLock::new() }
     }
 
@@ -152,7 +155,7 @@ impl<T> DataFile<T> {
         let load = || {
             let path = format!("/data/{}", self.path);
             let bytes = std::fs::read(&path).or_internal(&format!("reading {path}"))?;
-            (self.parse)(bytes).or_internal(&format!("parsing {path}"))
+            (self.parse)(bytes).map_err(|e| e.context(&format!("parsing {path}")))
         };
         self.value.get_or_init(load).as_ref().map_err(Clone::clone)
     }

@@ -26,6 +26,8 @@ pub struct BackendOptions {
     pub onnxruntime_library: Option<PathBuf>,
 }
 
+pub use tract::signature;
+
 /// Load the graph at `path` on the backend its config names, able to run `executions`
 /// times at once.
 pub fn load(

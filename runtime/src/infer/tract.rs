@@ -6,6 +6,8 @@
 //! shapes instead, made on first use and kept (up to [`MAX_PLANS`]).
 
 use super::{NnTensor, Runner, graph};
+use crate::config::TensorSpec;
+use crate::tensor::Datatype;
 use anyhow::{Context, anyhow};
 use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
@@ -61,6 +63,55 @@ pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
         }
     };
     Ok(graph(inputs, outputs, Tract { plans }))
+}
+
+/// The inputs and outputs an ONNX model declares: names, element types, dimensions (-1 where
+/// the model leaves one open).
+pub fn signature(model: &[u8]) -> anyhow::Result<(Vec<TensorSpec>, Vec<TensorSpec>)> {
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &*model)
+        .map_err(err)
+        .context("tract cannot parse the ONNX model")?;
+    let spec = |name: String, datum: DatumType, shape: Vec<i64>| -> anyhow::Result<TensorSpec> {
+        let datatype = match datum {
+            DatumType::Bool => Datatype::Bool,
+            DatumType::U8 => Datatype::Uint8,
+            DatumType::U16 => Datatype::Uint16,
+            DatumType::U32 => Datatype::Uint32,
+            DatumType::U64 => Datatype::Uint64,
+            DatumType::I8 => Datatype::Int8,
+            DatumType::I16 => Datatype::Int16,
+            DatumType::I32 => Datatype::Int32,
+            DatumType::I64 => Datatype::Int64,
+            DatumType::F16 => Datatype::Fp16,
+            DatumType::F32 => Datatype::Fp32,
+            DatumType::F64 => Datatype::Fp64,
+            DatumType::String => Datatype::Bytes,
+            other => anyhow::bail!("'{name}' has type {other:?}, which the Open Inference Protocol lacks"),
+        };
+        Ok(TensorSpec { name, datatype, shape })
+    };
+    let mut inputs = Vec::new();
+    for (i, o) in model.input_outlets().map_err(err)?.iter().enumerate() {
+        let name = model.node(o.node).name.clone();
+        let fact = model.input_fact(i).map_err(err)?;
+        let datum =
+            fact.datum_type.concretize().with_context(|| format!("input '{name}' has no declared type"))?;
+        let shape =
+            fact.shape.dims().map(|d| d.concretize().and_then(|d| d.as_i64()).unwrap_or(-1)).collect();
+        inputs.push(spec(name, datum, shape)?);
+    }
+    // Outputs as type inference finds them: a model need not declare them.
+    let typed = model.clone().into_typed().map_err(err).context("tract cannot infer the outputs' types")?;
+    let mut outputs = Vec::new();
+    for (i, o) in typed.output_outlets().map_err(err)?.iter().enumerate() {
+        let name =
+            model.outlet_label(model.output_outlets().map_err(err)?[i]).unwrap_or(&typed.node(o.node).name);
+        let fact = typed.outlet_fact(*o).map_err(err)?;
+        let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
+        outputs.push(spec(name.to_string(), fact.datum_type, shape)?);
+    }
+    Ok((inputs, outputs))
 }
 
 fn default_shapes(model: &InferenceModel) -> anyhow::Result<Shapes> {
