@@ -73,6 +73,29 @@ def config_maps_fit():
             if size > 1 << 20:
                 sys.exit(f"ConfigMap {name} holds {size} bytes: over Kubernetes' 1 MiB limit")
 
+def image_has_what_the_binary_embeds():
+    """Every file the server's source embeds (include_str!, include_bytes!) is in what the
+    Dockerfile's build stage copies, and not left out of the context by .dockerignore: else
+    `docker build` fails where `cargo build` here succeeds."""
+    import fnmatch
+    import re
+
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    build_stage = dockerfile.split("\nFROM ", 2)[1]
+    copied = [src for line in build_stage.splitlines() if line.startswith("COPY ") and "--from" not in line
+              for src in line.split()[1:-1]]
+    ignored = [p.rstrip("/") for p in (ROOT / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
+    for source in sorted((ROOT / "runtime/src").rglob("*.rs")):
+        for embedded in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', source.read_text()):
+            path = (source.parent / embedded).resolve().relative_to(ROOT).as_posix()
+            inside = any(path == c or path.startswith(c.rstrip("/") + "/") for c in copied)
+            left_out = [p for p in ignored if fnmatch.fnmatch(path, p) or path.startswith(p + "/")]
+            if not inside or left_out:
+                sys.exit(f"deploy/Dockerfile: {source.relative_to(ROOT)} embeds {path}, which the build stage "
+                         + ("does not copy" if not inside else f"cannot see (.dockerignore: {left_out[0]})"))
+    print(f"Dockerfile build stage: copies every file the binary embeds ({', '.join(copied)})")
+
+
 def chart(tmp):
     """The Helm chart rendered by deploy/helm/render.go (Go's text/template and sprig, as helm
     renders), once per values file: the defaults and ci/*-values.yaml."""
@@ -135,6 +158,7 @@ def main():
         charts = chart(tmp)
         validate(resources() + rendered(tmp) + charts)
         config_maps_fit()
+        image_has_what_the_binary_embeds()
         settings_match_the_binary(tmp)
         checkov = [BIN / "checkov", "--config-file", DEPLOY / ".checkov.yaml"]
         if run(*checkov, "-d", DEPLOY).returncode != 0:

@@ -1467,7 +1467,17 @@ fn check_passes_a_good_model_and_names_each_broken_one_with_a_hint() {
             std::fs::write(d.join("plugin.wasm"), bytes).unwrap();
         }
     };
-    let cases: [(&str, Edit, Damage, &str, &str); 6] = [
+    // A file fetched with a digest it does not have (the test graph itself, by file://).
+    let onnx = test_models().join("faulty/model.onnx");
+    let wrong_digest = |t: &str| {
+        let zeros = "0".repeat(64);
+        format!(
+            "{t}\n[[fetch]]\nurl = \"file://{}\"\nsha256 = \"{zeros}\"\npath = \"extra.onnx\"\n",
+            onnx.display()
+        )
+    };
+    let cases: [(&str, Edit, Damage, &str, &str); 7] = [
+        ("wrong digest", &wrong_digest, &|_| {}, "sha256", "sha256sum FILE"),
         (
             "unknown key",
             &|t| t.replace("[plugin]", "[plugin]\ntimeout = 5"),
