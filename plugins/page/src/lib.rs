@@ -125,10 +125,10 @@ impl Guest for Page {
         let &[1, 1, height, width] = map.shape.as_slice() else {
             return Err(internal(format!("the detector returned shape {:?}", map.shape)));
         };
-        let page = find(&context, "page")?;
+        // The decoded page, moved out of the context rather than copied.
+        let page = context.into_iter().find(|t| t.name == "page").or_internal("no page in the context")?;
         let (page_height, page_width) = (page.shape[0] as u32, page.shape[1] as u32);
-        let page =
-            RgbImage::from_raw(page_width, page_height, page.data.clone()).or_internal("page context")?;
+        let page = RgbImage::from_raw(page_width, page_height, page.data).or_internal("page context")?;
         let regions = regions(&map.view::<f32>()?.to_vec(), width as u32, height as u32, page.dimensions());
         let mut planes = Vec::new();
         let mut n = 0;

@@ -37,8 +37,8 @@ fn err(e: TractError) -> anyhow::Error {
     anyhow!("{e:#}")
 }
 
-/// Parse, optimise and plan an ONNX model.
-pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
+/// Parse an ONNX model; with its input and output names, as wasi:nn and the config name them.
+fn parse(model: &[u8]) -> anyhow::Result<(InferenceModel, Vec<String>, Vec<String>)> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &*model)
         .map_err(err)
@@ -51,6 +51,12 @@ pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
         .iter()
         .map(|o| model.outlet_label(*o).unwrap_or(&model.node(o.node).name).to_string())
         .collect();
+    Ok((model, inputs, outputs))
+}
+
+/// Parse, optimise and plan an ONNX model.
+pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
+    let (model, inputs, outputs) = parse(model)?;
     let plans = match model.clone().into_optimized().and_then(|m| m.into_runnable()) {
         Ok(plan) => Plans::Symbolic(plan),
         Err(symbolic) => {
@@ -68,10 +74,7 @@ pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
 /// The inputs and outputs an ONNX model declares: names, element types, dimensions (-1 where
 /// the model leaves one open).
 pub fn signature(model: &[u8]) -> anyhow::Result<(Vec<TensorSpec>, Vec<TensorSpec>)> {
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &*model)
-        .map_err(err)
-        .context("tract cannot parse the ONNX model")?;
+    let (model, input_names, output_names) = parse(model)?;
     let spec = |name: String, datum: DatumType, shape: Vec<i64>| -> anyhow::Result<TensorSpec> {
         let datatype = match datum {
             DatumType::Bool => Datatype::Bool,
@@ -92,8 +95,7 @@ pub fn signature(model: &[u8]) -> anyhow::Result<(Vec<TensorSpec>, Vec<TensorSpe
         Ok(TensorSpec { name, datatype, shape })
     };
     let mut inputs = Vec::new();
-    for (i, o) in model.input_outlets().map_err(err)?.iter().enumerate() {
-        let name = model.node(o.node).name.clone();
+    for (i, name) in input_names.into_iter().enumerate() {
         let fact = model.input_fact(i).map_err(err)?;
         let datum =
             fact.datum_type.concretize().with_context(|| format!("input '{name}' has no declared type"))?;
@@ -102,14 +104,12 @@ pub fn signature(model: &[u8]) -> anyhow::Result<(Vec<TensorSpec>, Vec<TensorSpe
         inputs.push(spec(name, datum, shape)?);
     }
     // Outputs as type inference finds them: a model need not declare them.
-    let typed = model.clone().into_typed().map_err(err).context("tract cannot infer the outputs' types")?;
+    let typed = model.into_typed().map_err(err).context("tract cannot infer the outputs' types")?;
     let mut outputs = Vec::new();
-    for (i, o) in typed.output_outlets().map_err(err)?.iter().enumerate() {
-        let name =
-            model.outlet_label(model.output_outlets().map_err(err)?[i]).unwrap_or(&typed.node(o.node).name);
+    for (name, o) in output_names.into_iter().zip(typed.output_outlets().map_err(err)?) {
         let fact = typed.outlet_fact(*o).map_err(err)?;
         let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
-        outputs.push(spec(name.to_string(), fact.datum_type, shape)?);
+        outputs.push(spec(name, fact.datum_type, shape)?);
     }
     Ok((inputs, outputs))
 }
