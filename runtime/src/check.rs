@@ -66,7 +66,7 @@ pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
 /// The hint for why a model did not come up, by the step that failed.
 pub fn hint(reason: &str) -> &'static str {
     // The most specific first: a warm-up that failed on the outputs names both.
-    const HINTS: [(&str, &str); 9] = [
+    const HINTS: &[(&str, &str)] = &[
         ("postprocess returned", "the plugin's outputs must match [[outputs]] in name and datatype"),
         (
             "a wasm module with a component parser",
@@ -76,6 +76,10 @@ pub fn hint(reason: &str) -> &'static str {
             "does not export the wasmserve:plugin world",
             "a plugin exports preprocess and postprocess of wasmserve:plugin@0.1.0 (wit/plugin.wit, world model-plugin); with the Rust SDK, `wasmserve_plugin::export_plugin!(YourType)`",
         ),
+        (
+            "cannot provision ONNX Runtime",
+            "the server fetches ONNX Runtime's CPU library from PyPI once (a 28 MB wheel) into the cache: allow that once (or copy a cache that has it), or point --onnxruntime-library / ORT_DYLIB_PATH at a libonnxruntime.so",
+        ),
         ("exceeded its", "raise the limit named in [plugin], or make the plugin do less per call"),
         (
             "sha256",
@@ -84,7 +88,7 @@ pub fn hint(reason: &str) -> &'static str {
         ("plugin.graphs", "every model in `plugin.graphs` must be in the same repository and load"),
         (
             "cannot load its graph",
-            "check [graph] `file` and `backend`: tract reads ONNX without anything installed; backend = \"onnx\" needs --onnxruntime-library",
+            "check [graph] `file` and `backend`: tract reads ONNX without anything installed; backend = \"onnx\" runs ONNX Runtime (provisioned, or --onnxruntime-library)",
         ),
         (
             "cannot load its plugin",

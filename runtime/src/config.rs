@@ -297,8 +297,8 @@ fn default_max_queue_delay_us() -> u64 {
 /// [scheduling]
 /// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per CPU core,
 ///                         # or with [batching] enough to fill every execution's batch and the next
-/// executions = 0          # graph runs at once, each on its own thread; 0: 1 on ONNX Runtime
-///                         # (its own threads share a run), one per CPU core on tract
+/// executions = 0          # requests (with [batching]: batches) run at once, each on a thread
+///                         # of the model's own; 0: one per CPU core (on ONNX Runtime at most 4)
 /// max_queue = 64          # requests waiting for a slot; the next gets 503 + Retry-After
 /// queue_timeout_ms = 0    # longest wait for a slot; 0: none (a request's `timeout` parameter, in µs, overrides)
 /// ```
@@ -309,9 +309,10 @@ pub struct Scheduling {
     /// `max_batch_size × (executions + 1)`, so batches can fill while others run).
     #[serde(default)]
     pub max_in_flight: usize,
-    /// Graph runs (batches) at once, each on its own thread; 0 means 1 on ONNX Runtime,
-    /// whose intra-op threads (`graph.threads`) share a run, and one per CPU core on tract,
-    /// which runs a graph on one thread.
+    /// Requests (with `[batching]`: batches) run at once, each on a thread of the model's
+    /// own; on ONNX Runtime each has a session of its own. 0 means one per CPU core, on ONNX
+    /// Runtime at most 4 (a session holds its own copy of the weights), the cores then shared
+    /// out between them as intra-op threads (`graph.threads`).
     #[serde(default)]
     pub executions: usize,
     /// Requests waiting for a slot; beyond it a request is refused at once (503, Retry-After).
@@ -331,6 +332,10 @@ impl Default for Scheduling {
 
 fn default_max_queue() -> usize {
     64
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[[fetch]]`: a file fetched at start-up, pinned by its digest, and where the model sees it.
@@ -523,9 +528,27 @@ pub struct GraphConfig {
     /// With `target = "gpu"`: run on the CPU when no GPU is usable instead of failing.
     #[serde(default)]
     pub gpu_fallback: bool,
-    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+    /// Threads a graph run may use. ONNX Runtime: intra-op threads of each execution's
+    /// session; 0 means the CPU cores shared out between the executions, at least 1. tract:
+    /// the model's pool for matrix products, which its executions share; 0 means one per core,
+    /// 1 runs each graph on its execution's thread alone.
     #[serde(default)]
     pub threads: usize,
+    /// ONNX Runtime: intra-op threads spin while waiting for work (faster under load, busy
+    /// cores when idle); false puts them to sleep at once.
+    #[serde(default = "default_true")]
+    pub spin: bool,
+}
+
+impl GraphConfig {
+    /// `threads`, or its default for the backend and `executions` (see the field).
+    pub fn graph_threads(&self, executions: usize) -> usize {
+        match (self.threads, self.backend) {
+            (0, Backend::Onnx) => (cores() / executions.max(1)).max(1),
+            (0, Backend::Tract) => cores(),
+            (n, _) => n,
+        }
+    }
 }
 
 /// `[plugin]`: the WebAssembly component and what it may see.
@@ -610,7 +633,9 @@ impl ModelConfig {
     /// Graph runs at once: `[scheduling] executions`, or its default for the backend.
     pub fn executions(&self) -> usize {
         match (self.scheduling.executions, self.graph.backend) {
-            (0, Backend::Onnx) => 1,
+            // Sessions with one intra-op thread each out-ran one session with all the cores
+            // (magika, 2 cores: 241 against 220 rows/s); each session holds its weights.
+            (0, Backend::Onnx) => cores().min(4),
             (0, Backend::Tract) => cores(),
             (n, _) => n,
         }

@@ -87,6 +87,33 @@ impl Fetcher {
         Ok(())
     }
 
+    /// One `member` of a pinned archive, itself checked against `sha256` on every call: a
+    /// copy changed on disk is unpacked again from the (re-verified) archive, never used.
+    /// For files the server runs as code, such as ONNX Runtime's library; `what` names the
+    /// fetch in the log.
+    pub async fn verified_member(&self, what: &str, fetch: &Fetch, sha256: &str) -> anyhow::Result<PathBuf> {
+        let member = fetch.member.as_deref().context("verified_member needs a fetch with a member")?;
+        for attempt in 1..=2 {
+            let file = self.source(what, &self.root, fetch).await?;
+            let path = file.clone();
+            let actual = tokio::task::spawn_blocking(move || sha256_file(&path)).await??;
+            if actual == sha256 {
+                return Ok(file);
+            }
+            anyhow::ensure!(
+                attempt == 1,
+                "{} unpacked from {} has sha256 {actual}, not the pinned {sha256}",
+                member.display(),
+                fetch.url
+            );
+            // The unpacked tree holding it: the file less the member's path.
+            let tree = file.ancestors().nth(member.components().count()).expect("the member is inside");
+            tracing::warn!(what, file = %file.display(), "cached file changed on disk; unpacking it again");
+            std::fs::remove_dir_all(tree).with_context(|| format!("cannot remove {}", tree.display()))?;
+        }
+        unreachable!("the second attempt returns")
+    }
+
     /// The fetched file, or the archive's unpacked contents (or its `member`), in the cache.
     async fn source(&self, model: &str, dir: &Path, fetch: &Fetch) -> anyhow::Result<PathBuf> {
         let blob =

@@ -130,9 +130,11 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "WASMSERVE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
 
-    /// ONNX Runtime's shared library, for models with backend = "onnx"; e.g. the
-    /// onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.1.32.0, or onnxruntime-gpu's
-    /// for CUDA. Not needed for tract models.
+    /// ONNX Runtime's shared library, for models with backend = "onnx": e.g. the
+    /// onnxruntime-gpu wheel's onnxruntime/capi/libonnxruntime.so.* for CUDA. Without it the
+    /// server provisions ONNX Runtime 1.32.0's CPU library itself, out of the pinned
+    /// onnxruntime wheel on PyPI into --cache-dir: downloaded once, its sha256 checked at
+    /// every start. Not needed for tract models.
     #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
     onnxruntime_library: Option<PathBuf>,
 
@@ -238,7 +240,8 @@ struct CheckArgs {
     #[arg(required = true, value_name = "DIR")]
     dirs: Vec<PathBuf>,
 
-    /// ONNX Runtime's shared library, for models with backend = "onnx" (as for `serve`).
+    /// ONNX Runtime's shared library, for models with backend = "onnx"; default: provisioned
+    /// from the pinned onnxruntime wheel (as for `serve`).
     #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
     onnxruntime_library: Option<PathBuf>,
 
@@ -276,7 +279,8 @@ struct BatchArgs {
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
 
-    /// ONNX Runtime's shared library, for models with backend = "onnx" (as for `serve`).
+    /// ONNX Runtime's shared library, for models with backend = "onnx"; default: provisioned
+    /// from the pinned onnxruntime wheel (as for `serve`).
     #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
     onnxruntime_library: Option<PathBuf>,
 
@@ -590,9 +594,9 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
             found.push(check::Problem { model, message: reason, hint, warning: false });
         }
         for (name, version, state) in repository.states() {
-            if matches!(state, wasmserve::repository::State::Ready(_)) {
+            if let wasmserve::repository::State::Ready(model) = state {
                 let at = version.map(|v| format!(" version {v}")).unwrap_or_default();
-                println!("ok      {name}{at}: ready");
+                println!("ok      {name}{at}: ready ({})", backend_of(&model.config.graph));
             }
         }
         for p in &found {
@@ -609,6 +613,21 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(problems == 0, "{problems} problem(s) found");
     Ok(())
+}
+
+/// The backend a ready model runs on, for `check`: with ONNX Runtime, the library in use.
+fn backend_of(graph: &wasmserve::config::GraphConfig) -> String {
+    use wasmserve::config::Backend;
+    match graph.backend {
+        Backend::Tract => "tract, built in".into(),
+        #[cfg(feature = "onnx")]
+        Backend::Onnx => match wasmserve::infer::onnx::library() {
+            Some(path) => format!("ONNX Runtime from {}", path.display()),
+            None => "ONNX Runtime".into(),
+        },
+        #[cfg(not(feature = "onnx"))]
+        Backend::Onnx => "ONNX Runtime".into(),
+    }
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

@@ -51,8 +51,8 @@ pub struct Model {
     pub plugin: Plugin,
     /// How many of its requests run and wait.
     pub slots: schedule::Slots,
-    /// The threads that run its graph, joining requests' runs with `[batching]`.
-    pub batcher: schedule::batch::Batcher,
+    /// The threads that run its requests (with `[batching]`: its joined graph runs).
+    pub executions: schedule::Executions,
     /// From reading the config to ready: fetch, graph, plugin and warm-up.
     pub load_duration: Duration,
 }
@@ -213,6 +213,47 @@ pub struct Loader {
     pub fetcher: Fetcher,
     /// Where compiled plugins are kept across restarts.
     pub plugin_cache: Option<PathBuf>,
+}
+
+impl Loader {
+    /// The backend settings for `graph`: with `backend = "onnx"` and no library configured,
+    /// ONNX Runtime's CPU library provisioned out of its pinned wheel through the fetch cache
+    /// (downloaded once, verified on every use).
+    fn options_for(&self, graph: &config::GraphConfig) -> anyhow::Result<BackendOptions> {
+        if graph.backend != config::Backend::Onnx || self.options.onnxruntime_library.is_some() {
+            return Ok(self.options.clone());
+        }
+        #[cfg(feature = "onnx")]
+        if let Some(loaded) = infer::onnx::library() {
+            // ONNX Runtime is loaded once per process: verified when it was.
+            return Ok(BackendOptions { onnxruntime_library: Some(loaded) });
+        }
+        #[cfg(feature = "onnx")]
+        if let Some((wheel, library)) = infer::onnx::wheel() {
+            anyhow::ensure!(
+                graph.target == config::Target::Cpu || graph.gpu_fallback,
+                "target = \"gpu\" needs onnxruntime-gpu's library (--onnxruntime-library or ORT_DYLIB_PATH): \
+                 the server provisions only ONNX Runtime's CPU build"
+            );
+            let started = Instant::now();
+            let what = "onnxruntime";
+            let path = tokio::runtime::Handle::current()
+                .block_on(self.fetcher.verified_member(what, &wheel, library))
+                .with_context(|| {
+                    format!(
+                        "cannot provision ONNX Runtime {} from {} (no --onnxruntime-library or ORT_DYLIB_PATH \
+                         is set, and the cache holds no copy); give the server access to it once, or point \
+                         --onnxruntime-library at a libonnxruntime.so",
+                        infer::onnx::VERSION,
+                        wheel.url
+                    )
+                })?;
+            tracing::info!(version = infer::onnx::VERSION, library = %path.display(),
+                elapsed_ms = started.elapsed().as_millis() as u64, "ONNX Runtime provisioned");
+            return Ok(BackendOptions { onnxruntime_library: Some(path) });
+        }
+        Ok(self.options.clone())
+    }
 }
 
 /// The loader and the plugin engine it started, once [`Repository::load`] ran.
@@ -423,9 +464,12 @@ impl Repository {
             let started = Instant::now();
             let graph = config.and_then(|config| {
                 let file = dir.join(&config.graph.file);
-                let graph = infer::load(&file, &config.graph, config.executions(), &loaded.loader.options)
+                let options = loaded.loader.options_for(&config.graph)?;
+                let graph = infer::load(name, &file, &config.graph, config.executions(), &options)
                     .context("cannot load its graph")?;
+                let executions = config.executions();
                 tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
+                    executions, graph_threads = config.graph.graph_threads(executions),
                     elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
                 Ok((config, graph))
             });
@@ -622,11 +666,11 @@ fn bring_up(
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
     }
     let executions = config.executions();
-    let batcher = schedule::batch::Batcher::start(name, graph.clone(), config.batching.as_ref(), executions)?;
+    let threads = schedule::Executions::start(name, &graph, config.batching.as_ref(), executions)?;
     let mut model = Model {
         name: name.to_string(),
         slots: schedule::Slots::new(&config.scheduling, config.batching.as_ref(), executions),
-        batcher,
+        executions: threads,
         config,
         graph,
         plugin,

@@ -2,6 +2,7 @@
 //! Run with `make test` (it fetches the models, builds the plugins and sets ORT_DYLIB_PATH).
 
 mod fetch;
+mod provision;
 mod server;
 
 use serde_json::{Value, json};
@@ -629,10 +630,15 @@ fn onnx_runtime_agrees_with_tract() {
     let Some(library) = onnxruntime_library() else { return };
     // Two executions: two ONNX Runtime sessions, used at once by concurrent requests.
     let repo = edited_repository(&examples(), &["magika", "minilm"], |t| {
-        t.replace("\"tract\"", "\"onnx\"") + "\n[scheduling]\nexecutions = 2\n"
+        format!("{t}\n[scheduling]\nexecutions = 2\n")
     });
     let onnx = Server::start_env(repo.path(), &[], &[("ORT_DYLIB_PATH", &library)]);
-    let tract = Server::start(&examples(), &[]);
+    let on_tract = edited_repository(&examples(), &["magika", "minilm"], |t| {
+        t.replace("backend = \"onnx\"", "backend = \"tract\"")
+    });
+    let tract = Server::start(on_tract.path(), &[]);
+    let (_, meta) = tract.get("/v2/models/magika");
+    assert!(meta.contains("onnx/tract"), "{meta}");
     let (_, meta) = onnx.get("/v2/models/magika");
     assert!(meta.contains("onnx/onnx"), "{meta}");
     std::thread::scope(|s| {
@@ -649,6 +655,47 @@ fn onnx_runtime_agrees_with_tract() {
     let sentences = ["A man is playing a guitar.", "The report is due on Friday."];
     for (a, b) in embed(&onnx, &sentences, json!({})).iter().zip(embed(&tract, &sentences, json!({}))) {
         assert!(cosine(a, &b) > 0.999, "backends disagree: cosine {}", cosine(a, &b));
+    }
+}
+
+/// How many of the server's threads have a name starting with `prefix`.
+fn threads_named(server: &Server, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn execution_settings_reach_the_backends() {
+    let Some(library) = onnxruntime_library() else { return };
+    let configured = |backend: &str, threads: usize, executions: usize| {
+        edited_repository(&test_models(), &["faulty"], move |t| {
+            let graph = format!("backend = \"{backend}\"\nthreads = {threads}\n[plugin]");
+            format!("{}\n[scheduling]\nexecutions = {executions}\n", t.replace("[plugin]", &graph))
+        })
+    };
+    // ONNX Runtime: a session per execution, each running on its caller's thread and
+    // `threads - 1` intra-op threads of its own (named after the model: ort-faulty).
+    for (threads, executions, pool) in [(3, 2, 4), (1, 3, 0)] {
+        let repo = configured("onnx", threads, executions);
+        let server = Server::start_env(repo.path(), &[], &[("ORT_DYLIB_PATH", &library)]);
+        assert_eq!(threads_named(&server, "exec-faulty"), executions, "threads = {threads}");
+        assert_eq!(
+            threads_named(&server, "ort-faulty"),
+            pool,
+            "threads = {threads}, executions = {executions}"
+        );
+        assert_serves(&server);
+    }
+    // tract: one pool of `threads` for the model's matrix products, shared by its executions;
+    // none with 1.
+    for (threads, pool) in [(3, 3), (1, 0)] {
+        let repo = configured("tract", threads, 2);
+        let server = Server::start(repo.path(), &[]);
+        assert_eq!(threads_named(&server, "tract-faulty"), pool, "threads = {threads}");
+        assert_serves(&server);
     }
 }
 

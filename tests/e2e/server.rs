@@ -66,10 +66,17 @@ impl Server {
 
     /// Start with extra environment.
     pub fn start_env(repository: &Path, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        Self::start_with(repository, args, |cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Start with the command changed by `edit` (environment removed, say) and wait until ready.
+    pub fn start_with(repository: &Path, args: &[&str], edit: impl FnOnce(&mut Command)) -> Self {
         let mut cmd = command(repository, args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        edit(&mut cmd);
         let mut server = Self::spawn(cmd);
         server.wait_ready();
         server

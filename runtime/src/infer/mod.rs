@@ -7,7 +7,7 @@
 mod tract;
 
 #[cfg(feature = "onnx")]
-mod onnx;
+pub mod onnx;
 
 use crate::config::{Backend, GraphConfig};
 use crate::tensor::{Datatype, Tensor};
@@ -22,15 +22,18 @@ use wasmtime_wasi_nn::{Graph, GraphRegistry, Tensor as NnTensor};
 /// Server-wide settings for the backends.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
-    /// ONNX Runtime's shared library (`libonnxruntime.so`), needed by `backend = "onnx"`.
+    /// ONNX Runtime's shared library (`libonnxruntime.so`), needed by `backend = "onnx"`;
+    /// `None`: provisioned from the pinned wheel when a model needs it (see `infer::onnx::wheel`).
     pub onnxruntime_library: Option<PathBuf>,
 }
 
 pub use tract::signature;
 
-/// Load the graph at `path` on the backend its config names, able to run `executions`
-/// times at once.
+/// Load model `name`'s graph at `path` on the backend its config names, able to run
+/// `executions` times at once. The backend's own threads are named after the model
+/// (`ort-NAME`, `tract-NAME-N`), so `top -H` shows which model uses the CPU.
 pub fn load(
+    name: &str,
     path: &Path,
     config: &GraphConfig,
     executions: usize,
@@ -39,12 +42,12 @@ pub fn load(
     let model = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     match config.backend {
         // A tract plan runs from any number of threads at once.
-        Backend::Tract => tract::load(&model),
+        Backend::Tract => tract::load(name, &model, config.graph_threads(executions)),
         #[cfg(feature = "onnx")]
-        Backend::Onnx => onnx::load(&model, config, executions, options),
+        Backend::Onnx => onnx::load(name, &model, config, executions, options),
         #[cfg(not(feature = "onnx"))]
         Backend::Onnx => {
-            let _ = (options, executions);
+            let _ = (name, options, executions);
             bail!(
                 "this wasmserve was built without the `onnx` feature: rebuild with `--features onnx` or use backend = \"tract\""
             )

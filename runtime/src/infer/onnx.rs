@@ -1,8 +1,9 @@
 //! The ONNX Runtime backend, on the CPU or an NVIDIA GPU (CUDA execution provider).
 //!
-//! ONNX Runtime is loaded from a shared library at start-up (the `onnxruntime` wheel's
-//! `libonnxruntime.so`, or `onnxruntime-gpu`'s for CUDA), so the binary needs nothing
-//! installed unless a model asks for this backend.
+//! ONNX Runtime is loaded from a shared library at start-up: the one configured
+//! (`--onnxruntime-library` / `ORT_DYLIB_PATH`; `onnxruntime-gpu`'s for CUDA), else the CPU
+//! build the server provisions itself out of the pinned `onnxruntime` wheel ([`wheel`]),
+//! through the same fetch cache as model files. The binary links none of it.
 
 use super::{BackendOptions, NnTensor, Runner, graph};
 use crate::config::{GraphConfig, Target};
@@ -11,7 +12,7 @@ use ort::execution_providers::{CPUExecutionProvider, CUDAExecutionProvider, Exec
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::tensor::TensorElementType;
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use wasmtime_wasi_nn::wit::TensorType;
 
@@ -21,28 +22,71 @@ struct Onnx {
     sessions: Vec<Mutex<Session>>,
 }
 
+/// The ONNX Runtime release the server provisions when no library is configured.
+pub const VERSION: &str = "1.32.0";
+
+/// The `onnxruntime` wheel (PyPI, MIT) that carries [`VERSION`]'s library for this machine,
+/// as a fetch of the library out of it, and the library's own sha256 (checked on every use:
+/// the server loads it as code). `None` where PyPI has no such wheel.
+pub fn wheel() -> Option<(crate::config::Fetch, &'static str)> {
+    // (wheel URL, wheel sha256, library sha256); the CPython tag does not matter: the library
+    // inside is the same C++ build in every one of them.
+    let (url, sha256, library) = match std::env::consts::ARCH {
+        "x86_64" => (
+            "https://files.pythonhosted.org/packages/a3/81/55845186c20cba59f614991f4065dea148e48eeb9749893768c85ce64327/onnxruntime-1.32.0-cp312-cp312-manylinux_2_28_x86_64.whl",
+            "99e1074c4b2197accd5073052a465361be17b89c093b8ffb6e6bd8f986c52df8",
+            "6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f",
+        ),
+        "aarch64" => (
+            "https://files.pythonhosted.org/packages/4a/8f/1e43fb994513c7c7a9c6965272ef89d963c1bd4080993a6267bf913701d1/onnxruntime-1.32.0-cp312-cp312-manylinux_2_28_aarch64.whl",
+            "e36c187006e7a7c8b8d6d57f1a209dd63f52430dca6c282b177718ad6b841054",
+            "49852228a93995158b2a813d4df487d47a1b76b0eaa894507ef49e91b6d7954a",
+        ),
+        _ => return None,
+    };
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let fetch = crate::config::Fetch {
+        url: url.into(),
+        sha256: sha256.into(),
+        path: None,
+        unpack: None,
+        member: Some(format!("onnxruntime/capi/libonnxruntime.so.{VERSION}").into()),
+    };
+    Some((fetch, library))
+}
+
+/// The library this process loaded ONNX Runtime from, once a model used it.
+pub fn library() -> Option<PathBuf> {
+    LOADED.get().and_then(|loaded| loaded.as_ref().ok()).cloned()
+}
+
+static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
 /// Load ONNX Runtime's library once per process. A missing or broken library is an error
 /// here, never a panic inside ort.
 fn init(options: &BackendOptions) -> anyhow::Result<()> {
-    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let path = options.onnxruntime_library.as_deref().ok_or(
-            "backend = \"onnx\" needs ONNX Runtime's shared library: pass --onnxruntime-library PATH \
-             or set ORT_DYLIB_PATH (e.g. the onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.*)",
-        )?;
-        check_library(path).map_err(|e| format!("{e:#}"))?;
-        // ort panics on a library it cannot use; turn that into an error.
-        let lib = path.to_string_lossy().into_owned();
-        std::panic::catch_unwind(move || ort::init_from(lib).commit())
-            .map_err(|panic| {
-                let msg = crate::error::panic_message(&*panic);
-                format!("cannot load ONNX Runtime from {}: {msg}", path.display())
-            })?
-            .map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))?;
-        Ok(())
-    })
-    .clone()
-    .map_err(|e| anyhow!(e))
+    LOADED
+        .get_or_init(|| {
+            let path = options.onnxruntime_library.as_deref().ok_or(
+                "backend = \"onnx\" needs ONNX Runtime's shared library, and none is pinned for this \
+             platform to provision: pass --onnxruntime-library PATH or set ORT_DYLIB_PATH",
+            )?;
+            check_library(path).map_err(|e| format!("{e:#}"))?;
+            // ort panics on a library it cannot use; turn that into an error.
+            let lib = path.to_string_lossy().into_owned();
+            std::panic::catch_unwind(move || ort::init_from(lib).commit())
+                .map_err(|panic| {
+                    let msg = crate::error::panic_message(&*panic);
+                    format!("cannot load ONNX Runtime from {}: {msg}", path.display())
+                })?
+                .map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))?;
+            Ok(path.to_path_buf())
+        })
+        .clone()
+        .map(drop)
+        .map_err(|e| anyhow!(e))
 }
 
 fn check_library(path: &Path) -> anyhow::Result<()> {
@@ -53,21 +97,24 @@ fn check_library(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Create `executions` sessions for `model` with the execution provider the config asks for.
+/// Create `executions` sessions for model `name`'s graph with the execution provider the
+/// config asks for.
 pub fn load(
+    name: &str,
     model: &[u8],
     config: &GraphConfig,
     executions: usize,
     options: &BackendOptions,
 ) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
     init(options)?;
+    let threads = config.graph_threads(executions);
     let (first, gpu) = match config.target {
-        Target::Cpu => (session(model, config, false)?, false),
-        Target::Gpu => match session(model, config, true) {
+        Target::Cpu => (session(name, model, config, threads, false)?, false),
+        Target::Gpu => match session(name, model, config, threads, true) {
             Ok(session) => (session, true),
             Err(e) if config.gpu_fallback => {
                 tracing::warn!("no usable GPU ({e:#}); running on the CPU as gpu_fallback allows");
-                (session(model, config, false)?, false)
+                (session(name, model, config, threads, false)?, false)
             }
             Err(e) => {
                 return Err(e.context(
@@ -81,16 +128,33 @@ pub fn load(
     let outputs = first.outputs.iter().map(|o| o.name.clone()).collect();
     let mut sessions = vec![first];
     for _ in 1..executions {
-        sessions.push(session(model, config, gpu)?);
+        sessions.push(session(name, model, config, threads, gpu)?);
     }
     Ok(graph(inputs, outputs, Onnx { sessions: sessions.into_iter().map(Mutex::new).collect() }))
 }
 
-fn session(model: &[u8], config: &GraphConfig, gpu: bool) -> anyhow::Result<Session> {
-    let mut builder = Session::builder()?.with_optimization_level(GraphOptimizationLevel::Level3)?;
-    if config.threads > 0 {
-        builder = builder.with_intra_threads(config.threads)?;
-    }
+/// One session, made on a thread named `ort-NAME`: ONNX Runtime's intra-op threads take the
+/// name of the thread that created them.
+fn session(
+    name: &str,
+    model: &[u8],
+    config: &GraphConfig,
+    threads: usize,
+    gpu: bool,
+) -> anyhow::Result<Session> {
+    std::thread::scope(|scope| {
+        let made = std::thread::Builder::new()
+            .name(format!("ort-{name}"))
+            .spawn_scoped(scope, || new_session(model, config, threads, gpu))?;
+        made.join().map_err(|panic| anyhow!("{}", crate::error::panic_message(&*panic)))?
+    })
+}
+
+fn new_session(model: &[u8], config: &GraphConfig, threads: usize, gpu: bool) -> anyhow::Result<Session> {
+    let mut builder = Session::builder()?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(threads)?
+        .with_intra_op_spinning(config.spin)?;
     if gpu {
         let cuda = CUDAExecutionProvider::default();
         if !cuda.is_available()? {
@@ -109,12 +173,18 @@ impl Runner for Onnx {
             .into_iter()
             .map(|t| to_ort(t).map(SessionInputValue::from))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        // A free session if there is one, else wait for the first.
-        let free = self.sessions.iter().find_map(|s| s.try_lock().ok());
-        let mut session = match free {
-            Some(session) => session,
-            None => self.sessions[0].lock().map_err(|_| anyhow!("session poisoned"))?,
+        // The session this thread ran last if it is free (each execution thread keeps its
+        // own), else any free one, else wait for that one.
+        thread_local!(static LAST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+        let last = LAST.get() % self.sessions.len();
+        let free = (0..self.sessions.len())
+            .map(|i| (last + i) % self.sessions.len())
+            .find_map(|i| self.sessions[i].try_lock().ok().map(|s| (i, s)));
+        let (used, mut session) = match free {
+            Some(free) => free,
+            None => (last, self.sessions[last].lock().map_err(|_| anyhow!("session poisoned"))?),
         };
+        LAST.set(used);
         let outputs = session.run(inputs.as_slice())?;
         outputs.iter().map(|(_, value)| from_ort(&value)).collect()
     }

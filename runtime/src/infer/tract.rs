@@ -10,6 +10,7 @@ use crate::config::TensorSpec;
 use crate::tensor::Datatype;
 use anyhow::{Context, anyhow};
 use std::sync::{Arc, Mutex};
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use wasmtime_wasi_nn::wit::TensorType;
@@ -30,6 +31,8 @@ enum Plans {
 
 struct Tract {
     plans: Plans,
+    /// Where matrix products run: a pool of the model's own, or the calling thread.
+    executor: Executor,
 }
 
 /// tract's errors carry their cause chain; keep it on one line.
@@ -54,8 +57,9 @@ fn parse(model: &[u8]) -> anyhow::Result<(InferenceModel, Vec<String>, Vec<Strin
     Ok((model, inputs, outputs))
 }
 
-/// Parse, optimise and plan an ONNX model.
-pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
+/// Parse, optimise and plan model `name`'s ONNX graph, whose matrix products use `threads`
+/// threads (a pool of the model's own, threads `tract-NAME-N`, when more than one).
+pub fn load(name: &str, model: &[u8], threads: usize) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
     let (model, inputs, outputs) = parse(model)?;
     let plans = match model.clone().into_optimized().and_then(|m| m.into_runnable()) {
         Ok(plan) => Plans::Symbolic(plan),
@@ -68,7 +72,11 @@ pub fn load(model: &[u8]) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
             Plans::PerShape { model, plans: Mutex::new(vec![(shapes, plan)]) }
         }
     };
-    Ok(graph(inputs, outputs, Tract { plans }))
+    let executor = match threads {
+        0 | 1 => Executor::SingleThread,
+        n => Executor::multithread_with_name(n, &format!("tract-{name}")),
+    };
+    Ok(graph(inputs, outputs, Tract { plans, executor }))
 }
 
 /// The inputs and outputs an ONNX model declares: names, element types, dimensions (-1 where
@@ -163,7 +171,8 @@ impl Runner for Tract {
     fn run(&self, inputs: Vec<NnTensor>) -> anyhow::Result<Vec<NnTensor>> {
         let inputs =
             inputs.iter().map(|t| to_tract(t).map(TValue::from)).collect::<anyhow::Result<TVec<_>>>()?;
-        let outputs = self.plan(&inputs)?.run(inputs).map_err(err)?;
+        let plan = self.plan(&inputs)?;
+        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(inputs)).map_err(err)?;
         outputs.iter().map(|t| from_tract(t)).collect()
     }
 }

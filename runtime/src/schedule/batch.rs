@@ -1,10 +1,10 @@
-//! Where graphs run: each model's own execution threads, and dynamic batching (graph inputs
-//! of several requests joined along dimension 0, one graph run, the outputs split back).
+//! Dynamic batching, for models with `[batching]`: graph inputs of several requests joined
+//! along dimension 0, one graph run on the model's own execution threads, the outputs split
+//! back. (Without it a model's requests run whole on its threads: see [`super::Executions`].)
 //!
 //! Graph runs stay on a model's few long-lived threads rather than on whichever request
 //! thread arrives: ONNX Runtime runs a graph measurably faster from the same thread every
 //! time (its intra-op pool stays warm: 2.2 ms against 2.9 ms for magika on 2 cores).
-//! Without `[batching]` every batch is one request.
 //!
 //! A request's plugin preprocesses it on its own thread, then [`Batcher::infer`] queues its
 //! graph inputs and waits. One thread per model forms batches: it takes the oldest waiting
@@ -114,8 +114,7 @@ impl Batcher {
     pub fn infer(&self, model: &str, inputs: Vec<Tensor>) -> Result<Answer, Error> {
         let rows = match self.batching {
             true => batch_rows(model, &inputs)?,
-            // Only counted (wasmserve_batch_rows): dimension 0 of the first input, if any.
-            false => inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize),
+            false => counted_rows(&inputs),
         };
         let mut inputs = inputs;
         inputs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -127,6 +126,12 @@ impl Batcher {
             message: "the graph run panicked (see the server log)".into(),
         })?
     }
+}
+
+/// The rows of a graph run that is not batched, only counted (wasmserve_batch_rows):
+/// dimension 0 of the first input, if any.
+pub(crate) fn counted_rows(inputs: &[Tensor]) -> usize {
+    inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize)
 }
 
 /// A request's rows: dimension 0 of its graph inputs, which must agree.

@@ -1,18 +1,23 @@
 //! schedule: where a request's model work runs, and the order of its steps.
 //!
-//! Plugin calls and inference are CPU-bound and synchronous, so they run on tokio's
-//! blocking pool, never on the threads that accept connections and answer health checks.
+//! Plugin calls and inference are CPU-bound and synchronous, so they never run on the threads
+//! that accept connections and answer health checks. Each model has `executions` threads of
+//! its own ([`Executions`]): without `[batching]` each runs whole requests (preprocess, graph,
+//! postprocess), so a request crosses threads twice, from its connection's thread to one of
+//! these and back; the graph always runs from the same few threads, which ONNX Runtime likes.
+//! With `[batching]`, pre- and postprocess run on tokio's blocking pool and graph runs are
+//! joined on the batcher's execution threads (see [`batch`]): more hand-offs, bought for
+//! bigger graph runs.
 //! Each model runs at most `max_in_flight` requests at once; up to `max_queue` more wait for
 //! a slot (for at most their timeout), and beyond that a request is refused at once, so a
 //! burst never queues without bound.
-//! Graphs run on each model's own execution threads (see [`batch`]), where with
-//! `[batching]` the graph runs of several requests are joined into one.
 //! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
 pub mod batch;
 
 use crate::config::{Batching, Scheduling};
 use crate::error::Error;
+use crate::infer;
 use crate::repository::Model;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -118,6 +123,79 @@ pub struct Timings {
     pub graph_runs: u64,
 }
 
+/// Where a model's requests run.
+pub enum Executions {
+    /// Without `[batching]`: threads that each run whole requests.
+    Whole(Workers),
+    /// With `[batching]`: requests on tokio's blocking pool, graph runs joined by the batcher.
+    Batched(batch::Batcher),
+}
+
+impl Executions {
+    /// Start `executions` threads for `model`'s requests (with `batching`: for its batches).
+    pub fn start(
+        model: &str,
+        graph: &wasmtime_wasi_nn::Graph,
+        batching: Option<&Batching>,
+        executions: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(match batching {
+            Some(_) => Self::Batched(batch::Batcher::start(model, graph.clone(), batching, executions)?),
+            None => Self::Whole(Workers::start(model, executions)?),
+        })
+    }
+
+    /// Run the graph on one request's inputs: on this thread, or with batching in a batch.
+    fn infer(&self, model: &Model, inputs: Vec<Tensor>) -> Result<batch::Answer, Error> {
+        match self {
+            Self::Batched(batcher) => batcher.infer(&model.name, inputs),
+            Self::Whole(_) => {
+                let started = Instant::now();
+                let batch_rows = batch::counted_rows(&inputs);
+                let outputs = infer::run(&model.graph, inputs)
+                    .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })?;
+                Ok(batch::Answer { outputs, compute: started.elapsed(), batch_rows, first: true })
+            }
+        }
+    }
+}
+
+/// A model's request threads: each takes the next queued request and runs it whole. They end
+/// when the last handle is dropped.
+#[derive(Clone)]
+pub struct Workers {
+    queue: crossbeam_channel::Sender<Work>,
+}
+
+type Work = Box<dyn FnOnce() + Send>;
+
+impl Workers {
+    fn start(model: &str, threads: usize) -> anyhow::Result<Self> {
+        let (queue, work) = crossbeam_channel::unbounded::<Work>();
+        for i in 0..threads.max(1) {
+            let (work, name) = (work.clone(), model.to_string());
+            std::thread::Builder::new().name(format!("exec-{model}-{i}")).spawn(move || {
+                for job in work {
+                    // A panic fails its own request (its reply is dropped), never the thread.
+                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+                        let message = crate::error::panic_message(&*panic);
+                        tracing::error!(model = %name, "request handling panicked: {message}");
+                    }
+                }
+            })?;
+        }
+        Ok(Self { queue })
+    }
+
+    /// Run `work` on one of the threads; its answer comes back through the future.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Work = Box::new(move || drop(reply.send(work())));
+        self.queue.send(job).map_err(|_| Error::Internal("the model's threads have stopped".into()))?;
+        answer.await.map_err(|_| Error::Internal("request handling panicked (see the server log)".into()))
+    }
+}
+
 /// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
 pub async fn run(
     model: Arc<Model>,
@@ -127,15 +205,23 @@ pub async fn run(
     let queued = Instant::now();
     let slot = model.slots.acquire(&model.name, &params).await?;
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
+    let workers = match &model.executions {
+        Executions::Whole(workers) => Some(workers.clone()),
+        Executions::Batched(_) => None,
+    };
+    let work = move || {
         let _slot = slot;
         let _request = span.enter();
         let queue = queued.elapsed();
         run_blocking(&model, inputs, &params)
             .map(|(outputs, timings)| (outputs, Timings { queue: queue + timings.queue, ..timings }))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?
+    };
+    match workers {
+        Some(workers) => workers.run(work).await?,
+        None => tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?,
+    }
 }
 
 /// The steps of one request, on the calling thread (start-up warm-up uses it directly).
@@ -149,7 +235,7 @@ pub fn run_blocking(
     let prepared = tracing::debug_span!("preprocess").in_scope(|| instance.preprocess(inputs, params))?;
     let preprocessed = Instant::now();
     let answer =
-        tracing::debug_span!("infer").in_scope(|| model.batcher.infer(&model.name, prepared.graph_inputs))?;
+        tracing::debug_span!("infer").in_scope(|| model.executions.infer(model, prepared.graph_inputs))?;
     let batch_wait = preprocessed.elapsed().saturating_sub(answer.compute);
     let inferred = Instant::now();
     let outputs = tracing::debug_span!("postprocess")
