@@ -295,7 +295,7 @@ fn default_max_queue_delay_us() -> u64 {
 ///
 /// ```toml
 /// [scheduling]
-/// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per CPU core,
+/// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per core or execution,
 ///                         # or with [batching] enough to fill every execution's batch and the next
 /// executions = 0          # requests (with [batching]: batches) run at once, each on a thread
 ///                         # of the model's own; 0: one per CPU core (on ONNX Runtime at most 4)
@@ -305,7 +305,7 @@ fn default_max_queue_delay_us() -> u64 {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scheduling {
-    /// Requests running at once; 0 means one per CPU core (with `[batching]`, at least
+    /// Requests running at once; 0 means one per CPU core or execution (with `[batching]`, at least
     /// `max_batch_size × (executions + 1)`, so batches can fill while others run).
     #[serde(default)]
     pub max_in_flight: usize,

@@ -382,12 +382,17 @@ async fn infer(
 }
 
 /// A request's id: the client's own (the request's `id` field, else the `x-request-id`
-/// header) when it is sensible, else a new one.
+/// header) when it is sensible, else a new random UUID. Its bits come from a per-thread
+/// generator seeded once, not from the kernel per request (a system call on every request,
+/// for an id that needs to be unique, not secret).
 pub(crate) fn request_id(id: Option<&str>, headers: &HeaderMap) -> String {
     id.filter(|v| !v.is_empty())
         .or_else(|| headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
         .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+        .map_or_else(
+            || uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid().to_string(),
+            str::to_string,
+        )
 }
 
 impl AppState {

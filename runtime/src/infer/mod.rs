@@ -63,6 +63,24 @@ pub fn run(graph: &Graph, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
     outputs.into_iter().map(from_wasi_nn).collect()
 }
 
+/// Held by a thread that runs graphs for as long as it lives (a model's execution thread):
+/// while it is held, the backends keep per-thread state between runs (tract's plan states
+/// and their scratch space); dropping it frees that state, which must happen before the
+/// thread ends.
+pub struct ThreadState(());
+
+/// Keep backend state on this thread until the returned guard is dropped.
+pub fn thread_state() -> ThreadState {
+    tract::keep_states(true);
+    ThreadState(())
+}
+
+impl Drop for ThreadState {
+    fn drop(&mut self) {
+        tract::keep_states(false);
+    }
+}
+
 /// Backend errors carry their cause one level down; keep it in the message.
 fn backend_error(e: BackendError) -> anyhow::Error {
     match e {

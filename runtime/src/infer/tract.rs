@@ -172,9 +172,55 @@ impl Runner for Tract {
         let inputs =
             inputs.iter().map(|t| to_tract(t).map(TValue::from)).collect::<anyhow::Result<TVec<_>>>()?;
         let plan = self.plan(&inputs)?;
-        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(inputs)).map_err(err)?;
+        let mut state = take_state(&plan)?;
+        let outputs = multithread_tract_scope(self.executor.clone(), || state.run(inputs)).map_err(err)?;
+        // Kept only after a run that succeeded: a failed one may have left it half-way.
+        keep_state(state);
         outputs.iter().map(|t| from_tract(t)).collect()
     }
+}
+
+/// Most plan states one thread keeps (one per plan it ran lately).
+const STATES_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// The states of the plans this thread ran last, on threads that keep them (see
+    /// [`keep_states`]): a run reuses its plan's state, and with it the scratch space tract
+    /// keeps per state, instead of spawning one each time.
+    static STATES: std::cell::RefCell<Option<Vec<TypedSimpleState>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether this thread keeps plan states between runs. A state must be dropped before its
+/// thread ends (dropping one reaches into tract's own thread-locals, gone by then), so only
+/// threads that say when they end keep any: see [`super::ThreadState`].
+pub(super) fn keep_states(on: bool) {
+    let dropped = STATES.with_borrow_mut(|states| std::mem::replace(states, on.then(Vec::new)));
+    drop(dropped);
+}
+
+/// This thread's state for `plan`, or a new one.
+fn take_state(plan: &Plan) -> anyhow::Result<TypedSimpleState> {
+    let kept = STATES.with_borrow_mut(|states| {
+        let states = states.as_mut()?;
+        let i = states.iter().position(|s| Arc::ptr_eq(s.plan(), plan))?;
+        Some(states.swap_remove(i))
+    });
+    match kept {
+        Some(state) => Ok(state),
+        None => plan.spawn().map_err(err),
+    }
+}
+
+/// Keep `state` for this thread's next run of its plan, if this thread keeps states.
+fn keep_state(state: TypedSimpleState) {
+    let dropped = STATES.with_borrow_mut(|states| match states {
+        Some(states) => {
+            states.push(state);
+            (states.len() > STATES_PER_THREAD).then(|| states.remove(0))
+        }
+        None => Some(state),
+    });
+    drop(dropped);
 }
 
 fn to_tract(t: &NnTensor) -> anyhow::Result<Tensor> {

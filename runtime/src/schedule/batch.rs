@@ -81,6 +81,7 @@ impl Batcher {
             let (graph, batches, free_tx, name) =
                 (graph.clone(), batches.clone(), free_tx.clone(), model.to_string());
             std::thread::Builder::new().name(format!("batch-{model}-{i}")).spawn(move || {
+                let _state = infer::thread_state();
                 for batch in batches {
                     // A backend that panics fails this batch's requests (their replies are
                     // dropped unanswered), never the thread: later batches still run.

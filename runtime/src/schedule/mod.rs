@@ -35,13 +35,13 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// Slots as `[scheduling]` says (0 in-flight: one per CPU core, and with `batching`
-    /// enough requests to fill every execution's batch and the next one).
+    /// Slots as `[scheduling]` says (0 in-flight: one per CPU core or execution, and with
+    /// `batching` enough requests to fill every execution's batch and the next one).
     pub fn new(config: &Scheduling, batching: Option<&Batching>, executions: usize) -> Self {
         let cores = crate::config::cores();
         let max_in_flight = match (config.max_in_flight, batching) {
             (0, Some(b)) => cores.max(b.max_batch_size * (executions + 1)),
-            (0, None) => cores,
+            (0, None) => cores.max(executions),
             (n, _) => n,
         };
         Self {
@@ -175,6 +175,7 @@ impl Workers {
         for i in 0..threads.max(1) {
             let (work, name) = (work.clone(), model.to_string());
             std::thread::Builder::new().name(format!("exec-{model}-{i}")).spawn(move || {
+                let _state = infer::thread_state();
                 for job in work {
                     // A panic fails its own request (its reply is dropped), never the thread.
                     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
