@@ -38,7 +38,10 @@ FIXTURES = ROOT / "tests/fixtures"
 
 
 def start(binary, repo, ort_library, env):
-    proc = subprocess.Popen([binary, "serve", "-r", repo, "--port", "0", "--onnxruntime-library", ort_library],
+    """Serve `repo` (with this ONNX Runtime library, or the one the server provisions when None)
+    and wait until ready: (process, address, log lines)."""
+    library = ["--onnxruntime-library", ort_library] if ort_library else []
+    proc = subprocess.Popen([binary, "serve", "-r", repo, "--port", "0", *library],
                             stderr=subprocess.PIPE, text=True, env=env)
     log, addr = [], []
 
