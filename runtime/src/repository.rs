@@ -465,9 +465,9 @@ impl Repository {
             let graph = config.and_then(|config| {
                 let file = dir.join(&config.graph.file);
                 let options = loaded.loader.options_for(&config.graph)?;
-                let graph = infer::load(name, &file, &config.graph, config.executions(), &options)
-                    .context("cannot load its graph")?;
                 let executions = config.executions();
+                let graph = infer::load(name, &file, &config.graph, executions, &options)
+                    .context("cannot load its graph")?;
                 tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
                     executions, graph_threads = config.graph.graph_threads(executions),
                     elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
@@ -666,11 +666,10 @@ fn bring_up(
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
     }
     let executions = config.executions();
-    let threads = schedule::Executions::start(name, &graph, config.batching.as_ref(), executions)?;
     let mut model = Model {
         name: name.to_string(),
         slots: schedule::Slots::new(&config.scheduling, config.batching.as_ref(), executions),
-        executions: threads,
+        executions: schedule::Executions::start(name, &graph, config.batching.as_ref(), executions)?,
         config,
         graph,
         plugin,
