@@ -298,7 +298,7 @@ fn default_max_queue_delay_us() -> u64 {
 /// max_in_flight = 2       # requests running at once (plugin + graph); 0: one per core or execution,
 ///                         # or with [batching] enough to fill every execution's batch and the next
 /// executions = 0          # requests (with [batching]: batches) run at once, each on a thread
-///                         # of the model's own; 0: one per CPU core (on ONNX Runtime at most 4)
+///                         # of the model's own; 0: one per CPU core (ONNX Runtime: at most 4, 1 on a GPU)
 /// max_queue = 64          # requests waiting for a slot; the next gets 503 + Retry-After
 /// queue_timeout_ms = 0    # longest wait for a slot; 0: none (a request's `timeout` parameter, in µs, overrides)
 /// ```
@@ -312,7 +312,7 @@ pub struct Scheduling {
     /// Requests (with `[batching]`: batches) run at once, each on a thread of the model's
     /// own; on ONNX Runtime each has a session of its own. 0 means one per CPU core, on ONNX
     /// Runtime at most 4 (a session holds its own copy of the weights), the cores then shared
-    /// out between them as intra-op threads (`graph.threads`).
+    /// out between them as intra-op threads (`graph.threads`), and 1 with `target = "gpu"`.
     #[serde(default)]
     pub executions: usize,
     /// Requests waiting for a slot; beyond it a request is refused at once (503, Retry-After).
@@ -633,6 +633,9 @@ impl ModelConfig {
     /// Graph runs at once: `[scheduling] executions`, or its default for the backend.
     pub fn executions(&self) -> usize {
         match (self.scheduling.executions, self.graph.backend) {
+            // On a GPU each session holds its own copy of the weights in GPU memory, and its
+            // parallelism comes from batching: one unless configured (gpu_bench.py measures 2).
+            (0, Backend::Onnx) if self.graph.target == Target::Gpu => 1,
             // Sessions with one intra-op thread each out-ran one session with all the cores
             // (magika, 2 cores: 241 against 220 rows/s); each session holds its weights.
             (0, Backend::Onnx) => cores().min(4),
@@ -745,6 +748,18 @@ mod tests {
         }
         assert!(versions("").select(&[]).unwrap_err().to_string().contains("no version directories"));
         assert!(toml::from_str::<Versions>("polcy = \"all\"").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn executions_default_by_backend_and_target() {
+        let with = |graph: &str| {
+            parse(&MINIMAL.replace("file = \"m.onnx\"", &format!("file = \"m.onnx\"\n{graph}"))).unwrap()
+        };
+        assert_eq!(with("backend = \"tract\"").executions(), cores());
+        assert_eq!(with("backend = \"onnx\"").executions(), cores().min(4));
+        assert_eq!(with("backend = \"onnx\"\ntarget = \"gpu\"").executions(), 1);
+        let onnx = with("backend = \"onnx\"");
+        assert_eq!(onnx.graph.graph_threads(onnx.executions()), (cores() / cores().min(4)).max(1));
     }
 
     fn parse(text: &str) -> anyhow::Result<ModelConfig> {
