@@ -142,15 +142,16 @@ struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
 
-    /// Where fetched model files (models/) and compiled plugins (plugins/) are kept, so a
-    /// restart neither downloads nor compiles again (default: $XDG_CACHE_HOME/wasmserve or
+    /// Where fetched model files (models/), compiled plugins (plugins/) and ONNX Runtime's
+    /// optimised graphs (graphs/) are kept, so a restart neither downloads, compiles nor
+    /// optimises again (default: $XDG_CACHE_HOME/wasmserve or
     /// ~/.cache/wasmserve). On Kubernetes, a volume (emptyDir survives container restarts).
     /// Models that fetch files need it writable; otherwise it only saves time.
     #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
 
     /// Keep nothing across restarts: fetch model files into a temporary directory removed at
-    /// exit, and compile plugins at every start.
+    /// exit, and compile plugins and optimise graphs at every start.
     #[arg(long, conflicts_with = "cache_dir", env = "WASMSERVE_NO_CACHE")]
     #[serde(default)]
     no_cache: bool,
@@ -464,7 +465,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future()),
     };
 
-    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
+    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library, ..Default::default() };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let watched = repository.clone();
     let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, options));
@@ -509,6 +510,8 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
 struct Caches {
     fetcher: Fetcher,
     plugins: Option<PathBuf>,
+    /// Where ONNX Runtime's optimised graphs are kept.
+    graphs: Option<PathBuf>,
     /// With --no-cache: the temporary directory fetched files go to, removed on drop.
     scratch: Option<tempfile::TempDir>,
 }
@@ -526,7 +529,8 @@ impl Caches {
             }
         };
         let fetcher = Fetcher::new(&fetched.join("models"), progress_bars);
-        Ok(Self { fetcher, plugins: cache.map(|dir| dir.join("plugins")), scratch })
+        let (plugins, graphs) = (cache.as_ref().map(|d| d.join("plugins")), cache.map(|d| d.join("graphs")));
+        Ok(Self { fetcher, plugins, graphs, scratch })
     }
 
     /// Bring the repository's models up (see [`Repository::load`]); returns the failures and
@@ -536,6 +540,7 @@ impl Caches {
         repository: &Repository,
         options: BackendOptions,
     ) -> (Vec<(String, String)>, Option<tempfile::TempDir>) {
+        let options = BackendOptions { graph_cache: self.graphs, ..options };
         let loader = Loader { options, fetcher: self.fetcher, plugin_cache: self.plugins };
         (repository.load(loader), self.scratch)
     }
@@ -548,7 +553,7 @@ async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     let dir = repository.dir(&args.model, args.version.as_deref())?;
     let config = wasmserve::config::ModelConfig::load(&dir)?;
     repository.keep(&config.plugin.allowed_graphs(&args.model));
-    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library };
+    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library, ..Default::default() };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let repository = Arc::new(repository);
     let loading = repository.clone();
@@ -578,7 +583,8 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
                 found.extend(check::files(&name, &dir));
             }
         }
-        let options = BackendOptions { onnxruntime_library: args.onnxruntime_library.clone() };
+        let options =
+            BackendOptions { onnxruntime_library: args.onnxruntime_library.clone(), ..Default::default() };
         let caches = Caches::new(args.cache_dir.clone(), false, false)?;
         let repository = Arc::new(repository);
         let loading = repository.clone();

@@ -226,7 +226,7 @@ impl Loader {
         #[cfg(feature = "onnx")]
         if let Some(loaded) = infer::onnx::library() {
             // ONNX Runtime is loaded once per process: verified when it was.
-            return Ok(BackendOptions { onnxruntime_library: Some(loaded) });
+            return Ok(BackendOptions { onnxruntime_library: Some(loaded), ..self.options.clone() });
         }
         #[cfg(feature = "onnx")]
         if let Some((wheel, library)) = infer::onnx::wheel() {
@@ -250,7 +250,7 @@ impl Loader {
                 })?;
             tracing::info!(version = infer::onnx::VERSION, library = %path.display(),
                 elapsed_ms = started.elapsed().as_millis() as u64, "ONNX Runtime provisioned");
-            return Ok(BackendOptions { onnxruntime_library: Some(path) });
+            return Ok(BackendOptions { onnxruntime_library: Some(path), ..self.options.clone() });
         }
         Ok(self.options.clone())
     }

@@ -7,7 +7,7 @@ mod server;
 
 use serde_json::{Value, json};
 use server::{Server, edited_repository, examples, onnxruntime_library, run_to_failure, test_models};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const RAW: [(&str, &str); 1] = [("Inference-Header-Content-Length", "0")];
 
@@ -656,6 +656,63 @@ fn onnx_runtime_agrees_with_tract() {
     for (a, b) in embed(&onnx, &sentences, json!({})).iter().zip(embed(&tract, &sentences, json!({}))) {
         assert!(cosine(a, &b) > 0.999, "backends disagree: cosine {}", cosine(a, &b));
     }
+}
+
+/// The optimised graphs in a cache directory, and whether a half-written one was left.
+fn optimised_graphs(cache: &Path) -> (Vec<PathBuf>, bool) {
+    let Ok(entries) = std::fs::read_dir(cache.join("graphs")) else { return (vec![], false) };
+    let files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
+    let partial = files.iter().any(|f| f.to_string_lossy().ends_with(".part"));
+    (files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "onnx")).collect(), partial)
+}
+
+#[test]
+fn onnx_runtime_keeps_the_graph_it_optimised_across_restarts() {
+    let Some(library) = onnxruntime_library() else { return };
+    let repo = edited_repository(&test_models(), &["faulty"], |t| {
+        format!("{}\n[scheduling]\nexecutions = 2\n", t.replace("[plugin]", "backend = \"onnx\"\n[plugin]"))
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap()];
+    let start = || Server::start_env(repo.path(), &args, &[("ORT_DYLIB_PATH", &library)]);
+
+    // First start: optimised once, saved, and the second session loads what the first saved.
+    let server = start();
+    assert_serves(&server);
+    let log = server.log();
+    assert_eq!(log.matches("optimised graph saved to the cache").count(), 1, "{log}");
+    let (graphs, partial) = optimised_graphs(cache.path());
+    assert_eq!(graphs.len(), 1, "{graphs:?}");
+    assert!(!partial, "a half-written graph was left behind");
+    drop(server);
+
+    // A restart loads it as it is, and answers the same.
+    let server = start();
+    assert_serves(&server);
+    let log = server.log();
+    assert!(
+        log.contains("optimised graph loaded from the cache") && !log.contains("saved to the cache"),
+        "{log}"
+    );
+    drop(server);
+
+    // A damaged file is not trusted: removed, optimised again, saved again.
+    std::fs::write(&graphs[0], b"not a graph").unwrap();
+    let server = start();
+    assert_serves(&server);
+    let log = server.log();
+    assert!(log.contains("does not load") && log.contains("optimised graph saved to the cache"), "{log}");
+    assert!(std::fs::metadata(&graphs[0]).unwrap().len() > 100);
+    drop(server);
+
+    // --no-cache keeps nothing: every start optimises.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let server = Server::start_with(repo.path(), &["--no-cache"], |cmd| {
+        cmd.env("ORT_DYLIB_PATH", &library).env("XDG_CACHE_HOME", elsewhere.path());
+    });
+    assert_serves(&server);
+    assert!(!server.log().contains("optimised graph"), "{}", server.log());
+    assert!(!elsewhere.path().join("wasmserve").exists());
 }
 
 /// How many of the server's threads have a name starting with `prefix`.

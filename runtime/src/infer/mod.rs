@@ -25,6 +25,9 @@ pub struct BackendOptions {
     /// ONNX Runtime's shared library (`libonnxruntime.so`), needed by `backend = "onnx"`;
     /// `None`: provisioned from the pinned wheel when a model needs it (see `infer::onnx::wheel`).
     pub onnxruntime_library: Option<PathBuf>,
+    /// Where ONNX Runtime keeps the graphs it optimised for this machine across restarts
+    /// (`<--cache-dir>/graphs`); `None` (`--no-cache`): every start optimises again.
+    pub graph_cache: Option<PathBuf>,
 }
 
 pub use tract::signature;

@@ -98,7 +98,9 @@ fn check_library(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Create `executions` sessions for model `name`'s graph with the execution provider the
-/// config asks for.
+/// config asks for. On the CPU, with a graph cache, the graph ONNX Runtime optimised is kept
+/// there ([`optimised_path`]): the first session of the first start optimises and saves it,
+/// every other session loads it as it is.
 pub fn load(
     name: &str,
     model: &[u8],
@@ -108,13 +110,21 @@ pub fn load(
 ) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
     init(options)?;
     let threads = config.graph_threads(executions);
+    let cached = match (config.target, &options.graph_cache) {
+        (Target::Cpu, Some(dir)) => Some(optimised_path(dir, model, options.onnxruntime_library.as_deref())),
+        _ => None,
+    };
+    let cpu = |first: bool| match &cached {
+        Some(path) => cached_session(name, model, config, threads, path, first),
+        None => session(name, Source::Model(model, None), config, threads, false),
+    };
     let (first, gpu) = match config.target {
-        Target::Cpu => (session(name, model, config, threads, false)?, false),
-        Target::Gpu => match session(name, model, config, threads, true) {
+        Target::Cpu => (cpu(true)?, false),
+        Target::Gpu => match session(name, Source::Model(model, None), config, threads, true) {
             Ok(session) => (session, true),
             Err(e) if config.gpu_fallback => {
                 tracing::warn!("no usable GPU ({e:#}); running on the CPU as gpu_fallback allows");
-                (session(name, model, config, threads, false)?, false)
+                (cpu(true)?, false)
             }
             Err(e) => {
                 return Err(e.context(
@@ -128,16 +138,107 @@ pub fn load(
     let outputs = first.outputs.iter().map(|o| o.name.clone()).collect();
     let mut sessions = vec![first];
     for _ in 1..executions {
-        sessions.push(session(name, model, config, threads, gpu)?);
+        sessions.push(match gpu {
+            true => session(name, Source::Model(model, None), config, threads, true)?,
+            false => cpu(false)?,
+        });
     }
     Ok(graph(inputs, outputs, Onnx { sessions: sessions.into_iter().map(Mutex::new).collect() }))
+}
+
+/// Where the graph ONNX Runtime optimises out of `model` for this machine is kept in `dir`.
+/// The name digests everything the result depends on: the model's bytes, the library (path,
+/// size and modification time: another release optimises differently), the optimisation
+/// level and the CPU's feature flags (level 3 lays tensors out for the instructions it finds,
+/// and ONNX Runtime warns that such a graph runs only where it was made).
+pub fn optimised_path(dir: &Path, model: &[u8], library: Option<&Path>) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut key = Sha256::new();
+    key.update(model);
+    if let Some(library) = library {
+        key.update(library.as_os_str().as_encoded_bytes());
+        if let Ok(meta) = std::fs::metadata(library) {
+            key.update(meta.len().to_le_bytes());
+            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            key.update(modified.unwrap_or_default().as_nanos().to_le_bytes());
+        }
+    }
+    key.update(format!("level3 {}", std::env::consts::ARCH));
+    // x86's "flags" and Arm's "Features": the same on every core, so the first line will do.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    key.update(cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features")).unwrap_or(""));
+    let digest = key.finalize();
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{hex}.onnx"))
+}
+
+/// A CPU session from the optimised graph at `path` when an earlier start saved one (one
+/// that does not load is removed), else optimised from `model` and saved there: under a name
+/// of its own first, then renamed, so no reader sees half a file. A cache that cannot be
+/// written costs the saving, never the model.
+fn cached_session(
+    name: &str,
+    model: &[u8],
+    config: &GraphConfig,
+    threads: usize,
+    path: &Path,
+    first: bool,
+) -> anyhow::Result<Session> {
+    if path.is_file() {
+        match session(name, Source::Optimised(path), config, threads, false) {
+            Ok(session) => {
+                if first {
+                    tracing::info!(model = name, path = %path.display(), "optimised graph loaded from the cache");
+                }
+                return Ok(session);
+            }
+            Err(e) => {
+                tracing::warn!(model = name, path = %path.display(),
+                    "the cached optimised graph does not load ({e:#}); optimising the model again");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    static SAVES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = path.with_extension(format!("{}.{n}.part", std::process::id()));
+    let saved = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+        let session = session(name, Source::Model(model, Some(&partial)), config, threads, false);
+        let session = session.map_err(std::io::Error::other)?;
+        std::fs::rename(&partial, path).map(|()| session)
+    });
+    let _ = std::fs::remove_file(&partial);
+    match saved {
+        Ok(session) => {
+            tracing::info!(model = name, path = %path.display(), "optimised graph saved to the cache");
+            Ok(session)
+        }
+        Err(e) => {
+            let session = session(name, Source::Model(model, None), config, threads, false)?;
+            tracing::warn!(
+                model = name,
+                "cannot keep the optimised graph in {} ({e:#}); the next start optimises again",
+                path.display()
+            );
+            Ok(session)
+        }
+    }
+}
+
+/// Where a session's graph comes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The model's own bytes, optimised now; with a path, the optimised graph is saved there.
+    Model(&'a [u8], Option<&'a Path>),
+    /// A graph optimised on an earlier start, loaded as it is.
+    Optimised(&'a Path),
 }
 
 /// One session, made on a thread named `ort-NAME`: ONNX Runtime's intra-op threads take the
 /// name of the thread that created them.
 fn session(
     name: &str,
-    model: &[u8],
+    source: Source,
     config: &GraphConfig,
     threads: usize,
     gpu: bool,
@@ -145,14 +246,18 @@ fn session(
     std::thread::scope(|scope| {
         let made = std::thread::Builder::new()
             .name(format!("ort-{name}"))
-            .spawn_scoped(scope, || new_session(model, config, threads, gpu))?;
+            .spawn_scoped(scope, || new_session(source, config, threads, gpu))?;
         made.join().map_err(|panic| anyhow!("{}", crate::error::panic_message(&*panic)))?
     })
 }
 
-fn new_session(model: &[u8], config: &GraphConfig, threads: usize, gpu: bool) -> anyhow::Result<Session> {
+fn new_session(source: Source, config: &GraphConfig, threads: usize, gpu: bool) -> anyhow::Result<Session> {
+    let level = match source {
+        Source::Model(..) => GraphOptimizationLevel::Level3,
+        Source::Optimised(_) => GraphOptimizationLevel::Disable,
+    };
     let mut builder = Session::builder()?
-        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_optimization_level(level)?
         .with_intra_threads(threads)?
         .with_intra_op_spinning(config.spin)?;
     if gpu {
@@ -164,7 +269,13 @@ fn new_session(model: &[u8], config: &GraphConfig, threads: usize, gpu: bool) ->
     } else {
         builder = builder.with_execution_providers([CPUExecutionProvider::default().build()])?;
     }
-    Ok(builder.commit_from_memory(model)?)
+    Ok(match source {
+        Source::Model(model, None) => builder.commit_from_memory(model)?,
+        Source::Model(model, Some(save)) => {
+            builder.with_optimized_model_path(save)?.commit_from_memory(model)?
+        }
+        Source::Optimised(path) => builder.commit_from_file(path)?,
+    })
 }
 
 impl Runner for Onnx {
