@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wasmserve against Triton, MLServer and a FastAPI + onnxruntime server, side by side.
 
-One run, one machine: each server in turn is started on the same two models, driven by the
+One run, one machine: each server in turn is started on the same three models, driven by the
 same load generator (oha) with the same request bodies at several concurrencies, and
 stopped; then one table is printed: requests/s, p50, p99, errors, peak RSS and the time from
 process start to every model ready.
@@ -13,15 +13,19 @@ process start to every model ready.
 - Models: `magika` (file-type detection: real byte work around a 3 MB network; every
   server runs the magika 1.0.3 model file and its pre/post-processing: wasmserve in its
   plugin, the others in the `magika` Python package) and `tiny` (mul_1.onnx: Y = X * c on a
-  3x2 tensor, where serving overhead is all there is).
+  3x2 tensor, where serving overhead is all there is) and `minilm` (sentence embeddings:
+  the example's all-MiniLM-L6-v2 int8 graph, WordPiece tokenising, mean pooling; the
+  others tokenise with Hugging Face `tokenizers`, see bench/peers/models.py), 1 and 8
+  sentences per request.
 - Backend: ONNX Runtime 1.32.0 everywhere (wasmserve loads the same library as the Python
   wheel). The peers run one session with --threads intra-op threads (default: every core);
   wasmserve runs its own defaults (sessions and threads derived from the cores). Batching is
-  on where the server has it (max 32 rows, 2 ms delay): Triton's dynamic batcher, MLServer's
-  adaptive batching, wasmserve's [batching]. FastAPI has none.
+  on where the server has it (max 32 rows, 2 ms delay) for magika and minilm: Triton's
+  dynamic batcher, MLServer's adaptive batching, wasmserve's [batching] (in a configuration
+  of its own: the examples ship without it). FastAPI has none.
 - wasmserve runs in three configurations: as it ships (instances reused, no batching: on
   this CPU batching does not pay for magika, see the bound below), with [batching] on
-  magika, and with a fresh plugin instance per request.
+  magika and minilm, and with a fresh plugin instance per request.
 - Also measured in the same run: ONNX Runtime in-process on magika, the best of several
   configurations (sessions x intra-op threads x spinning, each session driven from a thread
   of its own), and at batch sizes 1 and 32 (what batching can gain on this machine); nginx
@@ -59,6 +63,12 @@ OHA = Path(os.environ.get("OHA", ROOT / ".tools/oha/bin/oha"))
 TINY_MODEL = ROOT / "tests/models/faulty/model.onnx"
 MAX_BATCH, DELAY_US = 32, 2000
 MAGIKA_FILE = ROOT / "tests/fixtures/magika/files/main.rs"
+SENTENCES = ["The quarterly report is due on Friday afternoon.", "A man is playing a guitar on the street.",
+             "How do I reset my password?", "The train to Lyon leaves from platform nine.",
+             "Our servers answered every request within ten milliseconds.", "She planted tomatoes in the spring.",
+             "Refunds are processed within five business days.", "The museum opens at nine on weekdays."]
+# What each table row sends: (the model's name in URLs, sentences per request for minilm).
+MODELS = {"magika": ("magika", None), "tiny": ("tiny", None), "minilm x1": ("minilm", 1), "minilm x8": ("minilm", 8)}
 
 
 def free_port():
@@ -81,7 +91,7 @@ class Running:
     """A server process tree: its peak RSS (sum over processes, sampled every 100 ms) and
     the seconds from start to every model ready."""
 
-    def __init__(self, name, cmd, port, env=None, cwd=None, ready=("/v2/models/magika/ready", "/v2/models/tiny/ready")):
+    def __init__(self, name, cmd, port, env=None, cwd=None, ready=tuple(f"/v2/models/{m}/ready" for m in ("magika", "tiny", "minilm"))):
         self.name, self.port = name, port
         self.log = tempfile.TemporaryFile()
         started = time.perf_counter()
@@ -148,12 +158,29 @@ def bodies(triton):
     shape = [1, 1] if triton else [1]
     magika = {"inputs": [{"name": "bytes", "shape": shape, "datatype": "BYTES", "data": [text]}]}
     tiny = {"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]}
-    return {"magika": json.dumps(magika).encode(), "tiny": json.dumps(tiny).encode()}
+    out = {"magika": json.dumps(magika).encode(), "tiny": json.dumps(tiny).encode()}
+    for key, (_, n) in MODELS.items():
+        if n:
+            shape = [n, 1] if triton else [n]
+            text = {"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": SENTENCES[:n]}]}
+            out[key] = json.dumps(text).encode()
+    return out
+
+
+def minilm_dir():
+    """The example minilm's fetched files (model.onnx, data/vocab.txt), for the peers: where
+    `wasmserve check` puts them in the default cache."""
+    out = subprocess.run([str(BINARY), "check", str(ROOT / "examples/models/minilm")], capture_output=True, text=True,
+                         env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"})
+    for word in out.stderr.split():
+        if word.startswith("view="):
+            return word[len("view="):]
+    sys.exit(f"cannot find minilm's files:\n{out.stderr[-3000:]}")
 
 
 def wasmserve_repository(dir, batching, reuse):
-    """magika as the example configures it but on ONNX Runtime (with [batching] if asked),
-    and tiny: mul_1.onnx behind the test suite's pass-through plugin."""
+    """magika as the example configures it (with [batching] if asked), minilm as the example
+    ships, and tiny: mul_1.onnx behind the test suite's pass-through plugin."""
     magika = dir / "magika"
     shutil.copytree(ROOT / "examples/models/magika", magika)
     # The example's own settings: ONNX Runtime, executions and threads as the server derives them.
@@ -163,6 +190,12 @@ def wasmserve_repository(dir, batching, reuse):
     if batching:
         toml += f"\n[batching]\nmax_batch_size = {MAX_BATCH}\nmax_queue_delay_us = {DELAY_US}\n"
     (magika / "model.toml").write_text(toml)
+    shutil.copytree(ROOT / "examples/models/minilm", dir / "minilm")
+    if batching:
+        # Requests join a batch only when their token counts match (the plugin pads to the
+        # longest sentence of its own request): as here, where every request is the same.
+        with open(dir / "minilm/model.toml", "a") as toml:
+            toml.write(f"\n[batching]\nmax_batch_size = {MAX_BATCH}\nmax_queue_delay_us = {DELAY_US}\n")
     tiny = dir / "tiny"
     tiny.mkdir()
     shutil.copy(TINY_MODEL, tiny / "model.onnx")
@@ -187,8 +220,8 @@ shape = [3, 2]
 
 # wasmserve's configurations: (magika batched, plugin instances reused, models, concurrency levels or None for all).
 WASMSERVE = {
-    "wasmserve": (False, True, ["magika", "tiny"], None),
-    "wasmserve batching": (True, True, ["magika"], [16, 32]),
+    "wasmserve": (False, True, ["magika", "tiny", "minilm x1", "minilm x8"], None),
+    "wasmserve batching": (True, True, ["magika", "minilm x1"], [16, 32]),
     "wasmserve fresh instances": (False, False, ["magika", "tiny"], [16]),
 }
 
@@ -197,7 +230,7 @@ def start(name, threads, scratch):
     port = free_port()
     python = sys.executable
     env = {"BENCH_THREADS": str(threads), "BENCH_TINY_MODEL": str(TINY_MODEL), "PYTHONPATH": str(PEERS),
-           "BENCH_MAX_BATCH": str(MAX_BATCH), "BENCH_QUEUE_DELAY_US": str(DELAY_US)}
+           "BENCH_MAX_BATCH": str(MAX_BATCH), "BENCH_QUEUE_DELAY_US": str(DELAY_US), "BENCH_MINILM_DIR": minilm_dir()}
     if name in WASMSERVE:
         repo = scratch / name.replace(" ", "_")
         repo.mkdir()
@@ -221,6 +254,8 @@ def start(name, threads, scratch):
             ("magika", {"implementation": "runtime.MagikaRuntime", "max_batch_size": MAX_BATCH,
                         "max_batch_time": DELAY_US / 1e6}),
             ("tiny", {"implementation": "runtime.TinyRuntime"}),
+            ("minilm", {"implementation": "runtime.MiniLMRuntime", "max_batch_size": MAX_BATCH,
+                        "max_batch_time": DELAY_US / 1e6}),
         ]:
             (models / model).mkdir()
             (models / model / "model-settings.json").write_text(json.dumps({"name": model, **settings}))
@@ -361,9 +396,9 @@ def main():
             print(f"# {name}: starting", file=sys.stderr, flush=True)
             server = start(name, args.threads, Path(scratch))
             body = bodies(name == "triton")
-            _, _, models, only = WASMSERVE.get(name, (None, None, ["magika", "tiny"], None))
+            _, _, models, only = WASMSERVE.get(name, (None, None, list(MODELS), None))
             for model in models:
-                url = f"{server.base}/v2/models/{model}/infer"
+                url = f"{server.base}/v2/models/{MODELS[model][0]}/infer"
                 load(url, body[model], 4, 2)  # warm up: plans, caches, batch sizes
                 for c in [c for c in levels if only is None or c in only]:
                     measured = name in WASMSERVE and model == "magika" and c == 16
@@ -419,6 +454,16 @@ def main():
         if ceiling:
             line += f"; {tiny / ceiling[0]:.0%} of nginx's fixed answer (target: >= 40%)"
         print(line)
+    if "wasmserve" in servers and peers and 16 in levels:
+        for model in ("minilm x1", "minilm x8"):
+            best = max(peers, key=lambda p: cell[(p, model, 16)][0])
+            (w, wp99), (b, bp99) = cell[("wasmserve", model, 16)], cell[(best, model, 16)]
+            line = (f"- {model} (sentences per request), concurrency 16: {w / b:.2f}x the throughput of the best peer "
+                    f"({best}), p99 {wp99 / bp99:.2f}x its p99")
+            if ("wasmserve batching", model, 16) in cell:
+                batched, bp = cell[("wasmserve batching", model, 16)]
+                line += f"; with [batching]: {batched / b:.2f}x, p99 {bp / bp99:.2f}x"
+            print(line)
     bound = {b: in_process_bound(args.threads, b) for b in (1, 32)}
     print(f"- ONNX Runtime alone on magika, 1 session x {args.threads} threads: {bound[1]:.0f} rows/s at batch 1, "
           f"{bound[32]:.0f} rows/s at batch 32 ({bound[32] / bound[1]:.2f}x): what batching can gain on this CPU")

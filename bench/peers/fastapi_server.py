@@ -6,11 +6,12 @@ import os
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 
-from models import MagikaBatch, Tiny
+from models import MagikaBatch, MiniLM, Tiny
 
 app = FastAPI()
 magika = MagikaBatch()
 tiny = Tiny(os.environ["BENCH_TINY_MODEL"])
+minilm = MiniLM(os.environ["BENCH_MINILM_DIR"])
 
 
 @app.get("/v2/health/ready")
@@ -32,6 +33,10 @@ async def infer(name: str, request: Request):
     elif name == "tiny":
         y = tiny(np.array(tensor["data"], dtype=np.float32).reshape(3, 2))
         outputs = [{"name": "y", "datatype": "FP32", "shape": [3, 2], "data": y.ravel().tolist()}]
+    elif name == "minilm":
+        embedding = minilm(tensor["data"])
+        outputs = [{"name": "embedding", "datatype": "FP32", "shape": list(embedding.shape),
+                    "data": embedding.ravel().tolist()}]
     else:
         raise HTTPException(404, f"unknown model {name}")
     return {"model_name": name, "outputs": outputs}

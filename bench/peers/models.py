@@ -1,8 +1,12 @@
-"""The two benchmark models as every Python peer runs them, on onnxruntime.
+"""The benchmark models as every Python peer runs them, on onnxruntime.
 
 magika: the `magika` package itself (1.0.3, the release the wasmserve plugin reproduces)
 does the byte work; a batch is pre-processed file by file, then inferred in one
 onnxruntime call, as `Magika.identify_paths` does internally. tiny: `mul_1.onnx`, one call.
+minilm: the example's graph and vocabulary (BENCH_MINILM_DIR: model.onnx, data/vocab.txt),
+Hugging Face `tokenizers`' BERT WordPiece (uncased, at most 256 tokens, padded to the
+longest sentence of the batch), one onnxruntime call, mean pooling over the attention mask
+and L2 normalisation: what sentence-transformers does, and the wasmserve plugin.
 """
 
 import io
@@ -13,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from magika import Magika
 from magika.types.seekable import Seekable
+from tokenizers import BertWordPieceTokenizer
 
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
@@ -58,3 +63,24 @@ class Tiny:
 
     def __call__(self, x):
         return self.session.run(None, {"X": x})[0]
+
+
+class MiniLM:
+    """384-dim sentence embeddings for a batch of sentences."""
+
+    def __init__(self, directory):
+        directory = Path(directory)
+        self.tokenizer = BertWordPieceTokenizer(str(directory / "data/vocab.txt"), lowercase=True)
+        self.tokenizer.enable_truncation(256)
+        self.tokenizer.enable_padding()
+        self.session = ort.InferenceSession(str(directory / "model.onnx"), session_options(),
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, sentences):
+        encoded = self.tokenizer.encode_batch(sentences)
+        feed = {name: np.array([getattr(e, field) for e in encoded], dtype=np.int64) for name, field in
+                [("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids")]}
+        hidden = self.session.run(None, feed)[0]
+        mask = feed["attention_mask"][..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
