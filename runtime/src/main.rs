@@ -138,6 +138,13 @@ struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
     onnxruntime_library: Option<PathBuf>,
 
+    /// One pool of N intra-op threads that every ONNX Runtime session in the process shares,
+    /// instead of a pool per session ([graph] threads and spin are then not used). For many
+    /// ONNX Runtime models busy at once on many cores, where a pool per session puts several
+    /// spinning threads on every core. 0: a pool per session, sized by [graph] threads.
+    #[arg(long, default_value_t = 0, value_name = "N", env = "WASMSERVE_ONNXRUNTIME_THREADS")]
+    onnxruntime_threads: usize,
+
     /// Largest request body accepted, in MiB; larger ones get 413.
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
@@ -465,7 +472,11 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future()),
     };
 
-    let options = BackendOptions { onnxruntime_library: args.onnxruntime_library, ..Default::default() };
+    let options = BackendOptions {
+        onnxruntime_library: args.onnxruntime_library,
+        onnxruntime_threads: args.onnxruntime_threads,
+        ..Default::default()
+    };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let watched = repository.clone();
     let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, options));

@@ -746,6 +746,16 @@ fn execution_settings_reach_the_backends() {
         );
         assert_serves(&server);
     }
+    // --onnxruntime-threads: one pool for every session, made with ONNX Runtime's environment
+    // on a thread named ort-env, and none of the sessions' own.
+    let repo = configured("onnx", 3, 2);
+    let args = ["--onnxruntime-threads", "3"];
+    let server = Server::start_env(repo.path(), &args, &[("ORT_DYLIB_PATH", &library)]);
+    assert_eq!(threads_named(&server, "ort-faulty"), 0);
+    // The environment's own thread, and the pool's N - 1 (the caller of a run is the Nth).
+    assert_eq!(threads_named(&server, "ort-env"), 3);
+    assert!(server.log().contains("one intra-op pool shared by every session"), "{}", server.log());
+    assert_serves(&server);
     // tract: one pool of `threads` for the model's matrix products, shared by its executions;
     // none with 1.
     for (threads, pool) in [(3, 3), (1, 0)] {

@@ -28,6 +28,9 @@ pub struct BackendOptions {
     /// Where ONNX Runtime keeps the graphs it optimised for this machine across restarts
     /// (`<--cache-dir>/graphs`); `None` (`--no-cache`): every start optimises again.
     pub graph_cache: Option<PathBuf>,
+    /// With N > 0, ONNX Runtime runs one pool of N intra-op threads shared by every session
+    /// instead of a pool per session.
+    pub onnxruntime_threads: usize,
 }
 
 pub use tract::signature;

@@ -8,6 +8,7 @@
 use super::{BackendOptions, NnTensor, Runner, graph};
 use crate::config::{GraphConfig, Target};
 use anyhow::{Context, anyhow, bail};
+use ort::environment::GlobalThreadPoolOptions;
 use ort::execution_providers::{CPUExecutionProvider, CUDAExecutionProvider, ExecutionProvider};
 use ort::session::{Session, SessionInputValue, builder::GraphOptimizationLevel};
 use ort::tensor::TensorElementType;
@@ -76,12 +77,34 @@ fn init(options: &BackendOptions) -> anyhow::Result<()> {
             check_library(path).map_err(|e| format!("{e:#}"))?;
             // ort panics on a library it cannot use; turn that into an error.
             let lib = path.to_string_lossy().into_owned();
-            std::panic::catch_unwind(move || ort::init_from(lib).commit())
+            let shared = options.onnxruntime_threads;
+            let environment = move || -> ort::Result<bool> {
+                let builder = ort::init_from(lib);
+                if shared == 0 {
+                    return builder.commit();
+                }
+                // Sessions run their graphs sequentially: no inter-op threads.
+                let pool =
+                    GlobalThreadPoolOptions::default().with_intra_threads(shared)?.with_inter_threads(1)?;
+                let pool = pool.with_spin_control(true)?;
+                builder.with_global_thread_pool(pool).commit()
+            };
+            // ONNX Runtime's own thread and the shared pool's are made here and take this thread's name.
+            let committed = std::thread::Builder::new()
+                .name("ort-env".into())
+                .spawn(move || std::panic::catch_unwind(environment))
+                .map_err(|e| format!("cannot start a thread: {e}"))?
+                .join()
+                .unwrap_or_else(Err);
+            committed
                 .map_err(|panic| {
                     let msg = crate::error::panic_message(&*panic);
                     format!("cannot load ONNX Runtime from {}: {msg}", path.display())
                 })?
                 .map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))?;
+            if shared > 0 {
+                tracing::info!(threads = shared, "ONNX Runtime: one intra-op pool shared by every session");
+            }
             Ok(path.to_path_buf())
         })
         .clone()
