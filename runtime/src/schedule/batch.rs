@@ -38,8 +38,6 @@ pub struct Answer {
 /// A model's batch queue and the threads that serve it.
 pub struct Batcher {
     queue: Sender<Job>,
-    /// Whether requests are joined (else every batch is one request).
-    batching: bool,
 }
 
 /// One request's graph inputs, waiting for a batch.
@@ -65,12 +63,11 @@ impl Job {
 
 impl Batcher {
     /// Start the threads of model `model`: `executions` that run its graph, and one that
-    /// forms batches as `batching` says (of one request each without it). They end when the
-    /// batcher is dropped.
+    /// forms batches as `batching` says. They end when the batcher is dropped.
     pub fn start(
         model: &str,
         graph: wasmtime_wasi_nn::Graph,
-        batching: Option<&Batching>,
+        batching: &Batching,
         executions: usize,
     ) -> anyhow::Result<Self> {
         let (queue, jobs) = crossbeam_channel::unbounded();
@@ -101,22 +98,18 @@ impl Batcher {
             free,
             batches: batches_tx,
             pending: VecDeque::new(),
-            max_rows: batching.map_or(0, |b| b.max_batch_size),
-            delay: Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_us)),
-            preferred: batching.map_or_else(Vec::new, |b| b.preferred_batch_sizes.clone()),
+            max_rows: batching.max_batch_size,
+            delay: Duration::from_micros(batching.max_queue_delay_us),
+            preferred: batching.preferred_batch_sizes.clone(),
         };
         std::thread::Builder::new().name(format!("batcher-{model}")).spawn(move || former.run())?;
-        Ok(Self { queue, batching: batching.is_some() })
+        Ok(Self { queue })
     }
 
     /// Queue one request's graph inputs and wait (on this blocking thread) for its rows of
-    /// the batch's outputs. With batching, every input must have the same dimension 0: the
-    /// request's rows.
+    /// the batch's outputs. Every input must have the same dimension 0: the request's rows.
     pub fn infer(&self, model: &str, inputs: Vec<Tensor>) -> Result<Answer, Error> {
-        let rows = match self.batching {
-            true => batch_rows(model, &inputs)?,
-            false => counted_rows(&inputs),
-        };
+        let rows = batch_rows(model, &inputs)?;
         let mut inputs = inputs;
         inputs.sort_by(|a, b| a.name.cmp(&b.name));
         let (reply, answer) = oneshot::channel();
@@ -352,7 +345,8 @@ mod tests {
             }
             Ok(inputs)
         });
-        let batcher = Batcher::start("m", graph, None, 1).unwrap();
+        let batching = Batching { max_batch_size: 1, max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
+        let batcher = Batcher::start("m", graph, &batching, 1).unwrap();
         let x = |v: f32| vec![tensor("x", vec![1], &[v])];
         let err = batcher.infer("m", x(0.0)).err().unwrap();
         assert_eq!(

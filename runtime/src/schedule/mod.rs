@@ -140,7 +140,9 @@ impl Executions {
         executions: usize,
     ) -> anyhow::Result<Self> {
         Ok(match batching {
-            Some(_) => Self::Batched(batch::Batcher::start(model, graph.clone(), batching, executions)?),
+            Some(batching) => {
+                Self::Batched(batch::Batcher::start(model, graph.clone(), batching, executions)?)
+            }
             None => Self::Whole(Workers::start(model, executions)?),
         })
     }
