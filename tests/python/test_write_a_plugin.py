@@ -1,5 +1,5 @@
-"""README's "Write a plugin" section, run as written: its three commands, from the
-repository's root, then its request, whose answer must be the one the README shows."""
+"""The "Write a plugin" page (docs/plugins.md), run as written: its three commands, from the
+repository's root, then its request, whose answer must be the one the page shows."""
 
 import json
 import os
@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def section_blocks():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Write a plugin\n", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs/plugins.md").read_text()
+    section = page.split("# Write a plugin\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sh\n(.*?)```", section, re.S)
 
 
-def test_the_readme_takes_a_new_user_from_nothing_to_a_served_plugin_in_three_commands():
+def test_the_plugin_page_takes_a_new_user_from_nothing_to_a_served_plugin_in_three_commands():
     setup, request = section_blocks()[:2]
     commands = [line for line in setup.splitlines() if line.strip()]
     assert len(commands) <= 3, commands

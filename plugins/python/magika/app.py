@@ -6,7 +6,7 @@ the file, whitespace stripped and padded; files too short for it are `txt` or `u
 whether they are UTF-8, an empty one is `empty`; the model's label goes through the overwrite
 map and falls back to `txt`/`unknown` under its threshold.
 
-Built into a WebAssembly component by componentize-py (see README, "A plugin in Python");
+Built into a WebAssembly component by componentize-py (see docs/plugins.md, "A plugin in Python");
 only the standard library is used. Data files at /data: config.min.json and
 content_types_kb.min.json, from the magika wheel.
 
