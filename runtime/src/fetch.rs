@@ -1,4 +1,4 @@
-//! fetch: the first start-up step. A model's `[[fetch]]` files (see [`config::Fetch`]) come
+//! fetch: the first start-up step. A model's `[[fetch]]` files (see [`crate::config::Fetch`]) come
 //! from their URLs into a cache, each checked against its pinned sha256, and the model then
 //! sees them at their `path` as if they were in its directory.
 //!

@@ -6,7 +6,9 @@
 //! [`server`] (REST; [`grpc`] for gRPC) -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
 //! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
-//! config lists from their URLs. [`batch`] runs the same path offline over files.
+//! config lists from their URLs. [`offline`] runs the same path offline over files.
+//! [`commands`] are the `wasmserve` subcommands' entry points; the binary only parses
+//! arguments and calls them.
 //!
 //! Without the `server` feature (on by default) only the protocol is built: [`config`],
 //! [`decode`], [`encode`], [`tensor`] and [`error`].
@@ -19,9 +21,7 @@ pub mod error;
 pub mod tensor;
 
 #[cfg(feature = "server")]
-pub mod batch;
-#[cfg(feature = "server")]
-pub mod check;
+pub mod commands;
 #[cfg(feature = "server")]
 pub mod fetch;
 #[cfg(feature = "server")]
@@ -30,6 +30,8 @@ pub mod grpc;
 pub mod infer;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod offline;
 #[cfg(feature = "server")]
 pub mod plugin;
 #[cfg(feature = "server")]

@@ -4,8 +4,103 @@
 //! request path (which checks the plugin's outputs against the declared ones). Every problem
 //! comes with a hint; `wasmserve check` exits non-zero when there is one.
 
+use super::Caches;
 use crate::config::{self, ModelConfig};
-use std::path::Path;
+use crate::infer::BackendOptions;
+use crate::repository::Repository;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `wasmserve check`'s settings.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Model directories, or repositories of them.
+    #[arg(required = true, value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+
+    /// ONNX Runtime's shared library, for models with backend = "onnx"; default: provisioned
+    /// from the pinned onnxruntime wheel (as for `serve`).
+    #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
+    onnxruntime_library: Option<PathBuf>,
+
+    /// Where fetched model files are kept (as for `serve`).
+    #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// Check every directory; an error when a problem (not a warning) was found.
+pub fn run(args: CheckArgs) -> anyhow::Result<()> {
+    super::runtime()?.block_on(check(args))
+}
+
+/// `wasmserve check`: bring each directory's models up as `serve` would, and say what is wrong.
+async fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let mut problems = 0;
+    for dir in &args.dirs {
+        let (root, names) = layout(dir)?;
+        let mut repository = Repository::scan(&root)?;
+        if !names.is_empty() {
+            repository.keep(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let mut found = Vec::new();
+        for (name, version, _) in repository.states() {
+            if let Ok(dir) = repository.dir(&name, version.as_deref()) {
+                found.extend(files(&name, &dir));
+            }
+        }
+        let options =
+            BackendOptions { onnxruntime_library: args.onnxruntime_library.clone(), ..Default::default() };
+        let caches = Caches::new(args.cache_dir.clone(), false, false)?;
+        let repository = Arc::new(repository);
+        let loading = repository.clone();
+        let (failures, _scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, options))
+            .await
+            .context("model loading panicked")?;
+        for (model, reason) in failures {
+            // A model with a problem found on disk fails to load because of it: said once.
+            if found.iter().any(|p| !p.warning && model.split(' ').next() == Some(p.model.as_str())) {
+                continue;
+            }
+            let hint = hint(&reason);
+            found.push(Problem { model, message: reason, hint, warning: false });
+        }
+        for (name, version, state) in repository.states() {
+            if let crate::repository::State::Ready(model) = state {
+                let at = version.map(|v| format!(" version {v}")).unwrap_or_default();
+                println!("ok      {name}{at}: ready ({})", backend_of(&model.config.graph));
+            }
+        }
+        for p in &found {
+            println!(
+                "{} {}: {}
+        hint: {}",
+                if p.warning { "warning" } else { "error  " },
+                p.model,
+                p.message,
+                p.hint
+            );
+        }
+        problems += found.iter().filter(|p| !p.warning).count();
+    }
+    anyhow::ensure!(problems == 0, "{problems} problem(s) found");
+    Ok(())
+}
+
+/// The backend a ready model runs on, for `check`: with ONNX Runtime, the library in use.
+fn backend_of(graph: &crate::config::GraphConfig) -> String {
+    use crate::config::Backend;
+    match graph.backend {
+        Backend::Tract => "tract, built in".into(),
+        #[cfg(feature = "onnx")]
+        Backend::Onnx => match crate::infer::onnx::library() {
+            Some(path) => format!("ONNX Runtime from {}", path.display()),
+            None => "ONNX Runtime".into(),
+        },
+        #[cfg(not(feature = "onnx"))]
+        Backend::Onnx => "ONNX Runtime".into(),
+    }
+}
 
 /// Something wrong (or missing) in a model directory, and what to do about it.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! batch: offline inference, the server's request path (decode -> plugin -> schedule ->
+//! offline: batch (offline) inference, the server's request path (decode -> plugin -> schedule ->
 //! infer -> encode) over a file of requests or a directory of inputs, into JSON Lines.
 //!
 //! Input: a file of JSON Lines, one OIP inference request per line (a REST body), or a

@@ -1,0 +1,317 @@
+//! serve: `wasmserve serve`, from its settings (flags, environment, `--config` file) to a
+//! process that listens, brings its models up, serves until a signal and drains.
+
+use super::Caches;
+use crate::infer::BackendOptions;
+use crate::repository::Repository;
+use crate::server::{AppState, ReadyWhen, control_router, router};
+use anyhow::Context;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// `wasmserve serve`'s settings; also the keys of its `--config` file.
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (keys as the flags, with underscores:
+    /// `repository = "models"`, `shutdown_delay_secs = 5`). Flags and environment
+    /// variables override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "WASMSERVE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
+    /// Directory holding one directory per model, each with a model.toml.
+    #[arg(long, short = 'r', value_name = "DIR", env = "WASMSERVE_REPOSITORY")]
+    repository: Option<PathBuf>,
+
+    /// Address to listen on. Use 0.0.0.0 to accept connections from other hosts
+    /// (inside a container, for example).
+    #[arg(long, default_value = "127.0.0.1", env = "WASMSERVE_HOST")]
+    host: std::net::IpAddr,
+
+    /// Port to listen on; 0 picks a free one (the log says which).
+    #[arg(long, short = 'p', default_value_t = 8000, env = "WASMSERVE_PORT")]
+    port: u16,
+
+    /// Serve HTTPS (and gRPC over TLS) with this certificate chain, PEM; needs --tls-key.
+    /// Without it the port speaks plain HTTP/1.1 and HTTP/2 (h2c).
+    #[arg(long, value_name = "FILE", env = "WASMSERVE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", env = "WASMSERVE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// ONNX Runtime's shared library, for models with backend = "onnx": e.g. the
+    /// onnxruntime-gpu wheel's onnxruntime/capi/libonnxruntime.so.* for CUDA. Without it the
+    /// server provisions ONNX Runtime 1.32.0's CPU library itself, out of the pinned
+    /// onnxruntime wheel on PyPI into --cache-dir: downloaded once, its sha256 checked at
+    /// every start. Not needed for tract models.
+    #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
+    onnxruntime_library: Option<PathBuf>,
+
+    /// One pool of N intra-op threads that every ONNX Runtime session in the process shares,
+    /// instead of a pool per session ([graph] threads and spin are then not used). For many
+    /// ONNX Runtime models busy at once on many cores, where a pool per session puts several
+    /// spinning threads on every core. 0: a pool per session, sized by [graph] threads.
+    #[arg(long, default_value_t = 0, value_name = "N", env = "WASMSERVE_ONNXRUNTIME_THREADS")]
+    onnxruntime_threads: usize,
+
+    /// Largest request body accepted, in MiB; larger ones get 413.
+    #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
+    max_body_mib: usize,
+
+    /// Where fetched model files (models/), compiled plugins (plugins/) and ONNX Runtime's
+    /// optimised graphs (graphs/) are kept, so a restart neither downloads, compiles nor
+    /// optimises again (default: $XDG_CACHE_HOME/wasmserve or
+    /// ~/.cache/wasmserve). On Kubernetes, a volume (emptyDir survives container restarts).
+    /// Models that fetch files need it writable; otherwise it only saves time.
+    #[arg(long, value_name = "DIR", env = "WASMSERVE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Keep nothing across restarts: fetch model files into a temporary directory removed at
+    /// exit, and compile plugins and optimise graphs at every start.
+    #[arg(long, conflicts_with = "cache_dir", env = "WASMSERVE_NO_CACHE")]
+    #[serde(default)]
+    no_cache: bool,
+
+    /// When /v2/health/ready answers 200: when all models are ready, or any one.
+    #[arg(long, value_enum, default_value_t = ReadyWhen::All, env = "WASMSERVE_READY_WHEN")]
+    ready_when: ReadyWhen,
+
+    /// Stop the server if any model fails to load or warm up, instead of serving the others.
+    #[arg(long, env = "WASMSERVE_EXIT_ON_ERROR")]
+    #[serde(default)]
+    exit_on_error: bool,
+
+    /// Serve (and report ready) even when the repository holds no model.
+    #[arg(long, env = "WASMSERVE_ALLOW_EMPTY_REPOSITORY")]
+    #[serde(default)]
+    allow_empty_repository: bool,
+
+    /// After SIGTERM, keep serving this long with readiness false before refusing new
+    /// connections. On Kubernetes, a few seconds lets endpoints update first.
+    #[arg(long, default_value_t = 0, value_name = "SECS", env = "WASMSERVE_SHUTDOWN_DELAY_SECS")]
+    shutdown_delay_secs: u64,
+
+    /// A file holding the bearer token that opens the control endpoints (POST
+    /// /v2/repository/models/{m}/load and .../unload): clients send `Authorization: Bearer
+    /// <token>`. Without a token (this or WASMSERVE_CONTROL_TOKEN) they answer 403. On
+    /// Kubernetes, a Secret mounted as a file.
+    #[arg(long, value_name = "FILE", env = "WASMSERVE_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
+
+    /// The control token itself, from the environment only (a flag would show in `ps`).
+    #[arg(
+        long,
+        hide = true,
+        env = "WASMSERVE_CONTROL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "control_token_file"
+    )]
+    #[serde(skip)]
+    control_token: Option<String>,
+
+    /// Serve the control endpoints on this port only (same --host, same TLS), and not on
+    /// --port: keep it out of the Service that clients reach.
+    #[arg(long, value_name = "PORT", env = "WASMSERVE_CONTROL_PORT")]
+    control_port: Option<u16>,
+
+    /// Look at the repository every this many seconds and reload what changed on disk (a
+    /// config, a plugin, a model file, versions.toml), load new model directories and
+    /// unload removed ones; 0 (default): only at start-up and through the control endpoints.
+    /// A reload warms the new version up before it takes traffic.
+    #[arg(long, default_value_t = 0, value_name = "SECS", env = "WASMSERVE_POLL_SECS")]
+    #[serde(default)]
+    poll_secs: u64,
+
+    /// After the delay, how long requests in flight may take to finish before the server
+    /// exits anyway. Keep delay + drain under Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS", env = "WASMSERVE_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: u64,
+}
+
+/// Serve until SIGTERM or Ctrl-C, then drain. `matches`: the `serve` subcommand's parsed
+/// command line, which says which settings the `--config` file may fill in.
+/// `progress_bars`: draw download progress bars (a person is watching).
+pub fn run(args: ServeArgs, matches: &clap::ArgMatches, progress_bars: bool) -> anyhow::Result<()> {
+    let rt = super::runtime()?;
+    let result = with_config_file(args, matches).and_then(|args| rt.block_on(serve(args, progress_bars)));
+    // A model still loading must not hold the exit up.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
+/// The JSON schema of the `--config` file (committed as `schemas/server.schema.json`).
+pub fn config_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(ServeArgs)).expect("a schema is JSON")
+}
+
+/// Layer the `--config` file under what flags and environment variables set: a key from the
+/// file counts only where neither gave the setting.
+fn with_config_file(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<ServeArgs> {
+    use clap::parser::ValueSource;
+    let Some(path) = args.config.clone() else { return Ok(args) };
+    let invalid = || format!("invalid config file {}", path.display());
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: toml::Table = toml::from_str(&text).with_context(invalid)?;
+    let mut merged = toml::Table::try_from(&args)?;
+    let serve = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+    let known: Vec<String> = serve.get_arguments().map(|a| a.get_id().to_string()).collect();
+    for (key, value) in file {
+        let known = key != "config" && known.contains(&key);
+        anyhow::ensure!(known, "{}: unknown key `{key}` (see `wasmserve schema server`)", invalid());
+        let set_by_user =
+            matches!(matches.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        if !set_by_user {
+            merged.insert(key, value);
+        }
+    }
+    let mut merged: ServeArgs = merged.try_into().with_context(invalid)?;
+    merged.config = Some(path);
+    merged.control_token = args.control_token;
+    Ok(merged)
+}
+
+/// Serve until a signal.
+async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
+    let root = args.repository.clone().context(
+        "no model repository: pass --repository DIR, set WASMSERVE_REPOSITORY, or `repository` in --config",
+    )?;
+    let repository = Arc::new(Repository::scan(&root)?);
+    anyhow::ensure!(
+        !repository.is_empty() || args.allow_empty_repository,
+        "no models in {}: each model is a directory with a model.toml (--allow-empty-repository serves none)",
+        root.display()
+    );
+    // Read the certificate before listening: a bad one stops the start, not the first client.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::config(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let control_token = match (&args.control_token_file, args.control_token) {
+        (Some(file), _) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the control token file {}", file.display()))?;
+            Some(token.trim().to_string())
+        }
+        (None, token) => token,
+    };
+    if control_token.as_deref().is_some_and(|t| t.len() < 16) {
+        anyhow::bail!(
+            "the control token is shorter than 16 characters: use a long random one (openssl rand -hex 32)"
+        );
+    }
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when, control_token);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {} ({scheme}; gRPC on the same port)", listener.local_addr()?);
+    let mut app = router(state.clone());
+    match args.control_port {
+        Some(port) => {
+            let addr = SocketAddr::new(args.host, port);
+            let control = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--control-port)"))?;
+            tracing::info!("control endpoints on {} ({scheme})", control.local_addr()?);
+            let app = control_router(state.clone());
+            // Stopped with the process: nothing in flight there needs draining.
+            match tls.clone() {
+                Some(config) => {
+                    tokio::spawn(crate::tls::serve(control, app, config, std::future::pending()));
+                }
+                None => {
+                    tokio::spawn(axum::serve(control, app).into_future());
+                }
+            }
+        }
+        None => app = app.merge(control_router(state.clone())),
+    }
+
+    let stopping = Arc::new(Notify::new());
+    let shutdown = {
+        let (state, stopping) = (state.clone(), stopping.clone());
+        let delay = Duration::from_secs(args.shutdown_delay_secs);
+        async move {
+            shutdown_signal().await;
+            state.drain();
+            stopping.notify_one();
+            tracing::info!(
+                "shutting down: not ready; serving {delay:?} more, then finishing requests in flight"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("shutting down: no new connections");
+        }
+    };
+    let mut server = match tls {
+        Some(config) => tokio::spawn(crate::tls::serve(listener, app, config, shutdown)),
+        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future()),
+    };
+
+    let options = BackendOptions {
+        onnxruntime_library: args.onnxruntime_library,
+        onnxruntime_threads: args.onnxruntime_threads,
+        ..Default::default()
+    };
+    let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
+    let watched = repository.clone();
+    let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, options));
+    let (failures, scratch) = tokio::select! {
+        loaded = &mut loading => loaded.context("model loading panicked")?,
+        stopped = &mut server => return stopped?.context("server failed"),
+    };
+    if let (true, Some((name, reason))) = (args.exit_on_error, failures.first()) {
+        anyhow::bail!("model '{name}' is unavailable: {reason} (--exit-on-error)");
+    }
+    tracing::info!(unavailable = failures.len(), "all models loaded");
+    if args.poll_secs > 0 {
+        let every = Duration::from_secs(args.poll_secs);
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashMap::new();
+            loop {
+                let polling = watched.clone();
+                seen = tokio::task::spawn_blocking(move || {
+                    polling.poll(&mut seen);
+                    seen
+                })
+                .await
+                .unwrap_or_default();
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    let drain_limit = Duration::from_secs(args.shutdown_delay_secs + args.drain_timeout_secs);
+    tokio::select! {
+        stopped = &mut server => stopped?.context("server failed")?,
+        _ = async { stopping.notified().await; tokio::time::sleep(drain_limit).await } => {
+            tracing::warn!("requests still in flight after {drain_limit:?}; exiting anyway");
+        }
+    }
+    tracing::info!("stopped");
+    drop(scratch);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
