@@ -10,7 +10,7 @@
 use crate::config::TensorSpec;
 use crate::decode::{self, InferRequest, RequestedOutput};
 use crate::error::{Error, Result};
-use crate::server::{AppState, ModelPath};
+use crate::pipeline::{AppState, ModelPath};
 use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
@@ -106,7 +106,7 @@ impl GrpcInferenceService for Grpc {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let headers = request.metadata().clone().into_headers();
         let request = request.into_inner();
-        let id = crate::server::request_id(Some(&request.id), &headers);
+        let id = crate::pipeline::request_id(Some(&request.id), &headers);
         let path = path(request.model_name.clone(), request.model_version.clone());
         let answer = self
             .0
@@ -114,7 +114,7 @@ impl GrpcInferenceService for Grpc {
                 let model = &target.model;
                 let mut decoded = decode(request, &model.config.inputs)?;
                 target.shadow(&self.0, &decoded);
-                let (outputs, timings, rows) = crate::server::run(model, &mut decoded).await?;
+                let (outputs, timings, rows) = crate::pipeline::run(model, &mut decoded).await?;
                 let mut response = encode(&model.name, &model.config.version, &decoded, outputs)?;
                 if let Some(variant) = target.variant() {
                     let variant = infer_parameter::ParameterChoice::StringParam(variant.to_string());

@@ -3,8 +3,8 @@
 //! the Open Inference Protocol (KServe v2).
 //!
 //! The modules follow one request:
-//! [`server`] (REST; [`grpc`] for gRPC) -> [`decode`] -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`]
-//! -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
+//! [`server`] (REST; [`grpc`] for gRPC) -> [`pipeline`] (target, span, metrics) -> [`decode`]
+//! -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`] -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
 //! config lists from their URLs. [`offline`] runs the same path offline over files.
 //! [`commands`] are the `wasmserve` subcommands' entry points; the binary only parses
@@ -32,6 +32,8 @@ pub mod infer;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod offline;
+#[cfg(feature = "server")]
+pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod plugin;
 #[cfg(feature = "server")]

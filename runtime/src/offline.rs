@@ -146,7 +146,7 @@ async fn infer(model: &Arc<Model>, record: &Record) -> Result<Box<RawValue>, Err
     // A line of JSON holds JSON: outputs asked for in binary come as JSON here.
     request.binary_outputs = false;
     request.outputs.iter_mut().for_each(|o| o.binary = None);
-    let (outputs, _, _) = crate::server::run(model, &mut request).await?;
+    let (outputs, _, _) = crate::pipeline::run(model, &mut request).await?;
     let encoded = encode::encode(&model.name, &model.config.version, None, &request, outputs)?;
     let text = String::from_utf8(encoded.body).map_err(|e| Error::Internal(e.to_string()))?;
     RawValue::from_string(text).map_err(|e| Error::Internal(e.to_string()))

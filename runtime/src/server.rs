@@ -24,9 +24,9 @@
 use crate::decode::{self, HEADER_LENGTH};
 use crate::encode;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::repository::{Model, Repository, State as ModelState};
-use crate::schedule::{self, Timings};
+use crate::pipeline::{AppState, ModelPath, REQUEST_ID, Target, request_id, run};
+use crate::repository::State as ModelState;
+use crate::schedule::Timings;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -34,162 +34,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tracing::Instrument;
-
-/// When `/v2/health/ready` says yes.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadyWhen {
-    /// Every model is ready (the default: a pod takes traffic only when it can serve it all).
-    All,
-    /// At least one model is ready.
-    Any,
-}
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    repository: Arc<Repository>,
-    /// The bearer token the control endpoints require; none: control is off.
-    control_token: Option<String>,
-    metrics: Metrics,
-    max_body_bytes: usize,
-    ready_when: ReadyWhen,
-    draining: AtomicBool,
-}
-
-impl AppState {
-    /// State over a repository whose models may still be loading; `control_token` opens the
-    /// control endpoints to requests that carry it.
-    pub fn new(
-        repository: Arc<Repository>,
-        max_body_bytes: usize,
-        ready_when: ReadyWhen,
-        control_token: Option<String>,
-    ) -> Self {
-        Self(Arc::new(Inner {
-            repository,
-            control_token,
-            metrics: Metrics::default(),
-            max_body_bytes,
-            ready_when,
-            draining: AtomicBool::new(false),
-        }))
-    }
-
-    /// The server is shutting down: readiness turns false from now on.
-    pub fn drain(&self) {
-        self.0.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// What `/v2/health/ready` answers.
-    pub fn ready(&self) -> bool {
-        !self.0.draining.load(Ordering::SeqCst)
-            && self.0.repository.ready(self.0.ready_when == ReadyWhen::All)
-    }
-
-    /// The model a request's path names, if it is ready.
-    pub(crate) fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
-        self.0.repository.get(&path.model, path.version.as_deref())
-    }
-
-    /// Where an inference request goes: the model its path names or, when the name is a
-    /// route, the variant the route picks (by the sticky header's value, else at random by
-    /// weight) and the shadow that gets a copy.
-    pub(crate) fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
-        let Some(route) = self.0.repository.route(&path.model) else {
-            return Ok(Target { model: self.model_at(path)?, routed: None });
-        };
-        if path.version.is_some() {
-            return Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)));
-        }
-        let sticky = route.sticky_header.as_deref().and_then(|h| headers.get(h));
-        let draw = match sticky {
-            // The same value picks the same variant on every replica and after restarts.
-            Some(value) => {
-                use sha2::Digest;
-                let digest =
-                    sha2::Sha256::new().chain_update(&path.model).chain_update([0]).chain_update(value);
-                u64::from_le_bytes(digest.finalize()[..8].try_into().expect("8 bytes"))
-            }
-            None => fastrand::u64(..),
-        };
-        let variant = route.pick(draw);
-        let model = self.0.repository.get(&variant.model, variant.version.as_deref())?;
-        let shadow = route.shadow.as_ref().and_then(|s| {
-            let label = crate::config::target_label(&s.model, s.version.as_deref());
-            match self.0.repository.get(&s.model, s.version.as_deref()) {
-                Ok(model) => Some((label, model)),
-                Err(e) => {
-                    tracing::debug!(route = %path.model, shadow = %label, "no copy to the shadow: {e}");
-                    None
-                }
-            }
-        });
-        let variant = crate::config::target_label(&variant.model, variant.version.as_deref());
-        Ok(Target { model, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
-    }
-}
-
-/// The model that answers a request, and the route that chose it, if one did.
-pub(crate) struct Target {
-    pub(crate) model: Arc<Model>,
-    pub(crate) routed: Option<Routed>,
-}
-
-/// A route's choice for one request.
-pub(crate) struct Routed {
-    route: String,
-    /// The variant that answers, as responses and metrics name it.
-    pub(crate) variant: String,
-    shadow: Option<(String, Arc<Model>)>,
-}
-
-impl Target {
-    /// The variant that answers, for the response's parameters.
-    pub(crate) fn variant(&self) -> Option<&str> {
-        self.routed.as_ref().map(|r| r.variant.as_str())
-    }
-
-    /// Send a copy of `request` to the route's shadow, if it has one: it runs beside the
-    /// answer, counted and logged, and whatever it answers goes nowhere else.
-    pub(crate) fn shadow(&self, state: &AppState, request: &decode::InferRequest) {
-        let Some(Routed { route, shadow: Some((label, model)), .. }) = &self.routed else { return };
-        let (state, route, label, model) = (state.clone(), route.clone(), label.clone(), model.clone());
-        let (inputs, params) = (request.inputs.clone(), request.params.clone());
-        let rows = rows(&inputs);
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let timer = state.0.metrics.start(&model.name, &model.config.version);
-            let answer = schedule::run(model.clone(), inputs, params).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            let code = timer.finish(answer.as_ref().map(|(_, timings)| (timings, rows)));
-            match &answer {
-                Ok((outputs, _)) => {
-                    let shapes: Vec<String> =
-                        outputs.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect();
-                    tracing::info!(route = %route, shadow = %label, elapsed_ms, outputs = ?shapes, "shadow answered");
-                }
-                Err(e) => tracing::warn!(route = %route, shadow = %label, elapsed_ms, "shadow failed: {e}"),
-            }
-            state.0.metrics.routed(&route, &label, true, code);
-        });
-    }
-}
 
 /// The router with every OIP endpoint.
 pub fn router(state: AppState) -> Router {
@@ -205,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
-        .route_service(crate::grpc::PATH, crate::grpc::service(state.clone(), state.0.max_body_bytes))
+        .route_service(crate::grpc::PATH, crate::grpc::service(state.clone(), state.max_body_bytes()))
         .fallback(|| async { Error::NotFound("no such endpoint; see /v2".into()) })
         // The infer handler applies its own limit, answering 413 in the OIP error format.
         .layer(DefaultBodyLimit::disable())
@@ -232,7 +76,7 @@ async fn authorized(
     next: axum::middleware::Next,
 ) -> Response {
     use subtle::ConstantTimeEq;
-    let Some(token) = &state.0.control_token else {
+    let Some(token) = state.control_token() else {
         let off = "repository control is off: start the server with --control-token-file FILE or WASMSERVE_CONTROL_TOKEN";
         return Error::Forbidden(off.into()).into_response();
     };
@@ -251,7 +95,7 @@ async fn authorized(
 
 /// Load a model (again) from its directory; answers once it serves, or why it does not.
 async fn load_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
-    let repository = state.0.repository.clone();
+    let repository = state.repository().clone();
     tokio::task::spawn_blocking(move || repository.reload(&model))
         .await
         .map_err(|e| Error::Internal(format!("loading panicked: {e}")))??;
@@ -259,7 +103,7 @@ async fn load_model(State(state): State<AppState>, Path(model): Path<String>) ->
 }
 
 async fn unload_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
-    state.0.repository.unload(&model)?;
+    state.repository().unload(&model)?;
     Ok(StatusCode::OK)
 }
 
@@ -292,8 +136,7 @@ async fn server_ready(State(state): State<AppState>) -> StatusCode {
 /// not ready when it is not.
 async fn repository_index(State(state): State<AppState>) -> Response {
     let index: Vec<_> = state
-        .0
-        .repository
+        .repository()
         .states()
         .into_iter()
         .map(|(name, version, model)| {
@@ -310,17 +153,10 @@ async fn repository_index(State(state): State<AppState>) -> Response {
     axum::Json(index).into_response()
 }
 
-/// `{model}` and, on the versioned routes, `{version}`.
-#[derive(serde::Deserialize)]
-pub(crate) struct ModelPath {
-    pub(crate) model: String,
-    pub(crate) version: Option<String>,
-}
-
 /// A route answers with one of its variants' metadata (its variants take the same inputs).
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
     let model = state.target(&path, &HeaderMap::new())?.model;
-    let versions = state.0.repository.versions(&model.name);
+    let versions = state.repository().versions(&model.name);
     let mut body = json!({
         "name": model.name,
         "versions": versions,
@@ -352,9 +188,6 @@ async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>)
     state.target(&path, &HeaderMap::new()).map(|_| StatusCode::OK)
 }
 
-/// The header that carries a request's id; a client's own is kept, else one is made.
-pub const REQUEST_ID: &str = "x-request-id";
-
 async fn infer(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
@@ -381,83 +214,10 @@ async fn infer(
     response
 }
 
-/// A request's id: the client's own (the request's `id` field, else the `x-request-id`
-/// header) when it is sensible, else a new random UUID. Its bits come from a per-thread
-/// generator seeded once, not from the kernel per request (a system call on every request,
-/// for an id that needs to be unique, not secret).
-pub(crate) fn request_id(id: Option<&str>, headers: &HeaderMap) -> String {
-    id.filter(|v| !v.is_empty())
-        .or_else(|| headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map_or_else(
-            || uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid().to_string(),
-            str::to_string,
-        )
-}
-
-impl AppState {
-    /// One inference request as both protocols run it: in its span (joined to the caller's
-    /// trace), counted in the metrics, its failure logged. `work` gets the model and returns
-    /// the answer with the stage timings and the number of inferences (rows).
-    pub(crate) async fn observed<R>(
-        &self,
-        path: &ModelPath,
-        id: &str,
-        headers: &HeaderMap,
-        work: impl AsyncFnOnce(&Target) -> Result<(R, Timings, u64)>,
-    ) -> Result<R> {
-        let span = tracing::info_span!("request", id = %id, model = %path.model,
-            otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
-            http.response.status_code = tracing::field::Empty);
-        crate::telemetry::join_remote_trace(&span, headers);
-        let answer = async {
-            let target = self.target(path, headers)?;
-            let model = &target.model;
-            let timer = self.0.metrics.start(&model.name, &model.config.version);
-            let result = work(&target).await;
-            let code = timer.finish(result.as_ref().map(|(_, timings, rows)| (timings, *rows)));
-            if let Some(routed) = &target.routed {
-                self.0.metrics.routed(&routed.route, &routed.variant, false, code);
-            }
-            result.map(|(answer, ..)| answer)
-        }
-        .instrument(span.clone())
-        .await;
-        let status = match &answer {
-            Ok(_) => StatusCode::OK,
-            Err(e) => {
-                span.in_scope(|| e.log());
-                e.status()
-            }
-        };
-        span.record("http.response.status_code", i64::from(status.as_u16()));
-        answer
-    }
-}
-
-/// The request's checked outputs, then schedule (plugin, graph, plugin); with the stage
-/// timings and the number of inferences (rows of the first input) for the metrics.
-pub(crate) async fn run(
-    model: &Arc<Model>,
-    request: &mut decode::InferRequest,
-) -> Result<(Vec<crate::tensor::Tensor>, Timings, u64)> {
-    request.check_outputs(&model.config.outputs)?;
-    let inputs = std::mem::take(&mut request.inputs);
-    let rows = rows(&inputs);
-    let params = std::mem::take(&mut request.params);
-    let (outputs, timings) = schedule::run(model.clone(), inputs, params).await?;
-    Ok((outputs, timings, rows))
-}
-
-/// Inferences a request asks for: the rows (dimension 0) of its first input.
-fn rows(inputs: &[crate::tensor::Tensor]) -> u64 {
-    inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64)
-}
-
 /// A REST body, up to `--max-body-mib`: refused on its declared length before anything is
 /// read, and chunked bodies stop at the limit.
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
-    let limit = state.0.max_body_bytes;
+    let limit = state.max_body_bytes();
     let too_large =
         || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
@@ -487,7 +247,7 @@ async fn decode_and_run(
 
 /// Prometheus / OpenMetrics text.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.0.metrics.encode(&state.0.repository);
+    let body = state.metrics().encode(state.repository());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

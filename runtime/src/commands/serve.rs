@@ -3,8 +3,9 @@
 
 use super::Caches;
 use crate::infer::BackendOptions;
+use crate::pipeline::{AppState, ReadyWhen};
 use crate::repository::Repository;
-use crate::server::{AppState, ReadyWhen, control_router, router};
+use crate::server::{control_router, router};
 use anyhow::Context;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
