@@ -46,6 +46,11 @@ def certificate(tmp_path_factory):
 def tls_server(certificate):
     cert, key = certificate
     s = Server(ROOT / "examples/models", args=["--tls-cert", str(cert), "--tls-key", str(key)])
+    # Every test starts from a ready server, whichever of them runs first.
+    deadline = time.time() + 120
+    while https(s, cert, "GET", "/v2/health/ready")[0] != 200:
+        assert time.time() < deadline, "".join(s.log)
+        time.sleep(0.1)
     yield s
     s.stop()
 
@@ -60,10 +65,6 @@ def https(server, cert, method, path, body=None, headers=None):
 
 def test_https_serves_rest_and_plain_http_is_refused(tls_server, certificate):
     cert, _ = certificate
-    deadline = time.time() + 120
-    while https(tls_server, cert, "GET", "/v2/health/ready")[0] != 200:
-        assert time.time() < deadline, "".join(tls_server.log)
-        time.sleep(0.1)
     pdf = (FIXTURES / "magika/files/doc.pdf").read_bytes()
     status, body = https(tls_server, cert, "POST", "/v2/models/magika/infer", pdf, {"Inference-Header-Content-Length": "0"})
     assert status == 200, body
