@@ -85,7 +85,7 @@ def image_has_what_the_binary_embeds():
     copied = [src for line in build_stage.splitlines() if line.startswith("COPY ") and "--from" not in line
               for src in line.split()[1:-1]]
     ignored = [p.rstrip("/") for p in (ROOT / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
-    for source in sorted((ROOT / "runtime/src").rglob("*.rs")):
+    for source in sorted(s for d in ("runtime/src", "runtime/protocol/src") for s in (ROOT / d).rglob("*.rs")):
         for embedded in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', source.read_text()):
             path = (source.parent / embedded).resolve().relative_to(ROOT).as_posix()
             inside = any(path == c or path.startswith(c.rstrip("/") + "/") for c in copied)

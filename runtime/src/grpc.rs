@@ -40,6 +40,11 @@ fn ok<T>(message: T) -> Result<Response<T>, Status> {
     Ok(Response::new(message))
 }
 
+/// An error as a gRPC status: the code `Error::grpc_code` maps it to, and its text.
+fn status(e: Error) -> Status {
+    Status::new(tonic::Code::from_i32(e.grpc_code()), e.to_string())
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Grpc {
     async fn server_live(
@@ -80,7 +85,7 @@ impl GrpcInferenceService for Grpc {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let model = self.0.model_at(&path(r.name, r.version))?;
+        let model = self.0.model_at(&path(r.name, r.version)).map_err(status)?;
         let tensors = |specs: &[TensorSpec]| {
             specs
                 .iter()
@@ -124,7 +129,8 @@ impl GrpcInferenceService for Grpc {
                 }
                 Ok((response, timings, rows))
             })
-            .await?;
+            .await
+            .map_err(status)?;
         ok(answer)
     }
 }

@@ -10,41 +10,23 @@
 //! [`commands`] are the `wasmserve` subcommands' entry points; the binary only parses
 //! arguments and calls them.
 //!
-//! Without the `server` feature (on by default) only the protocol is built: [`config`],
-//! [`decode`], [`encode`], [`tensor`] and [`error`].
+//! The protocol ([`config`], [`decode`], [`encode`], [`tensor`], [`error`]) is a crate of its
+//! own, `wasmserve-protocol` (`runtime/protocol`), re-exported here under the same names.
 #![deny(missing_docs)]
 
-pub mod config;
-pub mod decode;
-pub mod encode;
-pub mod error;
-pub mod tensor;
+pub use wasmserve_protocol::{config, decode, encode, error, tensor};
 
-#[cfg(feature = "server")]
 pub mod commands;
-#[cfg(feature = "server")]
 pub mod fetch;
-#[cfg(feature = "server")]
 pub mod grpc;
-#[cfg(feature = "server")]
 pub mod infer;
-#[cfg(feature = "server")]
 pub mod metrics;
-#[cfg(feature = "server")]
 pub mod offline;
-#[cfg(feature = "server")]
 pub mod pipeline;
-#[cfg(feature = "server")]
 pub mod plugin;
-#[cfg(feature = "server")]
 pub mod repository;
-#[cfg(feature = "server")]
 pub mod scaffold;
-#[cfg(feature = "server")]
 pub mod schedule;
-#[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
 pub mod telemetry;
-#[cfg(feature = "server")]
 pub mod tls;

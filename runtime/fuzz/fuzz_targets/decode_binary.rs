@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((declared, rest)) = split(data) else { return };
     let Some((length, body)) = rest.split_first_chunk::<2>() else { return };
     let header = u16::from_le_bytes(*length).to_string();
-    if let Ok(request) = wasmserve::decode::decode(body, Some(&header), &declared) {
+    if let Ok(request) = wasmserve_protocol::decode::decode(body, Some(&header), &declared) {
         round_trip(request, &declared, true);
     }
 });

@@ -7,7 +7,7 @@ use wasmserve_fuzz::{round_trip, split};
 
 fuzz_target!(|data: &[u8]| {
     let Some((declared, body)) = split(data) else { return };
-    if let Ok(request) = wasmserve::decode::decode(body, None, &declared) {
+    if let Ok(request) = wasmserve_protocol::decode::decode(body, None, &declared) {
         round_trip(request, &declared, false);
     }
 });

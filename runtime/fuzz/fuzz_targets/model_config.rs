@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Ok(config) = wasmserve::config::ModelConfig::parse(text) {
+    if let Ok(config) = wasmserve_protocol::config::ModelConfig::parse(text) {
         // What the checks let through is usable: at least one execution, declared tensors.
         assert!(config.executions() > 0);
         assert!(!config.inputs.is_empty() && !config.outputs.is_empty());

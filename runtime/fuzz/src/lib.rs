@@ -1,10 +1,10 @@
 //! What the fuzz targets share: the model a request is decoded against, picked by the
 //! input's first byte, and the round trip through the server's own encoder.
 
-use wasmserve::config::TensorSpec;
-use wasmserve::decode::{InferRequest, decode};
-use wasmserve::encode::encode;
-use wasmserve::tensor::{Datatype, Tensor, bytes_elements};
+use wasmserve_protocol::config::TensorSpec;
+use wasmserve_protocol::decode::{InferRequest, decode};
+use wasmserve_protocol::encode::encode;
+use wasmserve_protocol::tensor::{Datatype, Tensor, bytes_elements};
 
 const DATATYPES: [Datatype; 14] = [
     Datatype::Bool,

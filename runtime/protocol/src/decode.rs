@@ -335,7 +335,7 @@ fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
 }
 
 /// An input's datatype from its protocol name.
-pub(crate) fn datatype(input: &str, name: &str) -> Result<Datatype> {
+pub fn datatype(input: &str, name: &str) -> Result<Datatype> {
     serde_json::from_value(Value::String(name.to_string())).map_err(|_| {
         Error::bad_request(format!(
             "input '{input}': unknown datatype '{name}' (expected BOOL, UINT8..UINT64, INT8..INT64, FP16, BF16, FP32, FP64 or BYTES)"
@@ -364,7 +364,7 @@ impl InferRequest {
 }
 
 /// Every input the model declares is present, with its datatype and a fitting shape.
-pub(crate) fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
+pub fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
     for input in inputs {
         let Some(spec) = declared.iter().find(|s| s.name == input.name) else {
             let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();

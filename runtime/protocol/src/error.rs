@@ -79,22 +79,20 @@ impl Error {
     }
 }
 
-/// The gRPC status for the same error: the code that matches its HTTP status, the message.
-#[cfg(feature = "server")]
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        use tonic::Code;
-        let code = match &e {
-            Error::BadRequest(_) | Error::PluginInput { .. } => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
-            Error::Unauthorized(_) => Code::Unauthenticated,
-            Error::Forbidden(_) => Code::PermissionDenied,
-            Error::TooLarge(_) => Code::ResourceExhausted,
+impl Error {
+    /// The gRPC status code for the same error (the numbers of gRPC's `Code`): the code
+    /// that matches its HTTP status. The message is the error's text.
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Error::BadRequest(_) | Error::PluginInput { .. } => 3, // INVALID_ARGUMENT
+            Error::NotFound(_) => 5,                               // NOT_FOUND
+            Error::Unauthorized(_) => 16,                          // UNAUTHENTICATED
+            Error::Forbidden(_) => 7,                              // PERMISSION_DENIED
+            Error::TooLarge(_) => 8,                               // RESOURCE_EXHAUSTED
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
-            Error::Unavailable(_) | Error::Overloaded(_) => Code::Unavailable,
-            Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => Code::Internal,
-        };
-        tonic::Status::new(code, e.to_string())
+            Error::Unavailable(_) | Error::Overloaded(_) => 14, // UNAVAILABLE
+            Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => 13, // INTERNAL
+        }
     }
 }
 

@@ -132,7 +132,7 @@ fn check_utf8(t: &Tensor) -> Result<()> {
 
 /// The outputs the request asked for (all when it named none), in its order, each with
 /// whether it goes out as binary.
-pub(crate) fn select(request: &InferRequest, outputs: Vec<Tensor>) -> Result<Vec<(Tensor, bool)>> {
+pub fn select(request: &InferRequest, outputs: Vec<Tensor>) -> Result<Vec<(Tensor, bool)>> {
     if request.outputs.is_empty() {
         return Ok(outputs.into_iter().map(|t| (t, request.binary_outputs)).collect());
     }
