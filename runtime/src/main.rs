@@ -61,7 +61,9 @@ enum Command {
 
     /// Check model directories before deploying them, as a server would bring them up.
     ///
-    /// Each DIR is a model directory, or a repository whose every model is checked. The
+    /// Each DIR is a model directory, or a repository whose every model is checked; a model
+    /// directory comes up with the models whose graphs its plugin runs ([plugin] graphs),
+    /// from the repository around it. The
     /// config must parse; the files it names must be there; files it fetches are fetched
     /// and their digests checked; the graph loads; the plugin compiles against the host's
     /// world; its warm-up and the config's [[warmup]] requests run through the whole path,

@@ -93,3 +93,18 @@ fn check_passes_a_good_model_and_names_each_broken_one_with_a_hint() {
         assert!(out.contains(hint), "{case}: expected hint {hint:?} in\n{out}");
     }
 }
+
+#[test]
+fn check_of_one_model_brings_up_the_models_its_plugin_runs() {
+    // The page ensemble runs orientation's classifier: checked alone, it comes up with it.
+    let (ok, out) = check(&examples().join("page"));
+    assert!(ok, "{out}");
+    assert!(out.contains("ok      page version 1: ready"), "{out}");
+    assert!(out.contains("ok      orientation version 1: ready"), "{out}");
+    // Without orientation beside it, the problem names the model and the way out.
+    let alone = edited_repository(&examples(), &["page"], |t| t.to_string());
+    let (ok, out) = check(&alone.path().join("page"));
+    assert!(!ok, "{out}");
+    assert!(out.contains("the graph of model 'orientation'"), "{out}");
+    assert!(out.contains("check the repository that holds both"), "{out}");
+}

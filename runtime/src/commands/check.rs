@@ -40,10 +40,31 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
     for dir in &args.dirs {
         let (root, names) = layout(dir)?;
         let mut repository = Repository::scan(&root)?;
-        if !names.is_empty() {
-            repository.keep(&names.iter().map(String::as_str).collect::<Vec<_>>());
-        }
         let mut found = Vec::new();
+        if !names.is_empty() {
+            // A model directory comes up with the models whose graphs its plugin runs, from
+            // the repository around it, as it would serve there.
+            let mut keep = names.clone();
+            for name in &names {
+                for used in graphs_used(&repository, name) {
+                    match repository.dir(&used, None) {
+                        Ok(_) => keep.push(used),
+                        Err(_) => found.push(Problem {
+                            model: name.clone(),
+                            message: format!(
+                                "its plugin runs the graph of model '{used}' ([plugin] graphs), which is not a \
+                                 model in {}",
+                                root.display()
+                            ),
+                            hint: "put that model's directory next to this one, or check the repository that \
+                                   holds both",
+                            warning: false,
+                        }),
+                    }
+                }
+            }
+            repository.keep(&keep.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         for (name, version, _) in repository.states() {
             if let Ok(dir) = repository.dir(&name, version.as_deref()) {
                 found.extend(files(&name, &dir));
@@ -85,6 +106,14 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(problems == 0, "{problems} problem(s) found");
     Ok(())
+}
+
+/// The other models whose graphs `model`'s plugin may run (`[plugin] graphs`), as its default
+/// version's config says; none when the config does not load (that is reported on its own).
+fn graphs_used(repository: &Repository, model: &str) -> Vec<String> {
+    let config = repository.dir(model, None).ok().and_then(|dir| ModelConfig::load(&dir).ok());
+    let graphs = config.map(|c| c.plugin.graphs).unwrap_or_default();
+    graphs.into_iter().filter(|g| g != model).collect()
 }
 
 /// The backend a ready model runs on, for `check`: with ONNX Runtime, the library in use.
