@@ -129,8 +129,15 @@ fn execution_settings_reach_the_backends() {
     let args = ["--onnxruntime-threads", "3"];
     let server = Server::start_env(repo.path(), &args, &[("ORT_DYLIB_PATH", &library)]);
     assert_eq!(threads_named(&server, "ort-faulty"), 0);
-    // The environment's own thread, and the pool's N - 1 (the caller of a run is the Nth).
-    assert_eq!(threads_named(&server, "ort-env"), 3);
+    // ONNX Runtime 1.32 shows 3 threads named ort-env here: the pool's N - 1 (the caller of a
+    // run is the Nth) and one more of its own, which a CI run under load did not see yet just
+    // after ready (it counted 2). Wait for the pool, and bound the rest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while threads_named(&server, "ort-env") < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let shared = threads_named(&server, "ort-env");
+    assert!((2..=3).contains(&shared), "{shared} ort-env threads for a shared pool of 3");
     assert!(server.log().contains("one intra-op pool shared by every session"), "{}", server.log());
     assert_serves(&server);
     // tract: one pool of `threads` for the model's matrix products, shared by its executions;
