@@ -137,17 +137,17 @@ pub fn load(
         (Target::Cpu, Some(dir)) => Some(optimised_path(dir, model, options.onnxruntime_library.as_deref())),
         _ => None,
     };
-    let cpu = |first: bool| match &cached {
+    let cpu = |cached: Option<&Path>, first: bool| match cached {
         Some(path) => cached_session(name, model, config, threads, path, first),
         None => session(name, Source::Model(model, None), config, threads, false),
     };
     let (first, gpu) = match config.target {
-        Target::Cpu => (cpu(true)?, false),
+        Target::Cpu => (cpu(cached.as_deref(), true)?, false),
         Target::Gpu => match session(name, Source::Model(model, None), config, threads, true) {
             Ok(session) => (session, true),
             Err(e) if config.gpu_fallback => {
                 tracing::warn!("no usable GPU ({e:#}); running on the CPU as gpu_fallback allows");
-                (cpu(true)?, false)
+                (cpu(cached.as_deref(), true)?, false)
             }
             Err(e) => {
                 return Err(e.context(
@@ -160,10 +160,12 @@ pub fn load(
     let inputs = first.inputs.iter().map(|i| i.name.clone()).collect();
     let outputs = first.outputs.iter().map(|o| o.name.clone()).collect();
     let mut sessions = vec![first];
+    // A cache the first session could not write is not tried again by the others.
+    let cached = cached.filter(|path| path.is_file());
     for _ in 1..executions {
         sessions.push(match gpu {
             true => session(name, Source::Model(model, None), config, threads, true)?,
-            false => cpu(false)?,
+            false => cpu(cached.as_deref(), false)?,
         });
     }
     Ok(graph(inputs, outputs, Onnx { sessions: sessions.into_iter().map(Mutex::new).collect() }))
@@ -174,7 +176,7 @@ pub fn load(
 /// size and modification time: another release optimises differently), the optimisation
 /// level and the CPU's feature flags (level 3 lays tensors out for the instructions it finds,
 /// and ONNX Runtime warns that such a graph runs only where it was made).
-pub fn optimised_path(dir: &Path, model: &[u8], library: Option<&Path>) -> PathBuf {
+fn optimised_path(dir: &Path, model: &[u8], library: Option<&Path>) -> PathBuf {
     use sha2::{Digest, Sha256};
     let mut key = Sha256::new();
     key.update(model);
@@ -222,27 +224,38 @@ fn cached_session(
             }
         }
     }
+    let not_kept = |e: &dyn std::fmt::Display| {
+        tracing::warn!(
+            model = name,
+            "cannot keep the optimised graph in {} ({e:#}); the next start optimises again",
+            path.display()
+        );
+    };
+    if let Err(e) = path.parent().map_or(Ok(()), std::fs::create_dir_all) {
+        not_kept(&e);
+        return session(name, Source::Model(model, None), config, threads, false);
+    }
     static SAVES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let partial = path.with_extension(format!("{}.{n}.part", std::process::id()));
-    let saved = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-        let session = session(name, Source::Model(model, Some(&partial)), config, threads, false);
-        let session = session.map_err(std::io::Error::other)?;
-        std::fs::rename(&partial, path).map(|()| session)
-    });
-    let _ = std::fs::remove_file(&partial);
-    match saved {
+    match session(name, Source::Model(model, Some(&partial)), config, threads, false) {
         Ok(session) => {
-            tracing::info!(model = name, path = %path.display(), "optimised graph saved to the cache");
+            // Optimised either way: a graph that cannot be kept costs the next start, not this one.
+            match std::fs::rename(&partial, path) {
+                Ok(()) => {
+                    tracing::info!(model = name, path = %path.display(), "optimised graph saved to the cache")
+                }
+                Err(e) => not_kept(&e),
+            }
+            let _ = std::fs::remove_file(&partial);
             Ok(session)
         }
+        // ONNX Runtime could not write the file, or the model does not load: without the
+        // saving, a model that loads serves and one that does not says why.
         Err(e) => {
+            let _ = std::fs::remove_file(&partial);
             let session = session(name, Source::Model(model, None), config, threads, false)?;
-            tracing::warn!(
-                model = name,
-                "cannot keep the optimised graph in {} ({e:#}); the next start optimises again",
-                path.display()
-            );
+            not_kept(&format!("{e:#}"));
             Ok(session)
         }
     }
