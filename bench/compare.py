@@ -40,6 +40,7 @@ Options: --duration S per cell (default 10), --concurrency 1,16,32, --servers (d
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -167,6 +168,7 @@ def bodies(triton):
     return out
 
 
+@functools.cache
 def minilm_dir():
     """The example minilm's fetched files (model.onnx, data/vocab.txt), for the peers: where
     `wasmserve check` puts them in the default cache."""
@@ -178,9 +180,10 @@ def minilm_dir():
     sys.exit(f"cannot find minilm's files:\n{out.stderr[-3000:]}")
 
 
-def wasmserve_repository(dir, batching, reuse):
+def wasmserve_repository(dir, batching, reuse, minilm=True):
     """magika as the example configures it (with [batching] if asked), minilm as the example
-    ships, and tiny: mul_1.onnx behind the test suite's pass-through plugin."""
+    ships (unless `minilm` is false), and tiny: mul_1.onnx behind the test suite's
+    pass-through plugin."""
     magika = dir / "magika"
     shutil.copytree(ROOT / "examples/models/magika", magika)
     # The example's own settings: ONNX Runtime, executions and threads as the server derives them.
@@ -190,8 +193,9 @@ def wasmserve_repository(dir, batching, reuse):
     if batching:
         toml += f"\n[batching]\nmax_batch_size = {MAX_BATCH}\nmax_queue_delay_us = {DELAY_US}\n"
     (magika / "model.toml").write_text(toml)
-    shutil.copytree(ROOT / "examples/models/minilm", dir / "minilm")
-    if batching:
+    if minilm:
+        shutil.copytree(ROOT / "examples/models/minilm", dir / "minilm")
+    if minilm and batching:
         # Requests join a batch only when their token counts match (the plugin pads to the
         # longest sentence of its own request): as here, where every request is the same.
         with open(dir / "minilm/model.toml", "a") as toml:

@@ -102,7 +102,7 @@ def main():
     binaries = args.binary or [str(ROOT / "target/release/wasmserve")]
     rows = []
     with tempfile.TemporaryDirectory() as repo:
-        wasmserve_repository(Path(repo), batching=False, reuse=True)
+        wasmserve_repository(Path(repo), batching=False, reuse=True, minilm=False)
         for binary in binaries:
             rows.append(run(binary, repo, args.seconds, args.concurrency, args.perf))
     print(f"\ntiny model, concurrency {args.concurrency}, {args.seconds} s, {os.cpu_count()} CPUs\n")
