@@ -2,7 +2,7 @@
 //! inference runs natively through wasi-nn backends (tract, ONNX Runtime), and clients speak
 //! the Open Inference Protocol (KServe v2).
 //!
-//! The modules follow one request:
+//! The modules follow one request: [`listen`] (connections and their limits) ->
 //! [`server`] (REST; [`grpc`] for gRPC) -> [`pipeline`] (target, span, metrics) -> [`decode`]
 //! -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`] -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
@@ -20,6 +20,7 @@ pub mod commands;
 pub mod fetch;
 pub mod grpc;
 pub mod infer;
+pub mod listen;
 pub mod metrics;
 pub mod offline;
 pub mod pipeline;

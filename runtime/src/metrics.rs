@@ -19,6 +19,9 @@
 //! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model, version |
 //! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model, version |
 //! | `wasmserve_route_requests_total` | counter: requests a route sent on | route, variant, role (`served` or `shadow`), code |
+//! | `wasmserve_connections_open` | gauge: client connections open now | |
+//! | `wasmserve_connections_refused_total` | counter: connections closed at accept, `--max-connections` being open | |
+//! | `wasmserve_connections_timed_out_total` | counter: connections closed by a deadline (see `listen`) | phase (`headers` or `idle`) |
 //!
 //! Warm-up requests are not counted.
 
@@ -45,6 +48,28 @@ struct RouteLabels {
     variant: String,
     role: &'static str,
     code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+/// What the listener counts about connections (handles into [`Metrics`]).
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at accept because the cap was reached.
+    pub refused: Counter,
+    timed_out: Family<PhaseLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    /// A connection was closed by its deadline in `phase` (`headers`, `idle`).
+    pub fn timed_out(&self, phase: &'static str) {
+        self.timed_out.get_or_create(&PhaseLabels { phase }).inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +108,7 @@ pub struct Metrics {
     ready: Family<ModelLabels, Gauge>,
     load: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     routed: Family<RouteLabels, Counter>,
+    connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -104,6 +130,7 @@ impl Default for Metrics {
             ready: Family::default(),
             load: Family::default(),
             routed: Family::default(),
+            connections: ConnectionMetrics::default(),
         };
         let r = &mut m.registry;
         r.register("inference_request_success", "Inference requests answered 200", m.success.clone());
@@ -136,6 +163,18 @@ impl Default for Metrics {
         r.register("model_ready", "1 when the model version is loaded and warmed up", m.ready.clone());
         r.register("model_load_duration_seconds", "From reading the config to ready", m.load.clone());
         r.register("route_requests", "Requests a route sent to a variant or its shadow", m.routed.clone());
+        let c = &m.connections;
+        r.register("connections_open", "Client connections open now", c.open.clone());
+        r.register(
+            "connections_refused",
+            "Connections closed at accept because --max-connections were open",
+            c.refused.clone(),
+        );
+        r.register(
+            "connections_timed_out",
+            "Connections closed by a deadline: headers (--header-timeout-secs) or idle (--idle-timeout-secs)",
+            c.timed_out.clone(),
+        );
         m
     }
 }
@@ -153,6 +192,11 @@ impl Metrics {
         let labels = ModelLabels { model: model.to_string(), version: version.to_string() };
         self.pending.get_or_create(&labels).inc();
         RequestTimer { metrics: self, labels, started: std::time::Instant::now() }
+    }
+
+    /// The connection counters, for the listener.
+    pub fn connections(&self) -> ConnectionMetrics {
+        self.connections.clone()
     }
 
     /// The text exposition, with the model gauges read from the repository now.

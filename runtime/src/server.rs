@@ -224,7 +224,17 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `listen` puts a deadline between the body's parts.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = source {
+            if error.is::<tower_http::timeout::TimeoutError>() {
+                return Error::Timeout("the request body stopped arriving (see --body-timeout-secs)".into());
+            }
+            source = error.source();
+        }
+        too_large()
+    })
 }
 
 /// Decode a REST body, copy it to the route's shadow if any, then [`run`] it.

@@ -3,6 +3,7 @@
 
 mod backends;
 mod check;
+mod connections;
 mod fetch;
 mod lifecycle;
 mod offline;

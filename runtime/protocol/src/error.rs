@@ -21,6 +21,9 @@ pub enum Error {
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The client stopped sending its request body for longer than the server waits (408).
+    #[error("{0}")]
+    Timeout(String),
     /// The server cannot serve this yet (503): models still loading.
     #[error("{0}")]
     Unavailable(String),
@@ -71,6 +74,7 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -89,6 +93,7 @@ impl Error {
             Error::Unauthorized(_) => 16,                          // UNAUTHENTICATED
             Error::Forbidden(_) => 7,                              // PERMISSION_DENIED
             Error::TooLarge(_) => 8,                               // RESOURCE_EXHAUSTED
+            Error::Timeout(_) => 4,                                // DEADLINE_EXCEEDED
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
             Error::Unavailable(_) | Error::Overloaded(_) => 14, // UNAVAILABLE
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => 13, // INTERNAL
@@ -108,7 +113,7 @@ impl IntoResponse for Error {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // The rest of the body is not read: the connection cannot carry another request.
-            Error::TooLarge(_) => {
+            Error::TooLarge(_) | Error::Timeout(_) => {
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Error::Unauthorized(_) => {

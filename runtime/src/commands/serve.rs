@@ -3,11 +3,11 @@
 
 use super::Caches;
 use crate::infer::BackendOptions;
+use crate::listen::{self, Limits};
 use crate::pipeline::{AppState, ReadyWhen};
 use crate::repository::Repository;
 use crate::server::{control_router, router};
 use anyhow::Context;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +61,32 @@ pub struct ServeArgs {
     /// spinning threads on every core. 0: a pool per session, sized by [graph] threads.
     #[arg(long, default_value_t = 0, value_name = "N", env = "WASMSERVE_ONNXRUNTIME_THREADS")]
     onnxruntime_threads: usize,
+
+    /// Close a connection whose first request (TLS handshake included) has not arrived within
+    /// this, and on HTTP/1 one whose next request's headers take longer from their first byte:
+    /// slow clients cannot hold connections open (slowloris).
+    #[arg(long, default_value_t = 10, value_name = "SECS", env = "WASMSERVE_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: u64,
+
+    /// Close a keep-alive connection with no request in flight after this (HTTP/2: GOAWAY).
+    /// Keep it longer than the idle timeout of a proxy in front (60 s for most), so the
+    /// proxy closes first and never sends on a connection being closed.
+    #[arg(long, default_value_t = 75, value_name = "SECS", env = "WASMSERVE_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: u64,
+
+    /// Answer 408 and close when a request body pauses longer than this between two parts.
+    #[arg(long, default_value_t = 60, value_name = "SECS", env = "WASMSERVE_BODY_TIMEOUT_SECS")]
+    body_timeout_secs: u64,
+
+    /// Client connections open at once (each port counts its own); more are closed as soon
+    /// as they are accepted and counted in wasmserve_connections_refused_total. Lowered to
+    /// what the process's file limit (`ulimit -n`) allows, less 256 for model files.
+    #[arg(long, default_value_t = 4096, value_name = "N", env = "WASMSERVE_MAX_CONNECTIONS")]
+    max_connections: usize,
+
+    /// HTTP/2 (and gRPC) requests at once on one connection; a client opening more waits.
+    #[arg(long, default_value_t = 100, value_name = "N", env = "WASMSERVE_HTTP2_MAX_STREAMS")]
+    http2_max_streams: u32,
 
     /// Largest request body accepted, in MiB; larger ones get 413.
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
@@ -213,6 +239,13 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when, control_token);
+    let limits = Limits {
+        header_timeout: Duration::from_secs(args.header_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        body_timeout: Duration::from_secs(args.body_timeout_secs),
+        max_connections: args.max_connections,
+        http2_max_streams: args.http2_max_streams,
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {} ({scheme}; gRPC on the same port)", listener.local_addr()?);
     let mut app = router(state.clone());
@@ -225,14 +258,15 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
             tracing::info!("control endpoints on {} ({scheme})", control.local_addr()?);
             let app = control_router(state.clone());
             // Stopped with the process: nothing in flight there needs draining.
-            match tls.clone() {
-                Some(config) => {
-                    tokio::spawn(crate::tls::serve(control, app, config, std::future::pending()));
-                }
-                None => {
-                    tokio::spawn(axum::serve(control, app).into_future());
-                }
-            }
+            let pending = std::future::pending();
+            tokio::spawn(listen::serve(
+                control,
+                app,
+                tls.clone(),
+                limits,
+                state.metrics().connections(),
+                pending,
+            ));
         }
         None => app = app.merge(control_router(state.clone())),
     }
@@ -252,10 +286,8 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
             tracing::info!("shutting down: no new connections");
         }
     };
-    let mut server = match tls {
-        Some(config) => tokio::spawn(crate::tls::serve(listener, app, config, shutdown)),
-        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future()),
-    };
+    let connections = state.metrics().connections();
+    let mut server = tokio::spawn(listen::serve(listener, app, tls, limits, connections, shutdown));
 
     let options = BackendOptions {
         onnxruntime_library: args.onnxruntime_library,
