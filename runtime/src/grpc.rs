@@ -7,7 +7,7 @@
 //! `contents`; outputs always leave in `raw_output_contents`, so their bytes are moved into
 //! the response, never re-encoded.
 
-use crate::config::TensorSpec;
+use crate::config::{InputLimits, TensorSpec};
 use crate::decode::{self, InferRequest, RequestedOutput};
 use crate::error::{Error, Result};
 use crate::pipeline::{AppState, ModelPath};
@@ -117,7 +117,7 @@ impl GrpcInferenceService for Grpc {
             .0
             .observed(&path, &id, &headers, async |target| {
                 let model = &target.model;
-                let mut decoded = decode(request, &model.config.inputs)?;
+                let mut decoded = decode(request, &model.config.inputs, self.0.input_limits(model))?;
                 target.shadow(&self.0, &decoded);
                 let (outputs, timings, rows) = crate::pipeline::run(model, &mut decoded).await?;
                 let mut response = encode(&model.name, &model.config.version, &decoded, outputs)?;
@@ -140,7 +140,7 @@ fn path(model: String, version: String) -> ModelPath {
 }
 
 /// A protobuf request into the form the pipeline takes, checked as REST requests are.
-fn decode(request: ModelInferRequest, declared: &[TensorSpec]) -> Result<InferRequest> {
+fn decode(request: ModelInferRequest, declared: &[TensorSpec], limits: InputLimits) -> Result<InferRequest> {
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(Error::bad_request(format!(
@@ -171,7 +171,7 @@ fn decode(request: ModelInferRequest, declared: &[TensorSpec]) -> Result<InferRe
         tensor.validate()?;
         inputs.push(tensor);
     }
-    decode::check_inputs(&inputs, declared)?;
+    decode::check_inputs(&inputs, declared, limits)?;
     Ok(InferRequest {
         id: Some(request.id).filter(|id| !id.is_empty()),
         params: params(request.parameters),

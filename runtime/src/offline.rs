@@ -142,7 +142,9 @@ pub async fn run(
 
 /// One record through the model, as the server would answer it, outputs in JSON.
 async fn infer(model: &Arc<Model>, record: &Record) -> Result<Box<RawValue>, Error> {
-    let mut request = decode::decode(&record.body, record.header_length, &model.config.inputs)?;
+    // The server's default limits: a record the server would refuse is refused here too.
+    let limits = model.config.input_limits((crate::config::DEFAULT_MAX_BYTES_ELEMENT_KIB << 10) as usize);
+    let mut request = decode::decode(&record.body, record.header_length, &model.config.inputs, limits)?;
     // A line of JSON holds JSON: outputs asked for in binary come as JSON here.
     request.binary_outputs = false;
     request.outputs.iter_mut().for_each(|o| o.binary = None);

@@ -44,16 +44,20 @@ struct Inner {
     control_token: Option<String>,
     metrics: Metrics,
     max_body_bytes: usize,
+    /// The largest BYTES element a model without its own `[limits]` takes.
+    max_bytes_element: usize,
     ready_when: ReadyWhen,
     draining: AtomicBool,
 }
 
 impl AppState {
     /// State over a repository whose models may still be loading; `control_token` opens the
-    /// control endpoints to requests that carry it.
+    /// control endpoints to requests that carry it; `max_bytes_element` is the BYTES element
+    /// limit of models that set none.
     pub fn new(
         repository: Arc<Repository>,
         max_body_bytes: usize,
+        max_bytes_element: usize,
         ready_when: ReadyWhen,
         control_token: Option<String>,
     ) -> Self {
@@ -62,6 +66,7 @@ impl AppState {
             control_token,
             metrics: Metrics::default(),
             max_body_bytes,
+            max_bytes_element,
             ready_when,
             draining: AtomicBool::new(false),
         }))
@@ -80,6 +85,11 @@ impl AppState {
     /// The largest request body (REST) or message (gRPC) accepted.
     pub(crate) fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
+    }
+
+    /// The limits on one request's inputs to `model`.
+    pub(crate) fn input_limits(&self, model: &Model) -> crate::config::InputLimits {
+        model.config.input_limits(self.0.max_bytes_element)
     }
 
     /// The bearer token the control endpoints require; none: control is off.

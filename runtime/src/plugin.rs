@@ -211,15 +211,19 @@ struct Limits {
 
 /// A limit a plugin ran into, in the words of its config; growing past one traps.
 #[derive(Debug, thiserror::Error)]
-#[error("exceeded its {0}")]
-struct LimitExceeded(String);
+#[error("exceeded its {limit}")]
+struct LimitExceeded {
+    limit: String,
+    /// The limit was the memory limit.
+    memory: bool,
+}
 
 impl ResourceLimiter for Limits {
     fn memory_growing(&mut self, current: usize, desired: usize, _: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.memory - current + desired;
         if total > self.memory_limit {
             let limit = format!("memory limit of {} MiB (plugin.memory_limit_mib)", self.memory_limit >> 20);
-            return Err(LimitExceeded(limit).into());
+            return Err(LimitExceeded { limit, memory: true }.into());
         }
         self.memory = total;
         Ok(true)
@@ -229,7 +233,7 @@ impl ResourceLimiter for Limits {
         let total = self.table_elements - current + desired;
         if total > self.table_limit {
             let limit = format!("table limit of {} elements (plugin.max_table_elements)", self.table_limit);
-            return Err(LimitExceeded(limit).into());
+            return Err(LimitExceeded { limit, memory: false }.into());
         }
         self.table_elements = total;
         Ok(true)
@@ -421,6 +425,24 @@ impl Plugin {
         self.failed(message)
     }
 
+    /// A trap in a call that was handed `input_bytes` of the client's data. Running out of
+    /// memory on an input of at least an eighth of the memory limit is put down to the
+    /// input's size (413: the client can send less); any other trap is the plugin's (500).
+    fn trapped_on(&self, e: wasmtime::Error, input_bytes: usize) -> Error {
+        let out_of_memory = e.downcast_ref::<LimitExceeded>().is_some_and(|l| l.memory);
+        let error = self.trapped(e);
+        if out_of_memory && input_bytes >= self.memory_limit / 8 {
+            return Error::InputTooLarge(format!(
+                "plugin '{}' ran out of its memory limit of {} MiB on {input_bytes} bytes of input: send less in \
+                 one request ([plugin] memory_limit_mib raises the limit; [limits] refuses such inputs before \
+                 the plugin runs)",
+                self.name,
+                self.memory_limit >> 20
+            ));
+        }
+        error
+    }
+
     fn refused(&self, e: wit::PluginError) -> Error {
         match e {
             wit::PluginError::InvalidInput(message) => {
@@ -455,8 +477,10 @@ impl Plugin {
 impl Instance<'_> {
     /// Run `call` on the instance within the plugin's deadline; a trap makes the instance
     /// unfit for reuse.
+    /// Run `call` on the live instance; `input_bytes`: the client's data it is handed.
     fn call<T>(
         &mut self,
+        input_bytes: usize,
         call: impl FnOnce(
             &bindings::ModelPlugin,
             &mut Store<State>,
@@ -468,7 +492,7 @@ impl Instance<'_> {
             Ok(answer) => answer.map_err(|e| self.plugin.refused(e)),
             Err(trap) => {
                 self.reusable = false;
-                Err(self.plugin.trapped(trap))
+                Err(self.plugin.trapped_on(trap, input_bytes))
             }
         }
     }
@@ -479,8 +503,9 @@ impl Instance<'_> {
         inputs: Vec<Tensor>,
         params: &Vec<(String, String)>,
     ) -> Result<Prepared, Error> {
+        let input_bytes = inputs.iter().map(|t| t.data.len()).sum();
         let inputs: Vec<wit::Tensor> = inputs.into_iter().map(to_wit).collect();
-        let prepared = self.call(|b, store| b.call_preprocess(store, &inputs, params))?;
+        let prepared = self.call(input_bytes, |b, store| b.call_preprocess(store, &inputs, params))?;
         Ok(Prepared {
             graph_inputs: self.plugin.checked("preprocess", prepared.graph_inputs)?,
             context: self.plugin.checked("preprocess", prepared.context)?,
@@ -496,7 +521,7 @@ impl Instance<'_> {
     ) -> Result<Vec<Tensor>, Error> {
         let outputs: Vec<wit::Tensor> = outputs.into_iter().map(to_wit).collect();
         let context: Vec<wit::Tensor> = context.into_iter().map(to_wit).collect();
-        let result = self.call(|b, store| b.call_postprocess(store, &outputs, &context, params))?;
+        let result = self.call(0, |b, store| b.call_postprocess(store, &outputs, &context, params))?;
         self.plugin.checked("postprocess", result)
     }
 }

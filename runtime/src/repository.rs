@@ -22,7 +22,7 @@
 //! Every version served is loaded, warmed up and served on its own
 //! (`/v2/models/{m}/versions/{v}/...`); requests that name no version go to the default.
 
-use crate::config::{self, ModelConfig, RouteConfig, Warmup};
+use crate::config::{self, InputLimits, ModelConfig, RouteConfig, Warmup};
 use crate::decode;
 use crate::error::Error;
 use crate::fetch::Fetcher;
@@ -691,11 +691,11 @@ fn warm_up(model: &Model, dir: &Path, warmup: &Warmup) -> anyhow::Result<()> {
         (Some(file), None) => {
             let path = dir.join(file);
             let body = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            decode::decode(&body, Some("0"), &model.config.inputs)?
+            decode::decode(&body, Some("0"), &model.config.inputs, InputLimits::NONE)?
         }
         (None, Some(inputs)) => {
             let body = serde_json::json!({ "inputs": inputs });
-            decode::decode(body.to_string().as_bytes(), None, &model.config.inputs)?
+            decode::decode(body.to_string().as_bytes(), None, &model.config.inputs, InputLimits::NONE)?
         }
         _ => anyhow::bail!("a warm-up needs `file` or `inputs`"),
     };

@@ -178,6 +178,13 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
         "plugin_max_table_elements": plugin.max_table_elements,
         "plugin_reuse_instances": plugin.reuse_instances,
     });
+    // What one request may bring (413 past it), in KiB as `[limits]` sets it; no
+    // `max_input_kib`: no limit but the body's.
+    let limits = state.input_limits(&model);
+    body["parameters"]["max_bytes_element_kib"] = json!(limits.max_element >> 10);
+    if limits.max_total != usize::MAX {
+        body["parameters"]["max_input_kib"] = json!(limits.max_total >> 10);
+    }
     if let Some(description) = &model.config.description {
         body["parameters"]["description"] = json!(description);
     }
@@ -248,7 +255,8 @@ async fn decode_and_run(
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))
         .transpose()?;
-    let mut request = decode::decode(&body, header_length, &target.model.config.inputs)?;
+    let limits = state.input_limits(&target.model);
+    let mut request = decode::decode(&body, header_length, &target.model.config.inputs, limits)?;
     drop(body);
     target.shadow(state, &request);
     let (outputs, timings, rows) = run(&target.model, &mut request).await?;

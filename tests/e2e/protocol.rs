@@ -209,3 +209,80 @@ fn an_error_answer_leaves_a_keep_alive_connection_usable() {
         String::from_utf8_lossy(&answer[..n])
     );
 }
+
+#[test]
+fn oversized_bytes_inputs_get_413_naming_the_input_and_the_limit_in_every_form() {
+    // minilm's model.toml takes sentences of up to 1 MiB; magika takes the server's
+    // --max-bytes-element-kib, set to 1 MiB here.
+    let server = Server::start(&examples(), &["--max-bytes-element-kib", "1024"]);
+    for model in ["minilm", "magika"] {
+        let (_, meta) = server.get_json(&format!("/v2/models/{model}"));
+        assert_eq!(meta["parameters"]["max_bytes_element_kib"], 1024, "{model}: {meta}");
+        assert!(meta["parameters"].get("max_input_kib").is_none(), "{model}: {meta}");
+    }
+    // The case: a 50 MB string as one element, once a plugin out of memory (500).
+    let sentence = "a".repeat(50_000_000);
+    let r = server.infer(
+        "minilm",
+        &json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hello", sentence]}]}),
+    );
+    assert_eq!(r.status, 413, "{}", r.error());
+    assert!(r.error().contains("input 'text': element 1 is 50000000 bytes"), "{}", r.error());
+    assert!(r.error().contains("at most 1048576 bytes"), "{}", r.error());
+    // Raw and the binary extension, to magika.
+    let file = vec![b'x'; 2 << 20];
+    let r = server.post("/v2/models/magika/infer", &RAW, &file);
+    assert_eq!(r.status, 413, "{}", r.error());
+    assert!(r.error().contains("input 'bytes': element 0 is 2097152 bytes"), "{}", r.error());
+    let mut data = (file.len() as u32).to_le_bytes().to_vec();
+    data.extend(&file);
+    let header = json!({"inputs": [{"name": "bytes", "shape": [1], "datatype": "BYTES",
+        "parameters": {"binary_data_size": data.len()}}]})
+    .to_string();
+    let len = header.len().to_string();
+    let r = server.post(
+        "/v2/models/magika/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &[header.as_bytes(), &data].concat(),
+    );
+    assert_eq!(r.status, 413, "{}", r.error());
+    assert!(r.error().contains("input 'bytes': element 0 is 2097152 bytes"), "{}", r.error());
+    // At the limit it is served (identify asserts a 200).
+    identify(&server, &file[..1 << 20]);
+    assert_eq!(embed(&server, &["hello"], json!({})).len(), 1);
+}
+
+#[test]
+fn a_model_limits_its_total_input_and_a_plugin_out_of_memory_on_a_large_input_is_a_413() {
+    let repository = edited_repository(&examples(), &["minilm"], |toml| {
+        toml.replace("max_bytes_element_kib = 1024", "max_bytes_element_kib = 102400\nmax_input_kib = 100")
+    });
+    let server = Server::start(repository.path(), &[]);
+    let (_, meta) = server.get_json("/v2/models/minilm");
+    assert_eq!(meta["parameters"]["max_input_kib"], 100, "{meta}");
+    let sentence = "b ".repeat(30_000);
+    let r = server.infer(
+        "minilm",
+        &json!({"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": [sentence, sentence]}]}),
+    );
+    assert_eq!(r.status, 413, "{}", r.error());
+    assert!(r.error().contains("the inputs hold 120008 bytes of data ('text' 120008)"), "{}", r.error());
+    assert!(r.error().contains("at most 102400 per request"), "{}", r.error());
+
+    // Past its own limits, 50 MB runs the plugin out of its 256 MiB: the input's size, 413.
+    let repository = edited_repository(&examples(), &["minilm"], |toml| {
+        toml.replace("max_bytes_element_kib = 1024", "max_bytes_element_kib = 102400")
+    });
+    let server = Server::start(repository.path(), &[]);
+    let r = server.infer(
+        "minilm",
+        &json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["c".repeat(50_000_000)]}]}),
+    );
+    assert_eq!(r.status, 413, "{}", r.error());
+    assert!(
+        r.error().contains("plugin 'minilm' ran out of its memory limit of 256 MiB on 50000004 bytes"),
+        "{}",
+        r.error()
+    );
+    assert_eq!(embed(&server, &["hello"], json!({})).len(), 1);
+}

@@ -87,4 +87,10 @@ def test_errors_carry_grpc_codes_and_the_server_keeps_serving(grpc_client):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     with pytest.raises(InferenceServerException, match="unknown output 'nope'"):
         grpc_client.infer("minilm", [text], outputs=[grpcclient.InferRequestedOutput("nope")])
+    # A sentence over minilm's [limits] max_bytes_element_kib (1 MiB), as over REST.
+    long = grpcclient.InferInput("text", [1], "BYTES")
+    long.set_data_from_numpy(np.array([b"a" * (2 << 20)], dtype=object))
+    with pytest.raises(InferenceServerException, match="input 'text': element 0 is 2097152 bytes") as err:
+        grpc_client.infer("minilm", [long])
+    assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert grpc_client.infer("minilm", [text]).as_numpy("embedding").shape == (1, 384)

@@ -4,13 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmserve_fuzz::{round_trip, split};
+use wasmserve_fuzz::{LIMITS, round_trip, split};
 
 fuzz_target!(|data: &[u8]| {
     let Some((declared, rest)) = split(data) else { return };
     let Some((length, body)) = rest.split_first_chunk::<2>() else { return };
     let header = u16::from_le_bytes(*length).to_string();
-    if let Ok(request) = wasmserve_protocol::decode::decode(body, Some(&header), &declared) {
+    if let Ok(request) = wasmserve_protocol::decode::decode(body, Some(&header), &declared, LIMITS) {
         round_trip(request, &declared, true);
     }
 });

@@ -3,11 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wasmserve_fuzz::{round_trip, split};
+use wasmserve_fuzz::{LIMITS, round_trip, split};
 
 fuzz_target!(|data: &[u8]| {
     let Some((declared, body)) = split(data) else { return };
-    if let Ok(request) = wasmserve_protocol::decode::decode(body, None, &declared) {
+    if let Ok(request) = wasmserve_protocol::decode::decode(body, None, &declared, LIMITS) {
         round_trip(request, &declared, false);
     }
 });

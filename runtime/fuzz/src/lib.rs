@@ -1,7 +1,7 @@
 //! What the fuzz targets share: the model a request is decoded against, picked by the
 //! input's first byte, and the round trip through the server's own encoder.
 
-use wasmserve_protocol::config::TensorSpec;
+use wasmserve_protocol::config::{InputLimits, TensorSpec};
 use wasmserve_protocol::decode::{InferRequest, decode};
 use wasmserve_protocol::encode::encode;
 use wasmserve_protocol::tensor::{Datatype, Tensor, bytes_elements};
@@ -36,6 +36,9 @@ pub fn declared(selector: u8) -> Vec<TensorSpec> {
     specs
 }
 
+/// The input limits requests are decoded under: small, so the limit checks run too.
+pub const LIMITS: InputLimits = InputLimits { max_element: 512, max_total: 64 << 10 };
+
 /// Split a fuzz input into the selector byte and the body.
 pub fn split(data: &[u8]) -> Option<(Vec<TensorSpec>, &[u8])> {
     let (&selector, body) = data.split_first()?;
@@ -64,7 +67,7 @@ pub fn round_trip(request: InferRequest, declared: &[TensorSpec], binary: bool) 
     let mut body = serde_json::to_vec(&serde_json::json!({ "inputs": answer["outputs"].take() })).unwrap();
     let header = encoded.json_length.map(|_| body.len().to_string());
     body.extend_from_slice(&encoded.body[json_end..]);
-    let again = decode(&body, header.as_deref(), declared)
+    let again = decode(&body, header.as_deref(), declared, LIMITS)
         .unwrap_or_else(|e| panic!("the server's own answer does not decode: {e}"));
     assert_eq!(again.inputs, tensors, "a round trip through the encoder changed the tensors");
 }

@@ -10,9 +10,9 @@
 //!   input (a BYTES input gets the whole body as its one element), so
 //!   `curl --data-binary @file` works.
 
-use crate::config::TensorSpec;
+use crate::config::{InputLimits, TensorSpec};
 use crate::error::{Error, Result};
-use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
+use crate::tensor::{Datatype, Tensor, bytes_elements, element_count, push_bytes_element};
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
@@ -207,7 +207,13 @@ impl Parameters<'_> {
 }
 
 /// Decode a request body; `header_length` is the `Inference-Header-Content-Length` value.
-pub fn decode(body: &[u8], header_length: Option<&str>, declared: &[TensorSpec]) -> Result<InferRequest> {
+/// The inputs are checked against the model's `declared` inputs and its `limits`.
+pub fn decode(
+    body: &[u8],
+    header_length: Option<&str>,
+    declared: &[TensorSpec],
+    limits: InputLimits,
+) -> Result<InferRequest> {
     let header_length = header_length
         .map(|v| {
             v.trim().parse::<usize>().map_err(|_| {
@@ -216,7 +222,7 @@ pub fn decode(body: &[u8], header_length: Option<&str>, declared: &[TensorSpec])
         })
         .transpose()?;
     let request = match header_length {
-        Some(0) => raw(body, declared)?,
+        Some(0) => raw(body, declared, limits)?,
         Some(n) => {
             if n > body.len() {
                 return Err(Error::bad_request(format!(
@@ -229,11 +235,11 @@ pub fn decode(body: &[u8], header_length: Option<&str>, declared: &[TensorSpec])
         }
         None => from_json(body, &[])?,
     };
-    check_inputs(&request.inputs, declared)?;
+    check_inputs(&request.inputs, declared, limits)?;
     Ok(request)
 }
 
-fn raw(body: &[u8], declared: &[TensorSpec]) -> Result<InferRequest> {
+fn raw(body: &[u8], declared: &[TensorSpec], limits: InputLimits) -> Result<InferRequest> {
     let [spec] = declared else {
         return Err(Error::bad_request(format!(
             "a raw body (Inference-Header-Content-Length: 0) needs a model with one input; this one has {}",
@@ -242,6 +248,8 @@ fn raw(body: &[u8], declared: &[TensorSpec]) -> Result<InferRequest> {
     };
     let (shape, data) = match spec.datatype.size() {
         None => {
+            // Refused before it is copied.
+            check_element(&spec.name, 0, body.len(), limits)?;
             let mut data = Vec::with_capacity(body.len() + 4);
             push_bytes_element(&mut data, body);
             (vec![1], data)
@@ -363,8 +371,41 @@ impl InferRequest {
     }
 }
 
-/// Every input the model declares is present, with its datatype and a fitting shape.
-pub fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
+/// A BYTES element of `len` bytes fits `limits`.
+fn check_element(input: &str, index: usize, len: usize, limits: InputLimits) -> Result<()> {
+    if len > limits.max_element {
+        return Err(Error::InputTooLarge(format!(
+            "input '{input}': element {index} is {len} bytes; this model takes BYTES elements of at most {} bytes \
+             ([limits] max_bytes_element_kib in its model.toml, else the server's --max-bytes-element-kib)",
+            limits.max_element
+        )));
+    }
+    Ok(())
+}
+
+/// The inputs' data fits `limits`: each BYTES element, and all of it together.
+fn check_sizes(inputs: &[Tensor], limits: InputLimits) -> Result<()> {
+    for input in inputs.iter().filter(|i| i.datatype == Datatype::Bytes) {
+        for (index, element) in bytes_elements(&input.name, &input.data)?.into_iter().enumerate() {
+            check_element(&input.name, index, element.len(), limits)?;
+        }
+    }
+    let total: usize = inputs.iter().map(|i| i.data.len()).sum();
+    if total > limits.max_total {
+        let each: Vec<String> = inputs.iter().map(|i| format!("'{}' {}", i.name, i.data.len())).collect();
+        return Err(Error::InputTooLarge(format!(
+            "the inputs hold {total} bytes of data ({}); this model takes at most {} per request \
+             ([limits] max_input_kib in its model.toml)",
+            each.join(", "),
+            limits.max_total
+        )));
+    }
+    Ok(())
+}
+
+/// Every input the model declares is present, with its datatype, a fitting shape, and data
+/// within `limits`.
+pub fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec], limits: InputLimits) -> Result<()> {
     for input in inputs {
         let Some(spec) = declared.iter().find(|s| s.name == input.name) else {
             let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
@@ -394,7 +435,7 @@ pub fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec]) -> Result<()> {
     if let Some(missing) = declared.iter().find(|s| !inputs.iter().any(|i| i.name == s.name)) {
         return Err(Error::bad_request(format!("missing input '{}'", missing.name)));
     }
-    Ok(())
+    check_sizes(inputs, limits)
 }
 
 /// JSON `data` (flat or nested, row-major) into wire bytes, element by element as the
@@ -580,8 +621,8 @@ mod tests {
         let declared = [spec("x", Datatype::Int32, &[-1, 2])];
         let flat = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[1,2,3,-4]}]}"#;
         let nested = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,-4]]}]}"#;
-        let a = decode(flat, None, &declared).unwrap();
-        let b = decode(nested, None, &declared).unwrap();
+        let a = decode(flat, None, &declared, InputLimits::NONE).unwrap();
+        let b = decode(nested, None, &declared, InputLimits::NONE).unwrap();
         assert_eq!(a.inputs, b.inputs);
         assert_eq!(a.inputs[0].data[12..], (-4i32).to_le_bytes());
     }
@@ -607,7 +648,8 @@ mod tests {
             let datatype: Datatype = serde_json::from_value(Value::String(dt.into())).unwrap();
             let body =
                 format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"{dt}","data":[{value}]}}]}}"#);
-            let request = decode(body.as_bytes(), None, &[spec("x", datatype, &[1])]).unwrap();
+            let request =
+                decode(body.as_bytes(), None, &[spec("x", datatype, &[1])], InputLimits::NONE).unwrap();
             assert_eq!(request.inputs[0].data, bytes, "{dt}");
         }
     }
@@ -622,7 +664,8 @@ mod tests {
         for text in [long, shortest] {
             let body =
                 format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP64","data":[{text}]}}]}}"#);
-            let request = decode(body.as_bytes(), None, &[spec("x", Datatype::Fp64, &[1])]).unwrap();
+            let request =
+                decode(body.as_bytes(), None, &[spec("x", Datatype::Fp64, &[1])], InputLimits::NONE).unwrap();
             assert_eq!(request.inputs[0].data, text.parse::<f64>().unwrap().to_le_bytes(), "{text}");
         }
     }
@@ -642,7 +685,7 @@ mod tests {
             let dt: Datatype = serde_json::from_value(Value::String(datatype.into())).unwrap();
             let body =
                 format!(r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"{datatype}","data":{data}}}]}}"#);
-            let err = decode(body.as_bytes(), None, &[spec("x", dt, &[2])]).unwrap_err();
+            let err = decode(body.as_bytes(), None, &[spec("x", dt, &[2])], InputLimits::NONE).unwrap_err();
             assert_eq!(err.to_string(), format!("input 'x': {expected}"), "{body}");
         }
     }
@@ -683,7 +726,7 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let err = decode(body.as_bytes(), None, &declared).unwrap_err();
+            let err = decode(body.as_bytes(), None, &declared, InputLimits::NONE).unwrap_err();
             assert!(err.to_string().contains(expected), "{expected}: {err}");
             assert_eq!(err.status(), 400);
         }
@@ -692,7 +735,7 @@ mod tests {
             r#"{{"parameters":{{"s":"a\"b","n":-1.50,"b":true}},"inputs":[{x}],"outputs":[{}]}}"#,
             many(r#"{"name":"y","parameters":{"binary_data":true}}"#, MAX_TENSORS)
         );
-        let request = decode(body.as_bytes(), None, &declared).unwrap();
+        let request = decode(body.as_bytes(), None, &declared, InputLimits::NONE).unwrap();
         assert_eq!(request.outputs.len(), MAX_TENSORS);
         assert_eq!(request.outputs[0].binary, Some(true));
         let params: Vec<(&str, &str)> =
@@ -704,10 +747,14 @@ mod tests {
     fn nesting_is_limited_and_the_datatype_may_come_last() {
         let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
         let body = format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"INT8","data":{deep}}}]}}"#);
-        let err = decode(body.as_bytes(), None, &[spec("x", Datatype::Int8, &[1])]).unwrap_err();
+        let err =
+            decode(body.as_bytes(), None, &[spec("x", Datatype::Int8, &[1])], InputLimits::NONE).unwrap_err();
         assert_eq!(err.to_string(), "input 'x': data is nested too deeply");
         let last = br#"{"inputs":[{"data":[[7]],"shape":[1],"name":"x","datatype":"INT8"}]}"#;
-        assert_eq!(decode(last, None, &[spec("x", Datatype::Int8, &[1])]).unwrap().inputs[0].data, [7]);
+        assert_eq!(
+            decode(last, None, &[spec("x", Datatype::Int8, &[1])], InputLimits::NONE).unwrap().inputs[0].data,
+            [7]
+        );
     }
 
     #[test]
@@ -717,22 +764,61 @@ mod tests {
         body.extend([5, 6]);
         let declared = [spec("a", Datatype::Uint8, &[2]), spec("b", Datatype::Uint8, &[1])];
         let len = json.len().to_string();
-        let request = decode(&body, Some(&len), &declared).unwrap();
+        let request = decode(&body, Some(&len), &declared, InputLimits::NONE).unwrap();
         assert_eq!(request.inputs[0].data, [5, 6]);
         assert_eq!(request.inputs[1].data, [7]);
         body.push(9);
-        let err = decode(&body, Some(&len), &declared).unwrap_err();
+        let err = decode(&body, Some(&len), &declared, InputLimits::NONE).unwrap_err();
         assert!(err.to_string().contains("1 bytes of binary data follow"), "{err}");
     }
 
     #[test]
     fn raw_body_fills_the_single_input() {
-        let r = decode(b"%PDF-1.4", Some("0"), &[spec("bytes", Datatype::Bytes, &[-1])]).unwrap();
+        let r = decode(b"%PDF-1.4", Some("0"), &[spec("bytes", Datatype::Bytes, &[-1])], InputLimits::NONE)
+            .unwrap();
         assert_eq!(r.inputs[0].shape, [1]);
         assert_eq!(&r.inputs[0].data[4..], b"%PDF-1.4");
-        let r = decode(&[0u8; 24], Some("0"), &[spec("x", Datatype::Fp32, &[-1, 3])]).unwrap();
+        let r =
+            decode(&[0u8; 24], Some("0"), &[spec("x", Datatype::Fp32, &[-1, 3])], InputLimits::NONE).unwrap();
         assert_eq!(r.inputs[0].shape, [2, 3]);
-        assert!(decode(&[0u8; 5], Some("0"), &[spec("x", Datatype::Fp32, &[-1])]).is_err());
+        assert!(
+            decode(&[0u8; 5], Some("0"), &[spec("x", Datatype::Fp32, &[-1])], InputLimits::NONE).is_err()
+        );
+    }
+
+    #[test]
+    fn bytes_elements_and_total_input_are_limited_in_every_form() {
+        let declared = [spec("text", Datatype::Bytes, &[-1])];
+        let limits = InputLimits { max_element: 8, max_total: 30 };
+        let json = |data: &str| {
+            format!(r#"{{"inputs":[{{"name":"text","shape":[2],"datatype":"BYTES","data":{data}}}]}}"#)
+        };
+        let fits = json(r#"["12345678","1"]"#);
+        assert!(decode(fits.as_bytes(), None, &declared, limits).is_ok());
+        let long = json(r#"["1","123456789"]"#);
+        let err = decode(long.as_bytes(), None, &declared, limits).unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert!(err.to_string().contains("input 'text': element 1 is 9 bytes"), "{err}");
+        assert!(err.to_string().contains("at most 8 bytes"), "{err}");
+        // Binary extension: the same element, as raw bytes after the header.
+        let mut data = Vec::new();
+        push_bytes_element(&mut data, b"123456789");
+        let header = format!(
+            r#"{{"inputs":[{{"name":"text","shape":[1],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}]}}"#,
+            data.len()
+        );
+        let body = [header.as_bytes(), &data].concat();
+        let err = decode(&body, Some(&header.len().to_string()), &declared, limits).unwrap_err();
+        assert!(err.to_string().contains("element 0 is 9 bytes"), "{err}");
+        // Raw: the whole body is the one element.
+        let err = decode(b"123456789", Some("0"), &declared, limits).unwrap_err();
+        assert!(err.to_string().contains("element 0 is 9 bytes"), "{err}");
+        // All inputs together: four elements of 8 bytes and their 4-byte lengths.
+        let many = r#"{"inputs":[{"name":"text","shape":[4],"datatype":"BYTES","data":["12345678","12345678","12345678","12345678"]}]}"#;
+        let err = decode(many.as_bytes(), None, &declared, limits).unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert!(err.to_string().contains("the inputs hold 48 bytes of data ('text' 48)"), "{err}");
+        assert!(err.to_string().contains("max_input_kib"), "{err}");
     }
 
     #[test]
@@ -744,11 +830,14 @@ mod tests {
             )
         };
         let outputs = [spec("y", Datatype::Fp32, &[1])];
-        let ok = decode(body(r#"[{"name":"y"}]"#).as_bytes(), None, &declared).unwrap();
+        let ok = decode(body(r#"[{"name":"y"}]"#).as_bytes(), None, &declared, InputLimits::NONE).unwrap();
         assert!(ok.check_outputs(&outputs).is_ok());
-        let twice = decode(body(r#"[{"name":"y"},{"name":"y"}]"#).as_bytes(), None, &declared).unwrap();
+        let twice =
+            decode(body(r#"[{"name":"y"},{"name":"y"}]"#).as_bytes(), None, &declared, InputLimits::NONE)
+                .unwrap();
         assert!(twice.check_outputs(&outputs).unwrap_err().to_string().contains("requested twice"));
-        let unknown = decode(body(r#"[{"name":"z"}]"#).as_bytes(), None, &declared).unwrap();
+        let unknown =
+            decode(body(r#"[{"name":"z"}]"#).as_bytes(), None, &declared, InputLimits::NONE).unwrap();
         assert!(unknown.check_outputs(&outputs).unwrap_err().to_string().contains("unknown output 'z'"));
     }
 
@@ -782,7 +871,7 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let err = decode(body.as_bytes(), None, &declared).unwrap_err();
+            let err = decode(body.as_bytes(), None, &declared, InputLimits::NONE).unwrap_err();
             assert!(err.to_string().contains(expected), "{body}: {err}");
             assert_eq!(err.status(), 400);
         }

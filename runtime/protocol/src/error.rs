@@ -21,6 +21,10 @@ pub enum Error {
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The request's input data is over one of the model's limits (413): a BYTES element,
+    /// all inputs together, or what the plugin's memory could hold.
+    #[error("{0}")]
+    InputTooLarge(String),
     /// The client stopped sending its request body for longer than the server waits (408).
     #[error("{0}")]
     Timeout(String),
@@ -73,7 +77,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooLarge(_) | Error::InputTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
@@ -92,7 +96,7 @@ impl Error {
             Error::NotFound(_) => 5,                               // NOT_FOUND
             Error::Unauthorized(_) => 16,                          // UNAUTHENTICATED
             Error::Forbidden(_) => 7,                              // PERMISSION_DENIED
-            Error::TooLarge(_) => 8,                               // RESOURCE_EXHAUSTED
+            Error::TooLarge(_) | Error::InputTooLarge(_) => 8,     // RESOURCE_EXHAUSTED
             Error::Timeout(_) => 4,                                // DEADLINE_EXCEEDED
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
             Error::Unavailable(_) | Error::Overloaded(_) => 14, // UNAVAILABLE

@@ -92,6 +92,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
 
+    /// Largest BYTES element (a sentence, a file) a request may hand a model, in KiB; larger
+    /// ones get 413 naming the input, before the plugin runs. A model's `[limits]
+    /// max_bytes_element_kib` overrides it.
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_BYTES_ELEMENT_KIB, value_name = "KIB", env = "WASMSERVE_MAX_BYTES_ELEMENT_KIB")]
+    max_bytes_element_kib: u64,
+
     /// Where fetched model files (models/), compiled plugins (plugins/) and ONNX Runtime's
     /// optimised graphs (graphs/) are kept, so a restart neither downloads, compiles nor
     /// optimises again (default: $XDG_CACHE_HOME/wasmserve or
@@ -238,7 +244,14 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let state = AppState::new(repository.clone(), args.max_body_mib << 20, args.ready_when, control_token);
+    let max_bytes_element = usize::try_from(args.max_bytes_element_kib << 10).unwrap_or(usize::MAX);
+    let state = AppState::new(
+        repository.clone(),
+        args.max_body_mib << 20,
+        max_bytes_element,
+        args.ready_when,
+        control_token,
+    );
     let limits = Limits {
         header_timeout: Duration::from_secs(args.header_timeout_secs),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),

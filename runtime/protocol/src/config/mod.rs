@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 mod fetch;
 mod graph;
+mod limits;
 mod plugin;
 mod route;
 mod scheduling;
@@ -38,6 +39,7 @@ mod versions;
 
 pub use fetch::{Fetch, Unpack};
 pub use graph::{Backend, GraphConfig, Target};
+pub use limits::{DEFAULT_MAX_BYTES_ELEMENT_KIB, InputLimits, Limits};
 pub use plugin::PluginConfig;
 pub use route::{ROUTE_FILE, RouteConfig, RouteTarget, Variant, target_label};
 pub use scheduling::{Batching, Scheduling};
@@ -78,6 +80,9 @@ pub struct ModelConfig {
     /// Dynamic batching: the graph runs several requests at once (off when absent).
     #[serde(default)]
     pub batching: Option<Batching>,
+    /// How much input one request may bring.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
@@ -186,6 +191,12 @@ impl ModelConfig {
             anyhow::ensure!(w.count > 0, "`warmup[{i}].count` must be > 0");
         }
         anyhow::ensure!(self.plugin.timeout_ms > 0, "`plugin.timeout_ms` must be > 0");
+        for (key, value) in [
+            ("max_bytes_element_kib", self.limits.max_bytes_element_kib),
+            ("max_input_kib", self.limits.max_input_kib),
+        ] {
+            anyhow::ensure!(value != Some(0), "`limits.{key}` must be > 0");
+        }
         if let Some(b) = &self.batching {
             anyhow::ensure!(b.max_batch_size > 0, "`batching.max_batch_size` must be > 0");
             if let Some(size) = b.preferred_batch_sizes.iter().find(|&&s| s == 0 || s > b.max_batch_size) {
