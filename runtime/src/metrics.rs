@@ -9,6 +9,7 @@
 //! | `wasmserve_inference_request_failure_total` | counter | model, version, code (HTTP status) |
 //! | `wasmserve_inference_count_total` | counter: inferences (batch rows) | model, version |
 //! | `wasmserve_inference_pending_requests` | gauge: requests in the server now | model, version |
+//! | `wasmserve_inference_request_cancelled_total` | counter: requests whose client went away before the answer (what they still waited for was not run) | model, version |
 //! | `wasmserve_request_duration_seconds` | histogram: whole request, body to response | model, version |
 //! | `wasmserve_queue_duration_seconds` | histogram: waiting for a slot (`[scheduling]`), a worker thread and a free execution (and a batch to form) | model, version |
 //! | `wasmserve_preprocess_duration_seconds` | histogram: plugin preprocess, instance included | model, version |
@@ -99,6 +100,7 @@ pub struct Metrics {
     inferences: Family<ModelLabels, Counter>,
     executions: Family<ModelLabels, Counter>,
     pending: Family<ModelLabels, Gauge>,
+    cancelled: Family<ModelLabels, Counter>,
     request: Histograms,
     queue: Histograms,
     preprocess: Histograms,
@@ -121,6 +123,7 @@ impl Default for Metrics {
             inferences: Family::default(),
             executions: Family::default(),
             pending: Family::default(),
+            cancelled: Family::default(),
             request: histograms(),
             queue: histograms(),
             preprocess: histograms(),
@@ -142,6 +145,11 @@ impl Default for Metrics {
         r.register("inference_count", "Inferences performed (batch rows)", m.inferences.clone());
         r.register("inference_exec_count", "Graph runs (a batch of requests is one)", m.executions.clone());
         r.register("inference_pending_requests", "Inference requests in the server now", m.pending.clone());
+        r.register(
+            "inference_request_cancelled",
+            "Inference requests whose client went away before the answer",
+            m.cancelled.clone(),
+        );
         r.register("request_duration_seconds", "Whole inference request", m.request.clone());
         r.register(
             "queue_duration_seconds",
@@ -179,11 +187,22 @@ impl Default for Metrics {
     }
 }
 
-/// Tracks one inference request from its start; records when finished.
+/// Tracks one inference request from its start; records when finished, or as cancelled
+/// when dropped unfinished (its client went away).
 pub struct RequestTimer<'m> {
     metrics: &'m Metrics,
     labels: ModelLabels,
     started: std::time::Instant,
+    finished: bool,
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.metrics.pending.get_or_create(&self.labels).dec();
+            self.metrics.cancelled.get_or_create(&self.labels).inc();
+        }
+    }
 }
 
 impl Metrics {
@@ -191,7 +210,7 @@ impl Metrics {
     pub fn start(&self, model: &str, version: &str) -> RequestTimer<'_> {
         let labels = ModelLabels { model: model.to_string(), version: version.to_string() };
         self.pending.get_or_create(&labels).inc();
-        RequestTimer { metrics: self, labels, started: std::time::Instant::now() }
+        RequestTimer { metrics: self, labels, started: std::time::Instant::now(), finished: false }
     }
 
     /// The connection counters, for the listener.
@@ -227,7 +246,8 @@ impl Metrics {
 impl RequestTimer<'_> {
     /// The request ended: answered, with its stage timings and row count, or failed.
     /// Returns the HTTP status it ended with.
-    pub fn finish(self, outcome: Result<(&Timings, u64), &crate::error::Error>) -> u16 {
+    pub fn finish(mut self, outcome: Result<(&Timings, u64), &crate::error::Error>) -> u16 {
+        self.finished = true;
         let (status, done) = match outcome {
             Ok(done) => (200, Some(done)),
             Err(e) => (e.status().as_u16(), None),

@@ -701,7 +701,7 @@ fn warm_up(model: &Model, dir: &Path, warmup: &Warmup) -> anyhow::Result<()> {
     };
     request.params = decode::parameters(&serde_json::to_string(&warmup.parameters)?)?;
     for _ in 0..warmup.count {
-        schedule::run_blocking(model, request.inputs.clone(), &request.params)?;
+        schedule::run_blocking(model, request.inputs.clone(), &request.params, &Default::default())?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Scheduling: the queue's limits and timeouts, dynamic batching's answers.
 
 use super::*;
+use std::time::{Duration, Instant};
 
 /// A metric's value for model `model` from `/metrics` text (0 when absent).
 fn metric(text: &str, name: &str, model: &str) -> f64 {
@@ -124,4 +125,65 @@ fn a_full_queue_refuses_at_once_and_a_wait_past_the_timeout_gives_up() {
         ),
         "{metrics}"
     );
+}
+
+#[test]
+fn requests_whose_clients_leave_are_dropped_before_their_plugin_and_graph_run() {
+    // One execution thread and room for all 200 at once: they wait for the model's thread,
+    // 100 ms each (the plugin sleeps), as in an overload.
+    let repository = edited_repository(&test_models(), &["faulty"], |toml| {
+        format!("{}\n[scheduling]\nexecutions = 1\nmax_in_flight = 256\nmax_queue = 256\n", slow(toml))
+    });
+    let server = Server::start(repository.path(), &[]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // The plugin says so each time it preprocesses: the log counts the calls that ran.
+    let body = json!({"parameters": {"sleep_ms": 100, "say": "preprocess ran"},
+        "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [2, 2, 2, 2, 2, 2]}]})
+    .to_string();
+    let request = format!(
+        "POST /v2/models/faulty/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let runs =
+        |server: &Server| metric(&server.get("/metrics").1, "wasmserve_inference_exec_count_total", "faulty");
+    let before = runs(&server);
+    let started = Instant::now();
+    // Every other client gives up after 50 ms; the others wait for their answer.
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let (addr, request) = (addr.clone(), request.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                stream.write_all(request.as_bytes()).unwrap();
+                if i % 2 == 1 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    return None;
+                }
+                stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).unwrap();
+                Some(answer)
+            })
+        })
+        .collect();
+    for client in clients {
+        if let Some(answer) = client.join().unwrap() {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+    let elapsed = started.elapsed();
+    let text = server.get("/metrics").1;
+    let ran = runs(&server) - before;
+    let preprocessed = server.log().matches("preprocess ran").count();
+    eprintln!(
+        "200 requests, 100 abandoned after 50 ms: {preprocessed} plugin calls, {ran} graph runs in {elapsed:?}"
+    );
+    assert!((100..=102).contains(&preprocessed), "{preprocessed} plugin calls for 100 clients that stayed");
+    assert_eq!(ran, 100.0, "graph runs");
+    // Under load a client may leave before the server has read its request: not counted.
+    let cancelled = metric(&text, "wasmserve_inference_request_cancelled_total", "faulty");
+    assert!((50.0..=100.0).contains(&cancelled), "{cancelled} requests counted as cancelled");
+    assert_eq!(metric(&text, "wasmserve_inference_pending_requests", "faulty"), 0.0);
 }

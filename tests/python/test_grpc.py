@@ -1,6 +1,7 @@
 """tritonclient.grpc against wasmserve's gRPC service (same port as REST, HTTP/2)."""
 
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -94,3 +95,37 @@ def test_errors_carry_grpc_codes_and_the_server_keeps_serving(grpc_client):
         grpc_client.infer("minilm", [long])
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert grpc_client.infer("minilm", [text]).as_numpy("embedding").shape == (1, 384)
+
+
+def test_cancelled_calls_never_reach_the_plugin(tmp_path):
+    # The test model on one thread, 100 ms a request, room for all 40 at once: every other
+    # call is cancelled after 50 ms (an RST_STREAM on the shared HTTP/2 connection).
+    from conftest import ROOT, Server
+
+    model = tmp_path / "faulty"
+    model.mkdir()
+    for f in (ROOT / "tests/models/faulty").iterdir():
+        if f.name != "model.toml":
+            (model / f.name).symlink_to(f)
+    toml = (ROOT / "tests/models/faulty/model.toml").read_text().replace("timeout_ms = 500", "timeout_ms = 5000")
+    (model / "model.toml").write_text(toml + "\n[scheduling]\nexecutions = 1\nmax_in_flight = 64\n")
+    server = Server(tmp_path)
+    try:
+        server.wait_ready()
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+        request = service_pb2.ModelInferRequest(model_name="faulty")
+        request.parameters["sleep_ms"].int64_param = 100
+        request.parameters["say"].string_param = "preprocess ran"
+        x = request.inputs.add(name="x", datatype="FP32", shape=[3, 2])
+        x.contents.fp32_contents.extend([2.0] * 6)
+        calls = [stub.ModelInfer.future(request) for _ in range(40)]
+        time.sleep(0.05)
+        for call in calls[1::2]:
+            call.cancel()
+        for call in calls[0::2]:
+            assert np.frombuffer(call.result().raw_output_contents[0], dtype=np.float32).tolist() == [
+                2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+        ran = "".join(server.log).count("preprocess ran")
+        assert 20 <= ran <= 21, f"{ran} plugin calls for 20 calls not cancelled"
+    finally:
+        server.stop()

@@ -28,6 +28,10 @@ pub enum Error {
     /// The client stopped sending its request body for longer than the server waits (408).
     #[error("{0}")]
     Timeout(String),
+    /// The client went away before its request ran (499, as nginx logs it; gRPC CANCELLED):
+    /// nobody reads this answer, the metrics and the log do.
+    #[error("{0}")]
+    Cancelled(String),
     /// The server cannot serve this yet (503): models still loading.
     #[error("{0}")]
     Unavailable(String),
@@ -79,6 +83,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::TooLarge(_) | Error::InputTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::Cancelled(_) => StatusCode::from_u16(499).expect("a valid status code"),
             Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -98,6 +103,7 @@ impl Error {
             Error::Forbidden(_) => 7,                              // PERMISSION_DENIED
             Error::TooLarge(_) | Error::InputTooLarge(_) => 8,     // RESOURCE_EXHAUSTED
             Error::Timeout(_) => 4,                                // DEADLINE_EXCEEDED
+            Error::Cancelled(_) => 1,                              // CANCELLED
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
             Error::Unavailable(_) | Error::Overloaded(_) => 14, // UNAVAILABLE
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => 13, // INTERNAL

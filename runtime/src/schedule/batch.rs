@@ -46,7 +46,23 @@ struct Job {
     inputs: Vec<Tensor>,
     rows: usize,
     enqueued: Instant,
+    /// Whether the request is still wanted: an abandoned or late one is answered with why
+    /// and left out of the batch.
+    ticket: super::Ticket,
     reply: oneshot::Sender<Result<Answer, Error>>,
+}
+
+impl Job {
+    /// The job, if its request is still wanted; otherwise it is answered with why not.
+    fn wanted(self, model: &str) -> Option<Self> {
+        match self.ticket.check(model) {
+            Ok(()) => Some(self),
+            Err(e) => {
+                let _ = self.reply.send(Err(e));
+                None
+            }
+        }
+    }
 }
 
 impl Job {
@@ -94,6 +110,7 @@ impl Batcher {
             })?;
         }
         let former = Former {
+            model: model.to_string(),
             jobs,
             free,
             batches: batches_tx,
@@ -108,12 +125,12 @@ impl Batcher {
 
     /// Queue one request's graph inputs and wait (on this blocking thread) for its rows of
     /// the batch's outputs. Every input must have the same dimension 0: the request's rows.
-    pub fn infer(&self, model: &str, inputs: Vec<Tensor>) -> Result<Answer, Error> {
+    pub fn infer(&self, model: &str, inputs: Vec<Tensor>, ticket: super::Ticket) -> Result<Answer, Error> {
         let rows = batch_rows(model, &inputs)?;
         let mut inputs = inputs;
         inputs.sort_by(|a, b| a.name.cmp(&b.name));
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs, rows, enqueued: Instant::now(), reply };
+        let job = Job { inputs, rows, enqueued: Instant::now(), ticket, reply };
         self.queue.send(job).map_err(|_| Error::Internal("the batcher has stopped".into()))?;
         answer.blocking_recv().map_err(|_| Error::Inference {
             model: model.to_string(),
@@ -155,6 +172,7 @@ fn batch_rows(model: &str, inputs: &[Tensor]) -> Result<usize, Error> {
 
 /// The thread that forms batches.
 struct Former {
+    model: String,
     jobs: Receiver<Job>,
     /// A token per free execution.
     free: Receiver<()>,
@@ -171,7 +189,12 @@ impl Former {
         // Wait for a free execution first: while all are busy the queue fills, and the next
         // batch takes what queued.
         while self.free.recv().is_ok() {
-            let Some(first) = self.pending.pop_front().or_else(|| self.jobs.recv().ok()) else { return };
+            let first = loop {
+                let Some(job) = self.pending.pop_front().or_else(|| self.jobs.recv().ok()) else { return };
+                if let Some(job) = job.wanted(&self.model) {
+                    break job;
+                }
+            };
             let batch = self.form(first);
             if self.batches.send(batch).is_err() {
                 return;
@@ -185,6 +208,7 @@ impl Former {
         let mut batch = vec![first];
         loop {
             self.pending.extend(self.jobs.try_iter());
+            self.drop_unwanted();
             let mut i = 0;
             while i < self.pending.len() && rows < self.max_rows {
                 let job = &self.pending[i];
@@ -215,6 +239,16 @@ impl Former {
                 Err(RecvTimeoutError::Disconnected) => return batch,
             }
         }
+    }
+
+    /// Requests abandoned or late while they waited leave the queue unrun.
+    fn drop_unwanted(&mut self) {
+        if self.pending.iter().all(|job| job.ticket.check(&self.model).is_ok()) {
+            return;
+        }
+        let model = &self.model;
+        self.pending =
+            std::mem::take(&mut self.pending).into_iter().filter_map(|j| j.wanted(model)).collect();
     }
 
     /// How many of the batch's first jobs make the largest preferred size, if any does.
@@ -348,12 +382,12 @@ mod tests {
         let batching = Batching { max_batch_size: 1, max_queue_delay_us: 0, preferred_batch_sizes: vec![] };
         let batcher = Batcher::start("m", graph, &batching, 1).unwrap();
         let x = |v: f32| vec![tensor("x", vec![1], &[v])];
-        let err = batcher.infer("m", x(0.0)).err().unwrap();
+        let err = batcher.infer("m", x(0.0), Default::default()).err().unwrap();
         assert_eq!(
             err.to_string(),
             "inference failed for model 'm': the graph run panicked (see the server log)"
         );
-        let answer = batcher.infer("m", x(2.0)).unwrap();
+        let answer = batcher.infer("m", x(2.0), Default::default()).unwrap();
         assert_eq!(answer.outputs[0].data, 2.0f32.to_le_bytes());
     }
 
@@ -369,24 +403,32 @@ mod tests {
             inputs: vec![tensor("x", vec![rows as i64, 1], &vec![0.0; rows])],
             rows,
             enqueued: Instant::now(),
+            ticket: Default::default(),
             reply,
         }
     }
 
-    #[test]
-    fn batches_fill_to_the_largest_preferred_size_then_the_maximum() {
+    /// A former of batches of up to 8 rows over a new queue, and the queue.
+    fn former(delay_ms: u64, preferred: Vec<usize>) -> (Sender<Job>, Former) {
         let (queue, jobs) = crossbeam_channel::unbounded();
         let (_, free) = crossbeam_channel::unbounded();
         let (batches, _) = crossbeam_channel::unbounded();
-        let mut former = Former {
+        let former = Former {
+            model: "m".into(),
             jobs,
             free,
             batches,
             pending: VecDeque::new(),
             max_rows: 8,
-            delay: Duration::from_millis(50),
-            preferred: vec![2, 4],
+            delay: Duration::from_millis(delay_ms),
+            preferred,
         };
+        (queue, former)
+    }
+
+    #[test]
+    fn batches_fill_to_the_largest_preferred_size_then_the_maximum() {
+        let (queue, mut former) = former(50, vec![2, 4]);
         for rows in [1, 1, 1, 1, 1] {
             queue.send(job(rows)).unwrap();
         }
@@ -410,5 +452,35 @@ mod tests {
         assert_eq!(batch.iter().map(|j| j.rows).collect::<Vec<_>>(), vec![3, 5]);
         assert!(started.elapsed() < Duration::from_millis(40));
         assert_eq!(former.pending.len(), 1);
+    }
+
+    #[test]
+    fn abandoned_requests_are_left_out_of_the_batch_and_told_why() {
+        let (queue, mut former) = former(20, vec![]);
+        let mut answers = Vec::new();
+        for i in 0..4 {
+            let (reply, answer) = oneshot::channel();
+            let ticket = super::super::Ticket::default();
+            if i % 2 == 1 {
+                ticket.abandoned.store(true, std::sync::atomic::Ordering::Release);
+            }
+            queue.send(Job { ticket, reply, ..job(1) }).unwrap();
+            answers.push(answer);
+        }
+        let first = former.jobs.recv().unwrap();
+        let batch = former.form(first);
+        assert_eq!(batch.len(), 2, "only the two still wanted");
+        for (i, mut answer) in answers.into_iter().enumerate() {
+            match answer.try_recv() {
+                Ok(Err(e)) => {
+                    assert_eq!(i % 2, 1);
+                    assert_eq!(e.status().as_u16(), 499, "{e}");
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    assert_eq!(i % 2, 0, "a wanted job is in the batch")
+                }
+                other => panic!("job {i}: {:?}", other.map(|r| r.map(|_| ()))),
+            }
+        }
     }
 }

@@ -11,6 +11,11 @@
 //! Each model runs at most `max_in_flight` requests at once; up to `max_queue` more wait for
 //! a slot (for at most their timeout), and beyond that a request is refused at once, so a
 //! burst never queues without bound.
+//!
+//! A request whose client went away (its future dropped: the connection closed, an HTTP/2
+//! stream or gRPC call reset) or whose timeout passed while it waited is dropped wherever it
+//! waits, in the slot queue, a model thread's queue or a forming batch ([`Ticket`]), and
+//! neither its plugin nor its graph runs.
 //! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
 pub mod batch;
@@ -58,12 +63,24 @@ impl Slots {
         self.max_in_flight
     }
 
+    /// How long a request may wait before it runs: its `timeout` parameter (µs), else the
+    /// model's queue timeout.
+    fn timeout(&self, params: &[(String, String)]) -> Option<Duration> {
+        params
+            .iter()
+            .find(|(k, _)| k == "timeout")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .filter(|&us| us > 0)
+            .map(Duration::from_micros)
+            .or(self.timeout)
+    }
+
     /// A slot, once one is free: refused at once when the queue is full, or after waiting
     /// longer than the request's `timeout` parameter (µs) or the model's queue timeout.
     async fn acquire(
         &self,
         model: &str,
-        params: &[(String, String)],
+        timeout: Option<Duration>,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
         if let Ok(permit) = self.running.clone().try_acquire_owned() {
             return Ok(permit);
@@ -83,13 +100,6 @@ impl Slots {
             }
         }
         let _waiting = Waiting(&self.waiting);
-        let timeout = params
-            .iter()
-            .find(|(k, _)| k == "timeout")
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-            .filter(|&us| us > 0)
-            .map(Duration::from_micros)
-            .or(self.timeout);
         let permit = self.running.clone().acquire_owned();
         match timeout {
             Some(limit) => tokio::time::timeout(limit, permit).await.map_err(|_| {
@@ -101,6 +111,49 @@ impl Slots {
             None => permit.await,
         }
         .map_err(|_| Error::Internal("the model's slots are closed".into()))
+    }
+}
+
+/// A request's standing while its work waits: abandoned once its client has gone (the
+/// request's future was dropped), late once its deadline (the `timeout` parameter, else the
+/// model's `queue_timeout_ms`) has passed. Checked before each step that costs: the plugin's
+/// preprocess, the graph, a place in a batch.
+#[derive(Clone, Default)]
+pub struct Ticket {
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Ticket {
+    /// Whether the request should still be worked on: an error saying why not otherwise.
+    pub(crate) fn check(&self, model: &str) -> Result<(), Error> {
+        if self.abandoned.load(Ordering::Acquire) {
+            return Err(Error::Cancelled(format!("the client of this request to '{model}' went away")));
+        }
+        match self.deadline {
+            Some(deadline) if Instant::now() > deadline => Err(Error::Overloaded(format!(
+                "model '{model}' is busy: the request waited past its timeout before it could run; try again later"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Marks its ticket abandoned when dropped before [`Abandon::finished`]: the request's
+/// future was dropped while its work waited or ran.
+struct Abandon(Option<Ticket>);
+
+impl Abandon {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(ticket) = &self.0 {
+            ticket.abandoned.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -147,10 +200,11 @@ impl Executions {
         })
     }
 
-    /// Run the graph on one request's inputs: on this thread, or with batching in a batch.
-    fn infer(&self, model: &Model, inputs: Vec<Tensor>) -> Result<batch::Answer, Error> {
+    /// Run the graph on one request's inputs: on this thread, or with batching in a batch
+    /// (left out of it if `ticket` is abandoned or late by the time the batch forms).
+    fn infer(&self, model: &Model, inputs: Vec<Tensor>, ticket: &Ticket) -> Result<batch::Answer, Error> {
         match self {
-            Self::Batched(batcher) => batcher.infer(&model.name, inputs),
+            Self::Batched(batcher) => batcher.infer(&model.name, inputs, ticket.clone()),
             Self::Whole(_) => {
                 let started = Instant::now();
                 let batch_rows = batch::counted_rows(&inputs);
@@ -206,7 +260,10 @@ pub async fn run(
     params: Vec<(String, String)>,
 ) -> Result<(Vec<Tensor>, Timings), Error> {
     let queued = Instant::now();
-    let slot = model.slots.acquire(&model.name, &params).await?;
+    let timeout = model.slots.timeout(&params);
+    let ticket = Ticket { abandoned: Default::default(), deadline: timeout.map(|t| queued + t) };
+    let abandon = Abandon(Some(ticket.clone()));
+    let slot = model.slots.acquire(&model.name, timeout).await?;
     let span = tracing::Span::current();
     let workers = match &model.executions {
         Executions::Whole(workers) => Some(workers.clone()),
@@ -216,29 +273,35 @@ pub async fn run(
         let _slot = slot;
         let _request = span.enter();
         let queue = queued.elapsed();
-        run_blocking(&model, inputs, &params)
+        run_blocking(&model, inputs, &params, &ticket)
             .map(|(outputs, timings)| (outputs, Timings { queue: queue + timings.queue, ..timings }))
     };
-    match workers {
+    let answer = match workers {
         Some(workers) => workers.run(work).await?,
         None => tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| Error::Internal(format!("request handling panicked: {e}")))?,
-    }
+    };
+    abandon.finished();
+    answer
 }
 
-/// The steps of one request, on the calling thread (start-up warm-up uses it directly).
+/// The steps of one request, on the calling thread (start-up warm-up uses it directly, with
+/// a default `ticket`), each started only while `ticket` says the request is still wanted.
 pub fn run_blocking(
     model: &Model,
     inputs: Vec<Tensor>,
     params: &Vec<(String, String)>,
+    ticket: &Ticket,
 ) -> Result<(Vec<Tensor>, Timings), Error> {
+    ticket.check(&model.name)?;
     let started = Instant::now();
     let mut instance = model.plugin.instantiate()?;
     let prepared = tracing::debug_span!("preprocess").in_scope(|| instance.preprocess(inputs, params))?;
     let preprocessed = Instant::now();
-    let answer =
-        tracing::debug_span!("infer").in_scope(|| model.executions.infer(model, prepared.graph_inputs))?;
+    ticket.check(&model.name)?;
+    let answer = tracing::debug_span!("infer")
+        .in_scope(|| model.executions.infer(model, prepared.graph_inputs, ticket))?;
     let batch_wait = preprocessed.elapsed().saturating_sub(answer.compute);
     let inferred = Instant::now();
     let outputs = tracing::debug_span!("postprocess")
