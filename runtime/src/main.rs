@@ -100,7 +100,9 @@ enum NewCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Your ONNX model: copied into the model directory, its inputs and outputs declared
-        /// in model.toml. Default: a tiny example graph (Y = X * [[1, 2], [3, 4], [5, 6]]).
+        /// in model.toml as the file declares them, on tract if tract can run it, else on ONNX
+        /// Runtime. scikit-learn models: export with skl2onnx's options={'zipmap': False}.
+        /// Default: a tiny example graph (Y = X * [[1, 2], [3, 4], [5, 6]]).
         #[arg(long, value_name = "FILE.onnx")]
         graph: Option<PathBuf>,
     },

@@ -136,6 +136,11 @@ pub fn plugin(name: &str, dir: &Path, graph: Option<&Path>) -> anyhow::Result<Cr
         Some(path) => format!("cannot read the inputs and outputs of {}", path.display()),
         None => "the example graph".into(),
     })?;
+    // tract where it can run the graph (nothing to install), else ONNX Runtime, which runs
+    // every operator (scikit-learn's Scaler, say, that tract lacks).
+    let on_tract = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        crate::infer::runs_on_tract(&onnx)
+    });
     let fill = |template: &str| template.replace("{name}", name);
     let model_dir = PathBuf::from("models").join(name);
     let mut files: Vec<(PathBuf, Vec<u8>)> = vec![
@@ -145,7 +150,7 @@ pub fn plugin(name: &str, dir: &Path, graph: Option<&Path>) -> anyhow::Result<Cr
         (".gitignore".into(), "/target/\n".into()),
         ("src/lib.rs".into(), fill(LIB_RS).into_bytes()),
         (model_dir.join("model.onnx"), onnx),
-        (model_dir.join("model.toml"), model_toml(name, graph, &inputs, &outputs).into_bytes()),
+        (model_dir.join("model.toml"), model_toml(name, graph, &inputs, &outputs, on_tract).into_bytes()),
     ];
     files.extend(
         SDK.iter().map(|(path, text)| (Path::new("wasmserve-plugin").join(path), text.as_bytes().to_vec())),
@@ -190,15 +195,29 @@ pub fn ensure_target() -> Option<String> {
 
 /// The model's config: the built plugin, the graph, its inputs and outputs, and for the
 /// example graph a warm-up request.
-fn model_toml(name: &str, graph: Option<&Path>, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> String {
+fn model_toml(
+    name: &str,
+    graph: Option<&Path>,
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+    on_tract: anyhow::Result<()>,
+) -> String {
     let source = graph
         .map_or("the example graph (ONNX Runtime's mul_1.onnx, MIT)".into(), |g| g.display().to_string());
+    let backend = match on_tract {
+        Ok(()) => r#"backend = "tract"         # or "onnx" (ONNX Runtime; `serve --onnxruntime-library`)"#
+            .to_string(),
+        Err(e) => {
+            let why = e.root_cause().to_string().replace('\n', " ");
+            format!("backend = \"onnx\"          # ONNX Runtime: tract cannot run this graph ({why})")
+        }
+    };
     let mut toml = format!(
         r#"description = "{name}: describe what it does here (shown in the model's metadata)."
 
 [graph]
 file = "model.onnx"       # {source}
-backend = "tract"         # or "onnx" (ONNX Runtime; `serve --onnxruntime-library`)
+{backend}
 
 [plugin]
 # What `cargo build --release` in the project directory builds.
@@ -221,12 +240,41 @@ file = "{plugin}"
             );
         }
     }
-    toml += if graph.is_none() {
-        "\n# Sent through the plugin and the graph before the model reports ready.\n[[warmup]]\ninputs = [{ name = \"X\", datatype = \"FP32\", shape = [3, 2], data = [1, 2, 3, 4, 5, 6] }]\n"
-    } else {
-        "\n# Add a [[warmup]] request (`inputs` as in a JSON request, or `file`): the server runs it\n# through the plugin and the graph before it reports ready, and `wasmserve check` does too.\n"
-    };
+    toml += &warmup(inputs);
     toml
+}
+
+/// Most elements a generated warm-up request holds; beyond, the user writes one.
+const MAX_WARMUP_ELEMENTS: usize = 1024;
+
+/// A `[[warmup]]` request of the inputs' declared shapes (each open dimension 1), zeros.
+fn warmup(inputs: &[TensorSpec]) -> String {
+    let mut tensors = Vec::new();
+    for spec in inputs {
+        let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+        let count: usize = shape.iter().map(|&d| d as usize).product();
+        if count > MAX_WARMUP_ELEMENTS {
+            return "\n# Add a [[warmup]] request (`inputs` as in a JSON request, or `file`): the server runs it\n\
+                    # through the plugin and the graph before it reports ready, and `wasmserve check` does too.\n"
+                .into();
+        }
+        let zero = match spec.datatype {
+            crate::tensor::Datatype::Bool => "false",
+            crate::tensor::Datatype::Bytes => "\"\"",
+            _ => "0",
+        };
+        tensors.push(format!(
+            "{{ name = {}, datatype = {}, shape = {shape:?}, data = [{}] }}",
+            serde_json::to_string(&spec.name).expect("a string"),
+            serde_json::to_string(&spec.datatype).expect("a datatype"),
+            vec![zero; count].join(", ")
+        ));
+    }
+    format!(
+        "\n# Sent through the plugin and the graph before the model reports ready (zeros of the\n\
+         # declared shapes: put a real example here).\n[[warmup]]\ninputs = [{}]\n",
+        tensors.join(", ")
+    )
 }
 
 #[cfg(test)]

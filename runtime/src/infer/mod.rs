@@ -4,6 +4,7 @@
 //! the host's pipeline ([`run`]) and plugins that call it themselves through `wasi:nn`
 //! (`load-by-name`, via [`Graphs`]).
 
+mod signature;
 mod tract;
 
 #[cfg(feature = "onnx")]
@@ -33,7 +34,12 @@ pub struct BackendOptions {
     pub onnxruntime_threads: usize,
 }
 
-pub use tract::signature;
+pub use signature::signature;
+
+/// Whether tract can run this ONNX graph (`Err`: why not, such as an operator it lacks).
+pub fn runs_on_tract(onnx: &[u8]) -> anyhow::Result<()> {
+    tract::load("graph", onnx, 1).map(drop)
+}
 
 /// Load model `name`'s graph at `path` on the backend its config names, able to run
 /// `executions` times at once. The backend's own threads are named after the model

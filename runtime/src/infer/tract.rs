@@ -79,8 +79,9 @@ pub fn load(name: &str, model: &[u8], threads: usize) -> anyhow::Result<wasmtime
     Ok(graph(inputs, outputs, Tract { plans, executor }))
 }
 
-/// The inputs and outputs an ONNX model declares: names, element types, dimensions (-1 where
-/// the model leaves one open).
+/// The inputs and outputs of an ONNX model as tract's type inference sees them: names,
+/// element types, dimensions (-1 where the model leaves one open). `infer::signature` asks
+/// it only for what the file does not declare.
 pub fn signature(model: &[u8]) -> anyhow::Result<(Vec<TensorSpec>, Vec<TensorSpec>)> {
     let (model, input_names, output_names) = parse(model)?;
     let spec = |name: String, datum: DatumType, shape: Vec<i64>| -> anyhow::Result<TensorSpec> {
@@ -111,8 +112,15 @@ pub fn signature(model: &[u8]) -> anyhow::Result<(Vec<TensorSpec>, Vec<TensorSpe
             fact.shape.dims().map(|d| d.concretize().and_then(|d| d.as_i64()).unwrap_or(-1)).collect();
         inputs.push(spec(name, datum, shape)?);
     }
-    // Outputs as type inference finds them: a model need not declare them.
-    let typed = model.into_typed().map_err(err).context("tract cannot infer the outputs' types")?;
+    // Outputs as type inference finds them: a model need not declare them. Where the inputs'
+    // unknown dimensions leave it stuck, with each at 1.
+    let typed = match model.clone().into_typed() {
+        Ok(typed) => typed,
+        Err(_) => with_shapes(&model, &default_shapes(&model)?)?
+            .into_typed()
+            .map_err(err)
+            .context("tract cannot infer the outputs' types")?,
+    };
     let mut outputs = Vec::new();
     for (name, o) in output_names.into_iter().zip(typed.output_outlets().map_err(err)?) {
         let fact = typed.outlet_fact(*o).map_err(err)?;
@@ -137,12 +145,17 @@ fn default_shapes(model: &InferenceModel) -> anyhow::Result<Shapes> {
         .collect()
 }
 
-fn plan_for(model: &InferenceModel, shapes: &Shapes) -> anyhow::Result<Plan> {
+/// `model` with its inputs fixed to `shapes`.
+fn with_shapes(model: &InferenceModel, shapes: &Shapes) -> anyhow::Result<InferenceModel> {
     let mut model = model.clone();
     for (i, (dt, shape)) in shapes.iter().enumerate() {
         model.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.clone())).map_err(err)?;
     }
-    model.into_optimized().and_then(|m| m.into_runnable()).map_err(err)
+    Ok(model)
+}
+
+fn plan_for(model: &InferenceModel, shapes: &Shapes) -> anyhow::Result<Plan> {
+    with_shapes(model, shapes)?.into_optimized().and_then(|m| m.into_runnable()).map_err(err)
 }
 
 impl Tract {
