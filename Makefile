@@ -55,10 +55,15 @@ $(TOOLS)/installed:
 	npm install --prefix $(TOOLS) --no-audit --no-fund --silent azurite@3.37.0
 	touch $@
 
+# The tests build the server once, in release: the end-to-end tests, the Python tests, the
+# plugin page's `cargo run --release` and deploy-check all use that binary (a debug build
+# beside it cost CI a second build of wasmtime, tract and ONNX Runtime's bindings).
+RELEASE_BIN := $(or $(CARGO_TARGET_DIR),target)/release/wasmserve
+
 test: examples venv $(TOOLS)/installed
-	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace
+	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace --release
 	cargo test --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features
-	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" $(VPY) -m pytest tests/python -q
+	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" WASMSERVE_BIN=$(RELEASE_BIN) $(VPY) -m pytest tests/python -q
 	$(MAKE) deploy-check
 	$(MAKE) fuzz
 
@@ -69,8 +74,8 @@ $(DEPLOY_VENV)/installed: deploy/requirements.txt
 	$(make-venv)
 
 deploy-check: $(DEPLOY_VENV)/installed
-	cargo build --bin wasmserve
-	$(DEPLOY_VENV)/bin/python deploy/check.py
+	cargo build --release --bin wasmserve
+	WASMSERVE_BIN=$(RELEASE_BIN) $(DEPLOY_VENV)/bin/python deploy/check.py
 
 # cargo-fuzz on stable (no sanitizer: the code under test is safe Rust; libFuzzer's coverage
 # still guides it) against the request decoders and model.toml, FUZZ_SECONDS per target,
