@@ -210,7 +210,7 @@ impl Fetcher {
         let result = async {
             let response = store.get(location).await.map_err(classify)?;
             let total = response.meta.size;
-            let mut file = tokio::fs::File::create(&part).await.map_err(permanent)?;
+            let mut file = tokio::fs::File::create(&part).await.map_err(permanent(&part))?;
             let mut hasher = Sha256::new();
             let mut progress = Progress::new(model, url, total, self.bars.as_ref());
             let mut stream = response.into_stream();
@@ -221,7 +221,7 @@ impl Fetcher {
                 let Some(chunk) = chunk else { break };
                 let chunk = chunk.map_err(classify)?;
                 hasher.update(&chunk);
-                file.write_all(&chunk).await.map_err(permanent)?;
+                file.write_all(&chunk).await.map_err(permanent(&part))?;
                 progress.add(chunk.len() as u64);
             }
             if progress.counter.done != total {
@@ -230,14 +230,14 @@ impl Fetcher {
                     progress.counter.done
                 )));
             }
-            file.sync_all().await.map_err(permanent)?;
+            file.sync_all().await.map_err(permanent(&part))?;
             let actual = format!("{:x}", hasher.finalize());
             if actual != digest {
                 return Err(Failure::Permanent(anyhow::anyhow!(
                     "sha256 mismatch: the config pins {digest}, the URL served {actual} ({total} bytes)"
                 )));
             }
-            tokio::fs::rename(&part, dest).await.map_err(permanent)?;
+            tokio::fs::rename(&part, dest).await.map_err(permanent(dest))?;
             progress.finish();
             Ok(())
         }
@@ -376,9 +376,13 @@ fn classify(e: object_store::Error) -> Failure {
     if permanent { Failure::Permanent(e) } else { Failure::Transient(e) }
 }
 
-/// Local I/O errors (a full or read-only cache) do not pass by trying again.
-fn permanent(e: std::io::Error) -> Failure {
-    Failure::Permanent(anyhow::Error::from(e).context("cannot write the cache"))
+/// Local I/O errors writing `path` (a full or read-only cache) do not pass by trying again.
+fn permanent(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
+    move |e| {
+        Failure::Permanent(
+            anyhow::Error::from(e).context(format!("cannot write the cache: {}", path.display())),
+        )
+    }
 }
 
 /// The sha256 of a file, in hex.

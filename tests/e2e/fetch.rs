@@ -287,3 +287,78 @@ fn archives_and_local_paths_unpack_into_the_model_directory() {
     assert_model_serves(&server, "zipped");
     assert!(partial_files(cache.path()).is_empty());
 }
+
+/// A command that runs what follows it with a 2 MiB tmpfs (read-only with `ro`) mounted at
+/// `dir`, in a mount namespace of its own: a small disk, or a read-only one, for one server.
+/// None where mount namespaces are not available (a failure under CI, which has them).
+fn on_small_filesystem(dir: &Path, ro: bool) -> Option<Vec<String>> {
+    let options = if ro { "ro,size=2m" } else { "size=2m" };
+    let script = format!("mount -t tmpfs -o {options} tmpfs '{}' && exec \"$@\"", dir.display());
+    let wrapper: Vec<String> = ["unshare", "--map-root-user", "--mount", "sh", "-c", &script, "sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let works = std::process::Command::new(&wrapper[0]).args(&wrapper[1..]).arg("true").status();
+    match works {
+        Ok(status) if status.success() => Some(wrapper),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI must be able to mount a tmpfs in a mount namespace")
+        }
+        _ => {
+            eprintln!("skipped: no mount namespaces here (unshare --map-root-user --mount)");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_full_or_read_only_cache_fails_only_the_models_that_fetch_and_says_why() {
+    // `big` fetches 4 MiB into a cache that holds 2; `faulty` fetches nothing.
+    let big = vec![7u8; 4 << 20];
+    let files = FileServer::start(&[("/big.bin", big.clone())]);
+    let repo = edited_repository(&test_models(), &["faulty"], str::to_string);
+    let fetching = edited_repository(&test_models(), &["faulty"], |toml| {
+        format!(
+            "{toml}\n[[fetch]]\nurl = \"{}/big.bin\"\nsha256 = \"{}\"\npath = \"big.bin\"\n",
+            files.base,
+            sha256(&big)
+        )
+    });
+    std::fs::rename(fetching.path().join("faulty"), repo.path().join("big")).unwrap();
+    for read_only in [false, true] {
+        let cache = tempfile::tempdir().unwrap();
+        let Some(wrapper) = on_small_filesystem(cache.path(), read_only) else { return };
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let args = ["--cache-dir", cache.path().to_str().unwrap()];
+        let server = Server::start_under(&wrapper, repo.path(), &args);
+        let index = server.wait_loaded();
+        let entry =
+            |name: &str| index.as_array().unwrap().iter().find(|m| m["name"] == name).unwrap().clone();
+        assert_eq!(entry("faulty")["state"], "READY", "{index}\n{}", server.log());
+        assert_model_serves(&server, "faulty");
+        let big_entry = entry("big");
+        assert_eq!(big_entry["state"], "UNAVAILABLE", "{index}");
+        let reason = big_entry["reason"].as_str().unwrap();
+        let (what, expected) = if read_only {
+            ("cannot create the cache directory", "Read-only file system")
+        } else {
+            ("cannot write the cache", "No space left on device")
+        };
+        assert!(reason.contains(what) && reason.contains(expected), "{reason}");
+        assert!(reason.contains(&cache.path().display().to_string()), "names the cache directory: {reason}");
+        let (status, body) = server.get("/v2/models/big/ready");
+        assert_eq!(status, 503);
+        assert!(body.contains(expected), "{body}");
+        // Nothing half-written is left to be trusted: the cache as the server sees it.
+        let seen =
+            Path::new(&format!("/proc/{}/root", server.pid())).join(cache.path().strip_prefix("/").unwrap());
+        assert!(partial_files(&seen).is_empty(), "{:?}", partial_files(&seen));
+        assert_eq!(walk(&seen.join("models/blobs")), 0, "no blob kept");
+        if read_only {
+            assert!(server.log().contains("the cache directory cannot be written"), "{}", server.log());
+        }
+        // Not tried again: a disk does not empty itself, nor turn writable.
+        assert!(files.hits() <= 1, "{} downloads\n{}", files.hits(), server.log());
+        files.script.lock().unwrap().hits = 0;
+    }
+}

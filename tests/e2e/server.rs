@@ -64,6 +64,16 @@ impl Server {
         Self::spawn(command(repository, args))
     }
 
+    /// Start the server under `wrapper`, a command that runs the command line after it (as
+    /// `unshare` does), and return as soon as it listens.
+    pub fn start_under(wrapper: &[&str], repository: &Path, args: &[&str]) -> Self {
+        let inner = command(repository, args);
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(inner.get_program()).args(inner.get_args());
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        Self::spawn(cmd)
+    }
+
     /// Start with extra environment.
     pub fn start_env(repository: &Path, args: &[&str], env: &[(&str, &Path)]) -> Self {
         Self::start_with(repository, args, |cmd| {

@@ -65,6 +65,9 @@ impl Caches {
                 (scratch.path().to_path_buf(), Some(scratch))
             }
         };
+        if scratch.is_none() {
+            warn_unless_writable(&fetched);
+        }
         let fetcher = Fetcher::new(&fetched.join("models"), progress_bars);
         let (plugins, graphs) = (cache.as_ref().map(|d| d.join("plugins")), cache.map(|d| d.join("graphs")));
         Ok(Self { fetcher, plugins, graphs, scratch })
@@ -80,6 +83,20 @@ impl Caches {
         let options = BackendOptions { graph_cache: self.graphs, ..options };
         let loader = Loader { options, fetcher: self.fetcher, plugin_cache: self.plugins };
         (repository.load(loader), self.scratch)
+    }
+}
+
+/// Say at start-up, once, what a cache directory that cannot be written costs; the models that
+/// fetch nothing still serve.
+fn warn_unless_writable(dir: &std::path::Path) {
+    let probe = std::fs::create_dir_all(dir).and_then(|()| tempfile::tempfile_in(dir).map(drop));
+    if let Err(e) = probe {
+        tracing::warn!(
+            dir = %dir.display(),
+            "the cache directory cannot be written ({e}): models that fetch files will be unavailable, and compiled \
+             plugins and optimised graphs are not kept; give --cache-dir a writable directory (on Kubernetes, an \
+             emptyDir), or --no-cache"
+        );
     }
 }
 
