@@ -2,7 +2,8 @@
 //! inference runs natively through wasi-nn backends (tract, ONNX Runtime), and clients speak
 //! the Open Inference Protocol (KServe v2).
 //!
-//! The modules follow one request: [`listen`] (connections and their limits) ->
+//! The modules follow one request: [`listen`] (connections and their limits, the memory
+//! [`budget`]) ->
 //! [`server`] (REST; [`grpc`] for gRPC) -> [`pipeline`] (target, span, metrics) -> [`decode`]
 //! -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`] -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
@@ -16,6 +17,8 @@
 
 pub use wasmserve_protocol::{config, decode, encode, error, tensor};
 
+pub mod allocator;
+pub mod budget;
 pub mod commands;
 pub mod fetch;
 pub mod grpc;

@@ -10,6 +10,7 @@
 //! | pause while a request body arrives | 60 s | 408, the connection closed |
 //! | open connections | 4096, kept under the process's file limit | new connections closed at once, counted |
 //! | HTTP/2 streams at once per connection | 100 | the client waits (SETTINGS) |
+//! | request bodies in flight, 3 times their size ([`crate::budget`]) | 1 GiB | 503 with `Retry-After`, the body unread |
 //!
 //! The defaults are Envoy's edge guidance for the header deadline (10 s, where nginx waits
 //! 60 s), nginx's for the idle keep-alive (75 s: longer than the 60 s after which the usual
@@ -20,8 +21,11 @@
 //! and 1024 reset by the server for protocol errors, a 16 KiB header list, and a ping every
 //! 20 s that closes a connection whose peer stopped answering.
 
+use crate::budget::{Budget, Charged, Refused};
+use crate::error::Error;
 use crate::metrics::ConnectionMetrics;
 use axum::Router;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -53,6 +57,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// HTTP/2 streams (requests) at once on one connection.
     pub http2_max_streams: u32,
+    /// What request bodies in flight may hold, all together (see [`crate::budget`]).
+    pub request_memory: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +69,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(60),
             max_connections: 4096,
             http2_max_streams: 100,
+            request_memory: 1 << 30,
         }
     }
 }
@@ -113,6 +120,7 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));
     let permits = Arc::new(Semaphore::new(limits.connection_cap()));
+    let budget = Budget::new(limits.request_memory, metrics.request_memory.clone());
     // Each connection holds a receiver; `closed()` tells when the last one has gone.
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -138,6 +146,7 @@ pub async fn serve(
         let connection = Connection {
             builder: builder.clone(),
             app: app.clone(),
+            budget: budget.clone(),
             limits,
             metrics: metrics.clone(),
             stop: stopped.clone(),
@@ -179,6 +188,7 @@ const IDLE: &str = "idle";
 struct Connection {
     builder: auto::Builder<TokioExecutor>,
     app: Router,
+    budget: Budget,
     limits: Limits,
     metrics: ConnectionMetrics,
     stop: watch::Receiver<bool>,
@@ -191,12 +201,34 @@ impl Connection {
     async fn run<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, io: I) {
         let (app, activity, body_timeout) =
             (self.app.clone(), self.activity.clone(), self.limits.body_timeout);
+        let (budget, metrics) = (self.budget.clone(), self.metrics.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = activity.request_started(request.version());
-            let request = request.map(|body| tower_http::timeout::TimeoutBody::new(body_timeout, body));
-            let answer = app.clone().oneshot(request);
+            let declared = request
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let charged = budget.charge(declared).map(|charge| {
+                request.map(|body| {
+                    let body = Charged::new(body, charge, declared.is_some());
+                    tower_http::timeout::TimeoutBody::new(body_timeout, body)
+                })
+            });
+            let (app, metrics) = (app.clone(), metrics.clone());
             async move {
-                let answer = answer.await;
+                let answer = match charged {
+                    Ok(request) => app.oneshot(request).await,
+                    // Refused before its body is read.
+                    Err(refused) => {
+                        metrics.memory_refused.inc();
+                        crate::allocator::trim_soon();
+                        Ok(match refused {
+                            Refused::Busy(m) => Error::OverBudget(m),
+                            Refused::TooLarge(m) => Error::TooLarge(m),
+                        }
+                        .into_response())
+                    }
+                };
                 drop(in_flight);
                 answer
             }

@@ -23,6 +23,8 @@
 //! | `wasmserve_connections_open` | gauge: client connections open now | |
 //! | `wasmserve_connections_refused_total` | counter: connections closed at accept, `--max-connections` being open | |
 //! | `wasmserve_connections_timed_out_total` | counter: connections closed by a deadline (see `listen`) | phase (`headers` or `idle`) |
+//! | `wasmserve_request_memory_refused_total` | counter: requests refused by the request memory budget (see `budget`) | |
+//! | `wasmserve_request_memory_bytes` | gauge: what requests in flight are charged against it now | |
 //!
 //! Warm-up requests are not counted.
 
@@ -64,6 +66,10 @@ pub struct ConnectionMetrics {
     /// Connections closed at accept because the cap was reached.
     pub refused: Counter,
     timed_out: Family<PhaseLabels, Counter>,
+    /// Requests refused by the request memory budget.
+    pub memory_refused: Counter,
+    /// Bytes the requests in flight are charged now.
+    pub request_memory: Gauge,
 }
 
 impl ConnectionMetrics {
@@ -182,6 +188,16 @@ impl Default for Metrics {
             "connections_timed_out",
             "Connections closed by a deadline: headers (--header-timeout-secs) or idle (--idle-timeout-secs)",
             c.timed_out.clone(),
+        );
+        r.register(
+            "request_memory_refused",
+            "Requests refused because those in flight held --request-memory-mib (503) or it could never hold them (413)",
+            c.memory_refused.clone(),
+        );
+        r.register(
+            "request_memory_bytes",
+            "What the request bodies in flight are charged against --request-memory-mib now",
+            c.request_memory.clone(),
         );
         m
     }

@@ -238,6 +238,14 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             if error.is::<tower_http::timeout::TimeoutError>() {
                 return Error::Timeout("the request body stopped arriving (see --body-timeout-secs)".into());
             }
+            // `budget` refuses a chunked body past --request-memory-mib.
+            if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                let message = status.message().to_string();
+                return match status.code() {
+                    tonic::Code::ResourceExhausted => Error::TooLarge(message),
+                    _ => Error::OverBudget(message),
+                };
+            }
             source = error.source();
         }
         too_large()

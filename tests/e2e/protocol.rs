@@ -104,12 +104,16 @@ fn bad_requests_get_clear_errors() {
 
 /// The server's peak resident memory, in bytes; `reset` starts a new peak (Linux).
 fn peak_rss(server: &Server, reset: bool) -> u64 {
-    let proc = format!("/proc/{}", server.pid());
     if reset {
-        std::fs::write(format!("{proc}/clear_refs"), "5").unwrap();
+        std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").unwrap();
     }
-    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap();
+    memory(server, "VmHWM:")
+}
+
+/// A line of the server's /proc status, in bytes (`VmRSS:`: resident now).
+fn memory(server: &Server, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix(field)).unwrap();
     kib.trim().trim_end_matches(" kB").parse::<u64>().unwrap() << 10
 }
 
@@ -285,4 +289,81 @@ fn a_model_limits_its_total_input_and_a_plugin_out_of_memory_on_a_large_input_is
         r.error()
     );
     assert_eq!(embed(&server, &["hello"], json!({})).len(), 1);
+}
+
+#[test]
+fn concurrent_large_bodies_are_held_to_the_request_memory_budget() {
+    // 100 clients at once, each with a 16 MiB body (the most --max-body-mib allows here),
+    // against a budget of 128 MiB: a request counts 3 times its body, so two fit at a time.
+    let server = Server::start(&test_models(), &["--max-body-mib", "16", "--request-memory-mib", "128"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let size = 16usize << 20;
+    let mut body = String::from(r#"{"inputs":[{"name":"x","shape":[3,2],"datatype":"FP32","data":["#);
+    while body.len() < size - 8 {
+        body += "0,";
+    }
+    body.pop();
+    body += "]}]}";
+    let body = std::sync::Arc::new(body);
+    assert_model_serves(&server, "faulty");
+    let resident = memory(&server, "VmRSS:");
+    let before = peak_rss(&server, true);
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                // As curl sends a large body: Expect: 100-continue, the body only once asked.
+                let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+                stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+                let head = format!(
+                    "POST /v2/models/faulty/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                let mut first = [0u8; 25];
+                stream.read_exact(&mut first).unwrap();
+                let mut answer = String::from_utf8_lossy(&first).to_string();
+                if answer.starts_with("HTTP/1.1 100") {
+                    stream.write_all(body.as_bytes()).unwrap();
+                }
+                let mut rest = String::new();
+                let _ = stream.read_to_string(&mut rest);
+                answer += &rest;
+                let answer = answer.trim_start_matches("HTTP/1.1 100 Continue\r\n\r\n").to_string();
+                (answer[9..12].parse::<u16>().unwrap(), answer)
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let grew = peak_rss(&server, false).saturating_sub(before);
+    // The allocator's heaps are trimmed within 2 s of the burst.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let after = memory(&server, "VmRSS:");
+    let count = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
+    eprintln!(
+        "100 bodies of 16 MiB: {} admitted (400), {} refused (503); peak RSS grew {} MiB; resident {} MiB before, {} after",
+        count(400),
+        count(503),
+        grew >> 20,
+        resident >> 20,
+        after >> 20
+    );
+    assert_eq!(count(400) + count(503), 100, "{:?}", answers.iter().map(|(s, _)| s).collect::<Vec<_>>());
+    assert!(count(400) >= 2 && count(503) >= 1);
+    let refused = answers.iter().find(|(s, _)| *s == 503).unwrap();
+    assert!(refused.1.contains("Retry-After: 1") || refused.1.contains("retry-after: 1"), "{}", refused.1);
+    assert!(refused.1.contains("--request-memory-mib"), "{}", refused.1);
+    assert!(grew < 192 << 20, "peak RSS grew {} MiB with a 128 MiB budget", grew >> 20);
+    assert!(
+        after < resident + resident / 5,
+        "resident {} MiB after the burst, {} before",
+        after >> 20,
+        resident >> 20
+    );
+    let metrics = server.get("/metrics").1;
+    assert!(metrics.contains(&format!("wasmserve_request_memory_refused_total {}", count(503))), "{metrics}");
+    assert!(metrics.contains("wasmserve_request_memory_bytes 0"), "all given back: {metrics}");
+    assert_model_serves(&server, "faulty");
 }

@@ -129,3 +129,25 @@ def test_cancelled_calls_never_reach_the_plugin(tmp_path):
         assert 20 <= ran <= 21, f"{ran} plugin calls for 20 calls not cancelled"
     finally:
         server.stop()
+
+
+def test_a_message_past_the_request_memory_budget_is_refused_with_its_reason():
+    from conftest import ROOT, Server
+
+    server = Server(ROOT / "tests/models", args=["--request-memory-mib", "4"])
+    try:
+        server.wait_ready()
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+        request = service_pb2.ModelInferRequest(model_name="faulty")
+        request.inputs.add(name="x", datatype="FP32", shape=[3, 2])
+        # 2 MiB counts 6 against a budget of 4: it could never fit.
+        request.raw_input_contents.append(b"\0" * (2 << 20))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+        assert "--request-memory-mib" in err.value.details(), err.value.details()
+        small = service_pb2.ModelInferRequest(model_name="faulty")
+        small.inputs.add(name="x", datatype="FP32", shape=[3, 2]).contents.fp32_contents.extend([2.0] * 6)
+        assert len(stub.ModelInfer(small).raw_output_contents[0]) == 24
+    finally:
+        server.stop()

@@ -32,6 +32,10 @@ pub enum Error {
     /// nobody reads this answer, the metrics and the log do.
     #[error("{0}")]
     Cancelled(String),
+    /// The requests in flight hold as much memory as the server allows (503, with
+    /// `Retry-After`; the body is not read, so the connection closes).
+    #[error("{0}")]
+    OverBudget(String),
     /// The server cannot serve this yet (503): models still loading.
     #[error("{0}")]
     Unavailable(String),
@@ -84,7 +88,9 @@ impl Error {
             Error::TooLarge(_) | Error::InputTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Cancelled(_) => StatusCode::from_u16(499).expect("a valid status code"),
-            Error::Unavailable(_) | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::Overloaded(_) | Error::OverBudget(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -105,7 +111,7 @@ impl Error {
             Error::Timeout(_) => 4,                                // DEADLINE_EXCEEDED
             Error::Cancelled(_) => 1,                              // CANCELLED
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
-            Error::Unavailable(_) | Error::Overloaded(_) => 14, // UNAVAILABLE
+            Error::Unavailable(_) | Error::Overloaded(_) | Error::OverBudget(_) => 14, // UNAVAILABLE
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => 13, // INTERNAL
         }
     }
@@ -121,6 +127,10 @@ impl IntoResponse for Error {
             // A load balancer or client may try again (elsewhere) after a second.
             Error::Overloaded(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Error::OverBudget(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             // The rest of the body is not read: the connection cannot carry another request.
             Error::TooLarge(_) | Error::Timeout(_) => {

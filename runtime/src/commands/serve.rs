@@ -88,6 +88,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100, value_name = "N", env = "WASMSERVE_HTTP2_MAX_STREAMS")]
     http2_max_streams: u32,
 
+    /// What requests in flight may hold together, in MiB: each is charged 3 times its body
+    /// (the body, its decoded tensors, the plugin's copy) from its Content-Length before the
+    /// body is read, or as a chunked body arrives. Past it, 503 with Retry-After (gRPC:
+    /// UNAVAILABLE); a body that alone would need more, 413. Leave room for the models and
+    /// the plugins' memories under the pod's memory limit.
+    #[arg(long, default_value_t = 1024, value_name = "MIB", env = "WASMSERVE_REQUEST_MEMORY_MIB")]
+    request_memory_mib: usize,
+
     /// Largest request body accepted, in MiB; larger ones get 413.
     #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_MAX_BODY_MIB")]
     max_body_mib: usize,
@@ -172,6 +180,7 @@ pub struct ServeArgs {
 /// command line, which says which settings the `--config` file may fill in.
 /// `progress_bars`: draw download progress bars (a person is watching).
 pub fn run(args: ServeArgs, matches: &clap::ArgMatches, progress_bars: bool) -> anyhow::Result<()> {
+    crate::allocator::give_back_large_buffers();
     let rt = super::runtime()?;
     let result = with_config_file(args, matches).and_then(|args| rt.block_on(serve(args, progress_bars)));
     // A model still loading must not hold the exit up.
@@ -258,6 +267,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         body_timeout: Duration::from_secs(args.body_timeout_secs),
         max_connections: args.max_connections,
         http2_max_streams: args.http2_max_streams,
+        request_memory: args.request_memory_mib << 20,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {} ({scheme}; gRPC on the same port)", listener.local_addr()?);
@@ -299,6 +309,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
             tracing::info!("shutting down: no new connections");
         }
     };
+    tokio::spawn(crate::allocator::trim_when_wanted());
     let connections = state.metrics().connections();
     let mut server = tokio::spawn(listen::serve(listener, app, tls, limits, connections, shutdown));
 
