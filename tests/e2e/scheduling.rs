@@ -180,7 +180,9 @@ fn requests_whose_clients_leave_are_dropped_before_their_plugin_and_graph_run() 
     eprintln!(
         "200 requests, 100 abandoned after 50 ms: {preprocessed} plugin calls, {ran} graph runs in {elapsed:?}"
     );
-    assert!((100..=102).contains(&preprocessed), "{preprocessed} plugin calls for 100 clients that stayed");
+    // A few may start before their client leaves on a loaded machine; without cancellation
+    // it was 190.
+    assert!((100..=110).contains(&preprocessed), "{preprocessed} plugin calls for 100 clients that stayed");
     assert_eq!(ran, 100.0, "graph runs");
     // Under load a client may leave before the server has read its request: not counted.
     let cancelled = metric(&text, "wasmserve_inference_request_cancelled_total", "faulty");
