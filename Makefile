@@ -95,9 +95,11 @@ fuzz: $(CARGO_FUZZ)
 	  echo "fuzz $$t: $$(grep -o 'Done [0-9]* runs in [0-9]* second(s)' fuzz/$$t.log), no failure"; \
 	done
 
+# Clippy in the release profile: its build scripts and proc macros are the ones `make test`'s
+# release build then reuses, instead of building them a second time for the dev profile.
 lint:
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --release -- -D warnings
 	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
 	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --all-targets -- -D warnings
