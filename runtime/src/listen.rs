@@ -61,19 +61,6 @@ pub struct Limits {
     pub request_memory: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(75),
-            body_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-            http2_max_streams: 100,
-            request_memory: 1 << 30,
-        }
-    }
-}
-
 /// File descriptors kept for everything but connections (model files, the cache, logs).
 const RESERVED_FILES: u64 = 256;
 
