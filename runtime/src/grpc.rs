@@ -66,7 +66,7 @@ impl GrpcInferenceService for Grpc {
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        ok(ModelReadyResponse { ready: self.0.model_at(&path(r.name, r.version)).is_ok() })
+        ok(ModelReadyResponse { ready: self.0.model_ready(&path(r.name, r.version)).is_ok() })
     }
 
     async fn server_metadata(
@@ -85,7 +85,7 @@ impl GrpcInferenceService for Grpc {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let model = self.0.model_at(&path(r.name, r.version)).map_err(status)?;
+        let model = self.0.model_at(&path(r.name, r.version)).await.map_err(status)?;
         let tensors = |specs: &[TensorSpec]| {
             specs
                 .iter()

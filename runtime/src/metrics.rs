@@ -25,6 +25,14 @@
 //! | `wasmserve_connections_timed_out_total` | counter: connections closed by a deadline (see `listen`) | phase (`headers` or `idle`) |
 //! | `wasmserve_request_memory_refused_total` | counter: requests refused by the request memory budget (see `budget`) | |
 //! | `wasmserve_request_memory_bytes` | gauge: what requests in flight are charged against it now | |
+//! | `wasmserve_model_loads_total` | counter: model versions loaded, by cause (`startup`, `request`, `reload`, `dependency`) | model, version, cause |
+//! | `wasmserve_model_load_failures_total` | counter: loads that failed | model, version, cause |
+//! | `wasmserve_model_evictions_total` | counter: versions taken out of memory, by reason (`budget`, `unload`) | model, version, reason |
+//! | `wasmserve_model_load_seconds` | histogram: one load, config to ready | cause |
+//! | `wasmserve_model_load_wait_seconds` | histogram: how long requests waited for an on-demand load | |
+//! | `wasmserve_model_resident_bytes` | gauge: what a loaded version is charged against the model memory budget | model, version |
+//! | `wasmserve_models_resident_bytes` | gauge: all loaded versions together | |
+//! | `wasmserve_model_memory_budget_bytes` | gauge: `--model-memory-mib` (0: none) | |
 //!
 //! Warm-up requests are not counted.
 
@@ -80,6 +88,75 @@ impl ConnectionMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoadLabels {
+    model: String,
+    version: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictionLabels {
+    model: String,
+    version: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+/// What the repository counts about loading and evicting models (handles into [`Metrics`]).
+#[derive(Clone)]
+pub struct LoadMetrics {
+    loads: Family<LoadLabels, Counter>,
+    failures: Family<LoadLabels, Counter>,
+    evictions: Family<EvictionLabels, Counter>,
+    duration: Family<CauseLabels, Histogram, fn() -> Histogram>,
+    wait: Histogram,
+}
+
+impl Default for LoadMetrics {
+    fn default() -> Self {
+        Self {
+            loads: Family::default(),
+            failures: Family::default(),
+            evictions: Family::default(),
+            duration: Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            wait: seconds_histogram(),
+        }
+    }
+}
+
+impl LoadMetrics {
+    /// A version loaded, for `cause`, in `took`.
+    pub fn loaded(&self, model: &str, version: &str, cause: crate::repository::Cause, took: Duration) {
+        let labels =
+            LoadLabels { model: model.to_string(), version: version.to_string(), cause: cause.label() };
+        self.loads.get_or_create(&labels).inc();
+        self.duration.get_or_create(&CauseLabels { cause: cause.label() }).observe(took.as_secs_f64());
+    }
+
+    /// A version's load failed.
+    pub fn failed(&self, model: &str, version: &str, cause: crate::repository::Cause) {
+        let labels =
+            LoadLabels { model: model.to_string(), version: version.to_string(), cause: cause.label() };
+        self.failures.get_or_create(&labels).inc();
+    }
+
+    /// A version was taken out of memory.
+    pub fn evicted(&self, model: &str, version: &str, reason: &'static str) {
+        let labels = EvictionLabels { model: model.to_string(), version: version.to_string(), reason };
+        self.evictions.get_or_create(&labels).inc();
+    }
+
+    /// A request waited this long for its model's load.
+    pub fn waited(&self, took: Duration) {
+        self.wait.observe(took.as_secs_f64());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     model: String,
     version: String,
@@ -117,10 +194,14 @@ pub struct Metrics {
     load: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     routed: Family<RouteLabels, Counter>,
     connections: ConnectionMetrics,
+    resident: Family<ModelLabels, Gauge>,
+    resident_total: Gauge,
+    budget: Gauge,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The server's metrics, with the repository's load counters among them.
+    pub fn new(loads: &LoadMetrics) -> Self {
         let histograms = || Histograms::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let mut m = Self {
             registry: Registry::with_prefix("wasmserve"),
@@ -140,6 +221,9 @@ impl Default for Metrics {
             load: Family::default(),
             routed: Family::default(),
             connections: ConnectionMetrics::default(),
+            resident: Family::default(),
+            resident_total: Gauge::default(),
+            budget: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("inference_request_success", "Inference requests answered 200", m.success.clone());
@@ -199,6 +283,38 @@ impl Default for Metrics {
             "What the request bodies in flight are charged against --request-memory-mib now",
             c.request_memory.clone(),
         );
+        r.register("model_loads", "Model versions loaded, by cause", loads.loads.clone());
+        r.register(
+            "model_load_failures",
+            "Model version loads that failed, by cause",
+            loads.failures.clone(),
+        );
+        r.register(
+            "model_evictions",
+            "Model versions taken out of memory, by reason",
+            loads.evictions.clone(),
+        );
+        r.register("model_load_seconds", "One model version's load, config to ready", loads.duration.clone());
+        r.register(
+            "model_load_wait_seconds",
+            "How long requests waited for their model's on-demand load",
+            loads.wait.clone(),
+        );
+        r.register(
+            "model_resident_bytes",
+            "What a loaded model version is charged against --model-memory-mib",
+            m.resident.clone(),
+        );
+        r.register(
+            "models_resident_bytes",
+            "What loaded model versions are charged together",
+            m.resident_total.clone(),
+        );
+        r.register(
+            "model_memory_budget_bytes",
+            "--model-memory-mib in bytes (0: no budget)",
+            m.budget.clone(),
+        );
         m
     }
 }
@@ -236,14 +352,18 @@ impl Metrics {
 
     /// The text exposition, with the model gauges read from the repository now.
     pub fn encode(&self, repository: &Repository) -> String {
-        for (name, version, state) in repository.states() {
-            let label =
-                ModelLabels { model: name.to_string(), version: version.unwrap_or_default().to_string() };
-            self.ready.get_or_create(&label).set(i64::from(matches!(state, State::Ready(_))));
-            if let State::Ready(model) = state {
+        let mut total = 0;
+        for status in repository.statuses() {
+            let label = ModelLabels { model: status.name, version: status.version.unwrap_or_default() };
+            self.ready.get_or_create(&label).set(i64::from(matches!(status.state, State::Ready(_))));
+            if let State::Ready(model) = &status.state {
                 self.load.get_or_create(&label).set(model.load_duration.as_secs_f64());
             }
+            self.resident.get_or_create(&label).set(status.resident_bytes as i64);
+            total += status.resident_bytes;
         }
+        self.resident_total.set(total as i64);
+        self.budget.set(repository.budget().unwrap_or(0) as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out

@@ -62,9 +62,9 @@ impl AppState {
         control_token: Option<String>,
     ) -> Self {
         Self(Arc::new(Inner {
+            metrics: Metrics::new(repository.load_metrics()),
             repository,
             control_token,
-            metrics: Metrics::default(),
             max_body_bytes,
             max_bytes_element,
             ready_when,
@@ -108,17 +108,33 @@ impl AppState {
             && self.0.repository.ready(self.0.ready_when == ReadyWhen::All)
     }
 
-    /// The model a request's path names, if it is ready.
-    pub(crate) fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
-        self.0.repository.get(&path.model, path.version.as_deref())
+    /// The model a request's path names, loaded first if it loads on demand.
+    pub(crate) async fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
+        Ok(self.0.repository.acquire(&path.model, path.version.as_deref()).await?.0)
+    }
+
+    /// Whether the model a request's path names (a route: its variants) can serve now or
+    /// once loaded on demand: what model readiness answers. Loads nothing.
+    pub(crate) fn model_ready(&self, path: &ModelPath) -> Result<()> {
+        let repository = &self.0.repository;
+        let Some(route) = repository.route(&path.model) else {
+            return repository.servable(&path.model, path.version.as_deref());
+        };
+        if path.version.is_some() {
+            return Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)));
+        }
+        route.variants.iter().try_for_each(|v| repository.servable(&v.model, v.version.as_deref()))
     }
 
     /// Where an inference request goes: the model its path names or, when the name is a
     /// route, the variant the route picks (by the sticky header's value, else at random by
-    /// weight) and the shadow that gets a copy.
-    pub(crate) fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
-        let Some(route) = self.0.repository.route(&path.model) else {
-            return Ok(Target { model: self.model_at(path)?, routed: None });
+    /// weight) and the shadow that gets a copy. A model loaded on demand is loaded first
+    /// (the request waits for it).
+    pub(crate) async fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
+        let repository = &self.0.repository;
+        let Some(route) = repository.route(&path.model) else {
+            let (model, waited) = repository.acquire(&path.model, path.version.as_deref()).await?;
+            return Ok(Target { model, waited, routed: None });
         };
         if path.version.is_some() {
             return Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)));
@@ -135,25 +151,18 @@ impl AppState {
             None => fastrand::u64(..),
         };
         let variant = route.pick(draw);
-        let model = self.0.repository.get(&variant.model, variant.version.as_deref())?;
-        let shadow = route.shadow.as_ref().and_then(|s| {
-            let label = crate::config::target_label(&s.model, s.version.as_deref());
-            match self.0.repository.get(&s.model, s.version.as_deref()) {
-                Ok(model) => Some((label, model)),
-                Err(e) => {
-                    tracing::debug!(route = %path.model, shadow = %label, "no copy to the shadow: {e}");
-                    None
-                }
-            }
-        });
+        let (model, waited) = repository.acquire(&variant.model, variant.version.as_deref()).await?;
+        let shadow = route.shadow.clone();
         let variant = crate::config::target_label(&variant.model, variant.version.as_deref());
-        Ok(Target { model, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
+        Ok(Target { model, waited, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
     }
 }
 
 /// The model that answers a request, and the route that chose it, if one did.
 pub(crate) struct Target {
     pub(crate) model: Arc<Model>,
+    /// How long the request waited for the model's on-demand load, if it did.
+    pub(crate) waited: Option<std::time::Duration>,
     pub(crate) routed: Option<Routed>,
 }
 
@@ -162,7 +171,7 @@ pub(crate) struct Routed {
     route: String,
     /// The variant that answers, as responses and metrics name it.
     pub(crate) variant: String,
-    shadow: Option<(String, Arc<Model>)>,
+    shadow: Option<crate::config::RouteTarget>,
 }
 
 impl Target {
@@ -174,11 +183,20 @@ impl Target {
     /// Send a copy of `request` to the route's shadow, if it has one: it runs beside the
     /// answer, counted and logged, and whatever it answers goes nowhere else.
     pub(crate) fn shadow(&self, state: &AppState, request: &decode::InferRequest) {
-        let Some(Routed { route, shadow: Some((label, model)), .. }) = &self.routed else { return };
-        let (state, route, label, model) = (state.clone(), route.clone(), label.clone(), model.clone());
+        let Some(Routed { route, shadow: Some(shadow), .. }) = &self.routed else { return };
+        let label = crate::config::target_label(&shadow.model, shadow.version.as_deref());
+        let (state, route, shadow) = (state.clone(), route.clone(), shadow.clone());
         let (inputs, params) = (request.inputs.clone(), request.params.clone());
         let rows = rows(&inputs);
         tokio::spawn(async move {
+            // A shadow loaded on demand is loaded for its copy, off the answer's path.
+            let model = match state.0.repository.acquire(&shadow.model, shadow.version.as_deref()).await {
+                Ok((model, _)) => model,
+                Err(e) => {
+                    tracing::debug!(route = %route, shadow = %label, "no copy to the shadow: {e}");
+                    return;
+                }
+            };
             let started = std::time::Instant::now();
             let timer = state.0.metrics.start(&model.name, &model.config.version);
             let answer = schedule::run(model.clone(), inputs, params).await;
@@ -237,7 +255,7 @@ impl AppState {
             http.response.status_code = tracing::field::Empty);
         crate::telemetry::join_remote_trace(&span, headers);
         let answer = async {
-            let target = self.target(path, headers)?;
+            let target = self.target(path, headers).await?;
             let model = &target.model;
             let timer = self.0.metrics.start(&model.name, &model.config.version);
             let result = work(&target).await;

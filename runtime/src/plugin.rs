@@ -173,6 +173,8 @@ impl PluginHost {
             bindings::ModelPluginPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
                 format!("plugin {} does not export the wasmserve:plugin world", file.display())
             })?;
+        let image = component.image_range();
+        let code_bytes = (image.end as usize).saturating_sub(image.start as usize) as u64;
         let warm_up = component
             .get_export_index(None, WARM)
             .and_then(|warm| component.get_export_index(Some(&warm), WARM_UP));
@@ -196,6 +198,7 @@ impl PluginHost {
             graphs,
             warm_up,
             idle: config.reuse_instances.then(|| Mutex::new(Vec::new())),
+            code_bytes,
         })
     }
 }
@@ -269,6 +272,23 @@ pub struct Plugin {
     warm_up: Option<ComponentExportIndex>,
     /// Instances that finished a request cleanly, when instances are reused.
     idle: Option<Mutex<Vec<Live>>>,
+    /// The size of its compiled code in memory.
+    code_bytes: u64,
+}
+
+impl Plugin {
+    /// What it holds outside malloc's heaps: its compiled code and the linear memories of
+    /// its idle instances (the memory model eviction charges it, beside its heap).
+    pub fn resident_bytes(&self) -> u64 {
+        let idle = self.idle.as_ref().map_or(0, |idle| {
+            idle.lock()
+                .expect("idle instances")
+                .iter()
+                .map(|live| live.store.data().limits.memory as u64)
+                .sum()
+        });
+        self.code_bytes + idle
+    }
 }
 
 /// What each instance's store holds.

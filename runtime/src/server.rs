@@ -132,19 +132,25 @@ async fn server_ready(State(state): State<AppState>) -> StatusCode {
     if state.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }
 
-/// The OIP repository extension's index: every model version with its state, and why it is
-/// not ready when it is not.
+/// The OIP repository extension's index: every model version with its state (and why it is
+/// not ready when it is not), its load policy, what it holds of the model memory budget and
+/// how long since a request used it.
 async fn repository_index(State(state): State<AppState>) -> Response {
     let index: Vec<_> = state
         .repository()
-        .states()
+        .statuses()
         .into_iter()
-        .map(|(name, version, model)| {
-            let mut entry = json!({ "name": name, "state": model.name() });
-            if let Some(version) = version {
+        .map(|status| {
+            let mut entry = json!({ "name": status.name, "state": status.state.name() });
+            if let Some(version) = status.version {
                 entry["version"] = json!(version);
+                entry["policy"] = json!(if status.on_demand { "on_demand" } else { "eager" });
+                entry["resident_bytes"] = json!(status.resident_bytes);
             }
-            if let ModelState::Unavailable(reason) = &model {
+            if let Some(idle) = status.idle {
+                entry["idle_secs"] = json!((idle.as_secs_f64() * 10.0).round() / 10.0);
+            }
+            if let ModelState::Unavailable(reason) = &status.state {
                 entry["reason"] = json!(reason);
             }
             entry
@@ -155,7 +161,7 @@ async fn repository_index(State(state): State<AppState>) -> Response {
 
 /// A route answers with one of its variants' metadata (its variants take the same inputs).
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
-    let model = state.target(&path, &HeaderMap::new())?.model;
+    let model = state.target(&path, &HeaderMap::new()).await?.model;
     let versions = state.repository().versions(&model.name);
     let mut body = json!({
         "name": model.name,
@@ -192,7 +198,7 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
 }
 
 async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<StatusCode> {
-    state.target(&path, &HeaderMap::new()).map(|_| StatusCode::OK)
+    state.model_ready(&path).map(|()| StatusCode::OK)
 }
 
 async fn infer(
@@ -211,7 +217,13 @@ async fn infer(
             let model = &target.model;
             let encoded =
                 encode::encode(&model.name, &model.config.version, target.variant(), &request, outputs)?;
-            Ok((encoded.into_response(), timings, rows))
+            let mut response = encoded.into_response();
+            // A request that waited for its model's on-demand load says how long (W3C Server-Timing).
+            if let Some(waited) = target.waited {
+                let timing = format!("load;dur={:.1}", waited.as_secs_f64() * 1000.0);
+                response.headers_mut().insert("server-timing", HeaderValue::try_from(timing).expect("ASCII"));
+            }
+            Ok((response, timings, rows))
         })
         .await;
     let mut response = answer.unwrap_or_else(Error::into_response);

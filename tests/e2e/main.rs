@@ -7,6 +7,7 @@ mod connections;
 mod fetch;
 mod lifecycle;
 mod offline;
+mod on_demand;
 mod protocol;
 mod provision;
 mod references;

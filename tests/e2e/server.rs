@@ -189,8 +189,9 @@ impl Server {
             r.headers().get("inference-header-content-length").map(|v| v.to_str().unwrap().parse().unwrap());
         let header = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let (request_id, retry_after) = (header("x-request-id"), header("retry-after"));
+        let server_timing = header("server-timing");
         let body = r.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
-        Response { status: r.status().as_u16(), header_length, request_id, retry_after, body }
+        Response { status: r.status().as_u16(), header_length, request_id, retry_after, server_timing, body }
     }
 
     /// Send a hand-written HTTP request; returns status and body.
@@ -231,6 +232,7 @@ pub struct Response {
     pub header_length: Option<usize>,
     pub request_id: Option<String>,
     pub retry_after: Option<String>,
+    pub server_timing: Option<String>,
     pub body: Vec<u8>,
 }
 

@@ -39,6 +39,16 @@ pub enum Error {
     /// The server cannot serve this yet (503): models still loading.
     #[error("{0}")]
     Unavailable(String),
+    /// The model is not in memory and did not get there in time: its load is still running,
+    /// failed recently (retried after a back-off), or the model memory budget is held by
+    /// models in use (503, with `Retry-After`).
+    #[error("{message}")]
+    NotLoaded {
+        /// What the client reads.
+        message: String,
+        /// When to try again, in seconds.
+        retry_after_secs: u64,
+    },
     /// The model's queue is full, or the request waited past its timeout (503, with
     /// `Retry-After`).
     #[error("{0}")]
@@ -88,7 +98,7 @@ impl Error {
             Error::TooLarge(_) | Error::InputTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::Cancelled(_) => StatusCode::from_u16(499).expect("a valid status code"),
-            Error::Unavailable(_) | Error::Overloaded(_) | Error::OverBudget(_) => {
+            Error::Unavailable(_) | Error::NotLoaded { .. } | Error::Overloaded(_) | Error::OverBudget(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => {
@@ -111,7 +121,9 @@ impl Error {
             Error::Timeout(_) => 4,                                // DEADLINE_EXCEEDED
             Error::Cancelled(_) => 1,                              // CANCELLED
             // gRPC clients retry UNAVAILABLE with backoff: the Retry-After of REST.
-            Error::Unavailable(_) | Error::Overloaded(_) | Error::OverBudget(_) => 14, // UNAVAILABLE
+            Error::Unavailable(_) | Error::NotLoaded { .. } | Error::Overloaded(_) | Error::OverBudget(_) => {
+                14
+            } // UNAVAILABLE
             Error::PluginFailed { .. } | Error::Inference { .. } | Error::Internal(_) => 13, // INTERNAL
         }
     }
@@ -127,6 +139,10 @@ impl IntoResponse for Error {
             // A load balancer or client may try again (elsewhere) after a second.
             Error::Overloaded(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Error::NotLoaded { retry_after_secs, .. } => {
+                let after = HeaderValue::from(retry_after_secs.max(1));
+                response.headers_mut().insert(header::RETRY_AFTER, after);
             }
             Error::OverBudget(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

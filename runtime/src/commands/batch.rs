@@ -3,7 +3,7 @@
 
 use super::Caches;
 use crate::infer::BackendOptions;
-use crate::repository::Repository;
+use crate::repository::{LoadSettings, Repository};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,9 +67,11 @@ async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let repository = Arc::new(repository);
     let loading = repository.clone();
-    let (_, scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, options))
-        .await
-        .context("model loading panicked")?;
+    let (_, scratch) = tokio::task::spawn_blocking(move || {
+        caches.load(&loading, options, LoadSettings { all_eager: true, ..Default::default() })
+    })
+    .await
+    .context("model loading panicked")?;
     let model = repository.get(&args.model, args.version.as_deref())?;
     let concurrency = args.concurrency.unwrap_or_else(|| model.slots.max_in_flight());
     crate::offline::run(model, &args.input, &args.output, concurrency, progress_bars).await?;

@@ -7,7 +7,7 @@
 use super::Caches;
 use crate::config::{self, ModelConfig};
 use crate::infer::BackendOptions;
-use crate::repository::Repository;
+use crate::repository::{LoadSettings, Repository};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,9 +65,9 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
             }
             repository.keep(&keep.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        for (name, version, _) in repository.states() {
-            if let Ok(dir) = repository.dir(&name, version.as_deref()) {
-                found.extend(files(&name, &dir));
+        for status in repository.statuses() {
+            if let Ok(dir) = repository.dir(&status.name, status.version.as_deref()) {
+                found.extend(files(&status.name, &dir));
             }
         }
         let options =
@@ -75,9 +75,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
         let caches = Caches::new(args.cache_dir.clone(), false, false)?;
         let repository = Arc::new(repository);
         let loading = repository.clone();
-        let (failures, _scratch) = tokio::task::spawn_blocking(move || caches.load(&loading, options))
-            .await
-            .context("model loading panicked")?;
+        let (failures, _scratch) = tokio::task::spawn_blocking(move || {
+            caches.load(&loading, options, LoadSettings { all_eager: true, ..Default::default() })
+        })
+        .await
+        .context("model loading panicked")?;
         for (model, reason) in failures {
             // A model with a problem found on disk fails to load because of it: said once.
             if found.iter().any(|p| !p.warning && model.split(' ').next() == Some(p.model.as_str())) {
@@ -86,10 +88,10 @@ async fn check(args: CheckArgs) -> anyhow::Result<()> {
             let hint = hint(&reason);
             found.push(Problem { model, message: reason, hint, warning: false });
         }
-        for (name, version, state) in repository.states() {
-            if let crate::repository::State::Ready(model) = state {
-                let at = version.map(|v| format!(" version {v}")).unwrap_or_default();
-                println!("ok      {name}{at}: ready ({})", backend_of(&model.config.graph));
+        for status in repository.statuses() {
+            if let crate::repository::State::Ready(model) = status.state {
+                let at = status.version.map(|v| format!(" version {v}")).unwrap_or_default();
+                println!("ok      {}{at}: ready ({})", status.name, backend_of(&model.config.graph));
             }
         }
         for p in &found {

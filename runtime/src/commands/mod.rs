@@ -10,7 +10,7 @@ pub mod serve;
 
 use crate::fetch::Fetcher;
 use crate::infer::BackendOptions;
-use crate::repository::{Loader, Repository};
+use crate::repository::{LoadSettings, Loader, Repository};
 use anyhow::Context;
 use std::path::PathBuf;
 
@@ -79,9 +79,10 @@ impl Caches {
         self,
         repository: &Repository,
         options: BackendOptions,
+        settings: LoadSettings,
     ) -> (Vec<(String, String)>, Option<tempfile::TempDir>) {
         let options = BackendOptions { graph_cache: self.graphs, ..options };
-        let loader = Loader { options, fetcher: self.fetcher, plugin_cache: self.plugins };
+        let loader = Loader { options, fetcher: self.fetcher, plugin_cache: self.plugins, settings };
         (repository.load(loader), self.scratch)
     }
 }

@@ -2,10 +2,11 @@
 //! process that listens, brings its models up, serves until a signal and drains.
 
 use super::Caches;
+use crate::config::LoadPolicy;
 use crate::infer::BackendOptions;
 use crate::listen::{self, Limits};
 use crate::pipeline::{AppState, ReadyWhen};
-use crate::repository::Repository;
+use crate::repository::{LoadSettings, Repository};
 use crate::server::{control_router, router};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -119,6 +120,31 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "cache_dir", env = "WASMSERVE_NO_CACHE")]
     #[serde(default)]
     no_cache: bool,
+
+    /// When models load: `eager` (at start-up, before the server reports ready; never
+    /// evicted) or `on_demand` (at a model's first request, which waits for it; evicted, least
+    /// recently used first, when a load needs room under --model-memory-mib). A model's
+    /// `[load] policy` overrides it. On-demand models' configs are still checked at start-up.
+    #[arg(long, default_value_t = LoadPolicy::Eager, value_name = "POLICY", env = "WASMSERVE_LOAD_POLICY")]
+    load_policy: LoadPolicy,
+
+    /// What loaded models may hold together, in MiB (0: no budget, nothing is evicted). Each
+    /// model is charged the growth of the server's resident memory measured across its load
+    /// (or its `[load] memory_mib`); a load that would go over evicts idle on-demand models,
+    /// least recently used first. Eager models count, and are never evicted.
+    #[arg(long, default_value_t = 0, value_name = "MIB", env = "WASMSERVE_MODEL_MEMORY_MIB")]
+    model_memory_mib: u64,
+
+    /// How long a request for an on-demand model waits for its load before 503 with
+    /// Retry-After (the load goes on; requests for a model share one load).
+    #[arg(long, default_value_t = 30, value_name = "SECS", env = "WASMSERVE_LOAD_WAIT_SECS")]
+    load_wait_secs: u64,
+
+    /// Do not fetch on-demand models' files at start-up: their first load does (and its
+    /// request waits for the download).
+    #[arg(long, env = "WASMSERVE_NO_PREFETCH")]
+    #[serde(default)]
+    no_prefetch: bool,
 
     /// When /v2/health/ready answers 200: when all models are ready, or any one.
     #[arg(long, value_enum, default_value_t = ReadyWhen::All, env = "WASMSERVE_READY_WHEN")]
@@ -318,9 +344,16 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         onnxruntime_threads: args.onnxruntime_threads,
         ..Default::default()
     };
+    let settings = LoadSettings {
+        default_policy: args.load_policy,
+        all_eager: false,
+        prefetch: !args.no_prefetch,
+        budget: (args.model_memory_mib > 0).then_some(args.model_memory_mib << 20),
+        wait: Duration::from_secs(args.load_wait_secs),
+    };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let watched = repository.clone();
-    let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, options));
+    let mut loading = tokio::task::spawn_blocking(move || caches.load(&repository, options, settings));
     let (failures, scratch) = tokio::select! {
         loaded = &mut loading => loaded.context("model loading panicked")?,
         stopped = &mut server => return stopped?.context("server failed"),

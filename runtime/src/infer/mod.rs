@@ -67,6 +67,19 @@ pub fn load(
     }
 }
 
+/// Load what `backend` needs once per process (ONNX Runtime's library and environment) ahead
+/// of its first graph: so the first model loaded later on demand is not charged for it, and
+/// does not wait for it.
+pub fn prepare(backend: Backend, options: &BackendOptions) -> anyhow::Result<()> {
+    match backend {
+        Backend::Tract => Ok(()),
+        #[cfg(feature = "onnx")]
+        Backend::Onnx => onnx::init(options),
+        #[cfg(not(feature = "onnx"))]
+        Backend::Onnx => Ok(drop(options)),
+    }
+}
+
 /// Run `graph` on `inputs` (named as the graph names them); returns every graph output.
 pub fn run(graph: &Graph, inputs: Vec<Tensor>) -> anyhow::Result<Vec<Tensor>> {
     let inputs = inputs.into_iter().map(to_wasi_nn).collect::<anyhow::Result<Vec<_>>>()?;

@@ -67,7 +67,7 @@ static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// Load ONNX Runtime's library once per process. A missing or broken library is an error
 /// here, never a panic inside ort.
-fn init(options: &BackendOptions) -> anyhow::Result<()> {
+pub(super) fn init(options: &BackendOptions) -> anyhow::Result<()> {
     LOADED
         .get_or_init(|| {
             let path = options.onnxruntime_library.as_deref().ok_or(

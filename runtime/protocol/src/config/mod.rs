@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 mod fetch;
 mod graph;
 mod limits;
+mod load;
 mod plugin;
 mod route;
 mod scheduling;
@@ -40,6 +41,7 @@ mod versions;
 pub use fetch::{Fetch, Unpack};
 pub use graph::{Backend, GraphConfig, Target};
 pub use limits::{DEFAULT_MAX_BYTES_ELEMENT_KIB, InputLimits, Limits};
+pub use load::{Load, LoadPolicy};
 pub use plugin::PluginConfig;
 pub use route::{ROUTE_FILE, RouteConfig, RouteTarget, Variant, target_label};
 pub use scheduling::{Batching, Scheduling};
@@ -83,6 +85,10 @@ pub struct ModelConfig {
     /// How much input one request may bring.
     #[serde(default)]
     pub limits: Limits,
+    /// When the model loads (at start-up or at its first request) and what it is charged
+    /// against the model memory budget.
+    #[serde(default)]
+    pub load: Load,
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.

@@ -1,0 +1,245 @@
+//! demand: on-demand models, loaded by the request that finds them out of memory.
+//!
+//! A request for a version that is `UNLOADED` (or whose failed load's back-off has passed)
+//! starts its load; every request for it, that one included, waits for the same load, up
+//! to `--load-wait-secs`, then gets 503 with `Retry-After` (the load goes on). Loads run on
+//! blocking threads, never on the threads that serve requests. A load first reads its
+//! config and fetches (several at once), loads the on-demand models whose graphs its plugin
+//! calls (and keeps them from eviction while it runs), makes room under the budget (see
+//! `resident`), then loads graph and plugin and warms them up as at start-up: one load at a
+//! time, so that the memory it is measured to add is its own.
+
+use super::{Cause, Entry, Item, Model, Repository, State, Version, resident};
+use crate::error::Error;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+impl Repository {
+    /// The model called `name`, at `version` (default: its default version), loaded first if
+    /// it loads on demand and is not in memory, with how long this request waited for that
+    /// load; counts as its use for eviction.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(Arc<Model>, Option<Duration>), Error> {
+        let entry = self.entry(name)?;
+        let index = entry.index(name, version)?;
+        let slot = &entry.versions[index];
+        let mut waiting: Option<Instant> = None;
+        loop {
+            match slot.state() {
+                State::Ready(model) => {
+                    slot.last_used.store(self.clock(), Ordering::Relaxed);
+                    let waited = waiting.map(|since| since.elapsed());
+                    if let Some(waited) = waited {
+                        self.metrics.waited(waited);
+                    }
+                    return Ok((model, waited));
+                }
+                State::Loading if !slot.on_demand() => {
+                    return Err(Error::Unavailable(format!("{} is loading", entry.label(name, index))));
+                }
+                State::Loading => {}
+                State::Unloaded => {
+                    self.start_load(&Item { name: name.to_string(), entry: entry.clone(), index })
+                }
+                State::Unavailable(reason) => match retry_in(slot) {
+                    Some(Duration::ZERO) => {
+                        self.start_load(&Item { name: name.to_string(), entry: entry.clone(), index })
+                    }
+                    Some(wait) if waiting.is_none() => {
+                        return Err(Error::NotLoaded {
+                            message: format!(
+                                "{} failed to load: {reason}; it is tried again in {} s",
+                                entry.label(name, index),
+                                wait.as_secs().max(1)
+                            ),
+                            retry_after_secs: wait.as_secs().max(1),
+                        });
+                    }
+                    Some(wait) => {
+                        // The load this request waited for failed.
+                        return Err(Error::NotLoaded {
+                            message: format!("{} failed to load: {reason}", entry.label(name, index)),
+                            retry_after_secs: wait.as_secs().max(1),
+                        });
+                    }
+                    None => {
+                        return Err(Error::Unavailable(format!(
+                            "{} is unavailable: {reason}",
+                            entry.label(name, index)
+                        )));
+                    }
+                },
+            }
+            let since = *waiting.get_or_insert_with(Instant::now);
+            let limit = self.wait();
+            let mut changed = slot.state.subscribe();
+            let loaded = changed.wait_for(|s| !matches!(s, State::Loading));
+            if tokio::time::timeout(limit.saturating_sub(since.elapsed()), loaded).await.is_err() {
+                self.metrics.waited(since.elapsed());
+                return Err(Error::NotLoaded {
+                    message: format!(
+                        "{} is still loading after {} s (--load-wait-secs); try again shortly",
+                        entry.label(name, index),
+                        limit.as_secs()
+                    ),
+                    retry_after_secs: 1,
+                });
+            }
+        }
+    }
+
+    /// Whether `name` at `version` can serve a request now or after a load: a model's
+    /// readiness. Loads nothing.
+    pub fn servable(&self, name: &str, version: Option<&str>) -> Result<(), Error> {
+        let entry = self.entry(name)?;
+        let index = entry.index(name, version)?;
+        let slot = &entry.versions[index];
+        match slot.state() {
+            State::Ready(_) => Ok(()),
+            State::Loading | State::Unloaded if slot.on_demand() => Ok(()),
+            State::Unavailable(_) if retry_in(slot) == Some(Duration::ZERO) => Ok(()),
+            _ => self.get(name, version).map(drop),
+        }
+    }
+
+    /// Start loading `item` on a blocking thread, unless another request did first.
+    fn start_load(self: &Arc<Self>, item: &Item) {
+        if !claim(item.version()) {
+            return;
+        }
+        let (repository, item) = (self.clone(), item.clone());
+        tokio::spawn(async move {
+            let loading = item.clone();
+            let done =
+                tokio::task::spawn_blocking(move || repository.load_now(&loading, Cause::Request)).await;
+            if let Err(e) = done {
+                let message = crate::error::panic_message(&*e.into_panic()).to_string();
+                item.version().set(&item.name, State::Unavailable(format!("its load panicked: {message}")));
+            }
+        });
+    }
+
+    /// Load `item`, whose state this caller set to `Loading`: the models its plugin calls,
+    /// room under the budget, then graph, plugin and warm-up. Sets its state either way.
+    fn load_now(&self, item: &Item, cause: Cause) {
+        let Some(loaded) = self.loaded.get() else { return };
+        let settings = &loaded.loader.settings;
+        let version = item.version();
+        let deadline = Instant::now() + settings.wait;
+        let mut configured = super::configs(vec![item.clone()], &loaded.loader.fetcher, settings, true);
+        let configured = configured.pop().expect("one config for one item");
+        let config = match &configured.config {
+            Ok(config) => config,
+            Err(e) => return self.failed(item, cause, format!("{e:#}")),
+        };
+        // The models whose graphs its plugin calls, held (not evictable) until it is loaded.
+        let mut held = Vec::new();
+        for callee in config.plugin.graphs.iter().filter(|g| **g != item.name) {
+            match self.load_callee(callee, deadline) {
+                Ok(model) => held.push(model),
+                Err(e) => {
+                    return self.failed(
+                        item,
+                        cause,
+                        format!("model '{callee}', whose graph its plugin calls: {e}"),
+                    );
+                }
+            }
+        }
+        // What it cost when last loaded, else its estimate, is reserved while it loads; until
+        // there is room for it, it holds nothing.
+        let need = match (config.load.memory_mib, version.cost.swap(0, Ordering::Relaxed)) {
+            (Some(mib), _) => mib << 20,
+            (None, 0) => self.estimate(&version.dir, config),
+            (None, last) => last,
+        };
+        loop {
+            match self.make_room(version, need) {
+                Ok(()) => break,
+                Err(resident::Shortfall::Busy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(short @ resident::Shortfall::Busy { .. }) => {
+                    // Not the model's fault: no back-off; a later request tries again.
+                    tracing::warn!(model = %item.name, version = %version.name, "not loaded: {short}");
+                    version.cost.store(need, Ordering::Relaxed);
+                    return version.set(&item.name, State::Unloaded);
+                }
+                Err(short) => return self.failed(item, cause, format!("cannot be loaded: {short}")),
+            }
+        }
+        let graphs = self.bring_up(loaded, vec![configured], cause);
+        self.graphs.lock().expect("graphs lock").extend(graphs);
+        drop(held);
+        // What it measured may be more than it reserved: make room for the difference.
+        if let Err(short) = self.make_room(version, version.cost.load(Ordering::Relaxed)) {
+            tracing::warn!(model = %item.name, version = %version.name,
+                "loaded over the model memory budget until models in use go idle: {short}");
+        }
+    }
+
+    /// `name`'s default version, loaded now if it is on demand and not in memory (waiting
+    /// for a load already running), for a model whose plugin calls its graph.
+    fn load_callee(&self, name: &str, deadline: Instant) -> Result<Arc<Model>, String> {
+        let entry: Arc<Entry> = self.entry(name).map_err(|e| e.to_string())?;
+        let index = entry.default;
+        let slot: &Version = entry.versions.get(index).ok_or("it serves no version")?;
+        loop {
+            if claim(slot) {
+                self.load_now(
+                    &Item { name: name.to_string(), entry: entry.clone(), index },
+                    Cause::Dependency,
+                );
+            }
+            match slot.state() {
+                State::Ready(model) => return Ok(model),
+                State::Unavailable(reason) => return Err(reason),
+                State::Unloaded => continue,
+                State::Loading => {
+                    let mut changed = slot.state.subscribe();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let wait = tokio::time::timeout(left, changed.wait_for(|s| !matches!(s, State::Loading)));
+                    if tokio::runtime::Handle::current().block_on(wait).is_err() {
+                        return Err("still loading".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long a request waits for a load.
+    fn wait(&self) -> Duration {
+        self.loaded.get().map_or(super::LoadSettings::default().wait, |l| l.loader.settings.wait)
+    }
+}
+
+/// Take the right to load `version`: it is not in memory, and not failed within its
+/// back-off. Its state is then `Loading`, and the caller must load it.
+fn claim(version: &Version) -> bool {
+    let due = retry_in(version) == Some(Duration::ZERO);
+    version.state.send_if_modified(|state| {
+        let claimable = match state {
+            State::Unloaded => true,
+            State::Unavailable(_) => due,
+            State::Loading | State::Ready(_) => false,
+        };
+        if claimable {
+            *state = State::Loading;
+        }
+        claimable
+    })
+}
+
+/// For an on-demand version whose load failed: how long until it may be tried again (zero:
+/// now). None: it is not on demand, or it failed its start-up check (no retry).
+fn retry_in(version: &Version) -> Option<Duration> {
+    if !version.on_demand() {
+        return None;
+    }
+    let retry = *version.retry.lock().expect("retry lock");
+    retry.map(|(at, _)| at.saturating_duration_since(Instant::now()))
+}

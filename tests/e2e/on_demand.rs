@@ -1,0 +1,273 @@
+//! Many models on one server: on-demand loads shared by concurrent requests, the model
+//! memory budget and least-recently-used eviction, failed loads, eager models, ensembles,
+//! SIGTERM during a load.
+
+use super::*;
+use std::time::{Duration, Instant};
+
+/// A repository of copies of the test model, named `names`, each model.toml edited by
+/// `edit(name, text)`. Each copy has a larger plugin deadline (some tests send slow requests).
+fn copies(names: &[&str], edit: impl Fn(&str, &str) -> String) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    for name in names {
+        let one = edited_repository(&test_models(), &["faulty"], |t| {
+            edit(name, &t.replace("timeout_ms = 500", "timeout_ms = 10000"))
+        });
+        std::fs::rename(one.path().join("faulty"), repo.path().join(name)).unwrap();
+    }
+    repo
+}
+
+/// `[load]` with a policy and a declared cost, added to a model.toml.
+fn load_table(policy: &str, memory_mib: u64) -> impl Fn(&str, &str) -> String {
+    let table = format!("\n[load]\npolicy = \"{policy}\"\nmemory_mib = {memory_mib}\n");
+    move |_, text| format!("{text}{table}")
+}
+
+const X: [f32; 6] = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+
+/// Infer on `model` with `params`; the answer's status and, when 200, its `y`.
+fn infer_params(server: &Server, model: &str, params: Value) -> (u16, Option<Vec<f32>>, server::Response) {
+    let body = json!({"parameters": params, "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": X}]});
+    let r = server.post(&format!("/v2/models/{model}/infer"), &[], body.to_string().as_bytes());
+    let y = (r.status == 200).then(|| f32s(&r.output("y")["data"]));
+    (r.status, y, r)
+}
+
+/// The graph's answer to X: Y = X * [[1, 2], [3, 4], [5, 6]].
+const Y: [f32; 6] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+
+/// The sum of the metric lines that start with `prefix` (a name and the first labels).
+fn metric(server: &Server, prefix: &str) -> f64 {
+    let (_, text) = server.get("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Each model version's state in the repository index, by name.
+fn states(server: &Server) -> std::collections::BTreeMap<String, String> {
+    let (_, index) = server.get_json("/v2/repository/index");
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_budget_for_two_serves_three_alternating_models_evicting_the_least_recently_used() {
+    let repo = copies(&["a", "b", "c"], load_table("on_demand", 40));
+    let server = Server::start(repo.path(), &["--model-memory-mib", "100"]);
+    // Ready with nothing loaded: the configs were checked, nothing else.
+    assert_eq!(states(&server).values().collect::<Vec<_>>(), ["UNLOADED"; 3]);
+    let (_, index) = server.get_json("/v2/repository/index");
+    assert_eq!(index[0]["policy"], "on_demand", "{index}");
+    for round in 0..4 {
+        for model in ["a", "b", "c"] {
+            let (status, y, r) = infer_params(&server, model, json!({}));
+            assert_eq!(
+                (status, y),
+                (200, Some(Y.to_vec())),
+                "round {round}, {model}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let loaded: Vec<_> =
+                states(&server).into_iter().filter(|(_, s)| s == "READY").map(|(n, _)| n).collect();
+            let expected = if (round, model) == (0, "a") { 1 } else { 2 };
+            assert_eq!(loaded.len(), expected, "{loaded:?}");
+            assert!(loaded.contains(&model.to_string()));
+        }
+    }
+    // Each request after the first two found its model evicted: 12 loads, 10 evictions.
+    assert_eq!(metric(&server, "wasmserve_model_loads_total{"), 12.0);
+    assert_eq!(metric(&server, "wasmserve_model_evictions_total{"), 10.0);
+    assert_eq!(metric(&server, "wasmserve_models_resident_bytes "), (80 << 20) as f64);
+    assert_eq!(metric(&server, "wasmserve_model_memory_budget_bytes "), (100 << 20) as f64);
+    let (_, index) = server.get_json("/v2/repository/index");
+    let ready: Vec<&Value> = index.as_array().unwrap().iter().filter(|e| e["state"] == "READY").collect();
+    assert!(
+        ready.iter().all(|e| e["resident_bytes"] == json!(40 << 20) && e["idle_secs"].is_number()),
+        "{index}"
+    );
+    assert!(server.log().contains("evicted: the least recently used idle model"), "{}", server.log());
+}
+
+#[test]
+fn a_model_with_a_request_in_flight_is_never_evicted_under_it() {
+    let repo = copies(&["a", "b", "c"], load_table("on_demand", 40));
+    let server = Server::start(repo.path(), &["--model-memory-mib", "100"]);
+    assert_eq!(infer_params(&server, "b", json!({})).0, 200);
+    // a is the least recently used once b is touched after it, but a slow request holds it.
+    let slow = std::thread::scope(|s| {
+        let slow = s.spawn(|| infer_params(&server, "a", json!({"sleep_ms": "2500"})));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while states(&server)["a"] != "READY" {
+            assert!(Instant::now() < deadline, "a never loaded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(infer_params(&server, "b", json!({})).0, 200);
+        // c needs room: b is idle, a busy; b goes although a was used longer ago.
+        let (status, y, _) = infer_params(&server, "c", json!({}));
+        assert_eq!((status, y), (200, Some(Y.to_vec())));
+        let now = states(&server);
+        assert_eq!((now["a"].as_str(), now["b"].as_str(), now["c"].as_str()), ("READY", "UNLOADED", "READY"));
+        slow.join().unwrap()
+    });
+    assert_eq!((slow.0, slow.1), (200, Some(Y.to_vec())));
+    assert_eq!(metric(&server, "wasmserve_model_evictions_total{model=\"a\""), 0.0);
+    // Idle now, a is the oldest and goes for b.
+    assert_eq!(infer_params(&server, "b", json!({})).0, 200);
+    assert_eq!(states(&server)["a"], "UNLOADED");
+}
+
+#[test]
+fn concurrent_first_requests_share_one_load() {
+    // A warm-up that takes a while makes the load long enough for all 20 to find it running.
+    let repo = copies(&["m"], |_, t| {
+        format!(
+            "{t}\n[load]\npolicy = \"on_demand\"\n\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"800\" }}\n"
+        )
+    });
+    let server = Server::start(repo.path(), &[]);
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..20).map(|_| s.spawn(|| infer_params(&server, "m", json!({})))).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (status, y, r) in &answers {
+        assert_eq!((*status, y.as_deref()), (200, Some(&Y[..])), "{}", String::from_utf8_lossy(&r.body));
+        // Each says it waited for the load; the next request does not.
+        let timing = r.server_timing.as_deref().unwrap_or_default();
+        let waited: f64 =
+            timing.strip_prefix("load;dur=").unwrap_or_else(|| panic!("{timing:?}")).parse().unwrap();
+        assert!(waited > 100.0, "{timing}");
+    }
+    assert_eq!(infer_params(&server, "m", json!({})).2.server_timing, None);
+    assert_eq!(
+        metric(&server, "wasmserve_model_loads_total{model=\"m\",version=\"1\",cause=\"request\"}"),
+        1.0
+    );
+    assert_eq!(metric(&server, "wasmserve_model_load_wait_seconds_count"), 20.0);
+    assert!(metric(&server, "wasmserve_model_load_wait_seconds_sum") > 20.0 * 0.5);
+}
+
+#[test]
+fn a_broken_on_demand_model_answers_503_with_its_reason_and_the_others_serve() {
+    let repo = copies(&["good", "broken", "huge"], |name, t| match name {
+        "huge" => format!("{t}\n[load]\npolicy = \"on_demand\"\nmemory_mib = 500\n"),
+        _ => format!("{t}\n[load]\npolicy = \"on_demand\"\n"),
+    });
+    // The config is fine; the graph file is not an ONNX model.
+    let graph = repo.path().join("broken/model.onnx");
+    std::fs::remove_file(&graph).unwrap();
+    std::fs::write(&graph, b"not a graph").unwrap();
+    let server = Server::start(repo.path(), &["--model-memory-mib", "100"]);
+    let (status, _, r) = infer_params(&server, "broken", json!({}));
+    assert_eq!(status, 503);
+    assert!(r.error().starts_with("model 'broken' failed to load: cannot load its graph"), "{}", r.error());
+    assert!(r.retry_after.is_some());
+    // Within its back-off it is not loaded again: answered at once, with when to retry.
+    let (status, _, r) = infer_params(&server, "broken", json!({}));
+    assert_eq!(status, 503);
+    assert!(r.error().contains("it is tried again in"), "{}", r.error());
+    let retry: u64 = r.retry_after.unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "{retry}");
+    assert_eq!(metric(&server, "wasmserve_model_load_failures_total{model=\"broken\""), 1.0);
+    // Larger than the budget: a clear error, nothing evicted for it.
+    assert_eq!(infer_params(&server, "good", json!({})).0, 200);
+    let (status, _, r) = infer_params(&server, "huge", json!({}));
+    assert_eq!(status, 503);
+    assert!(r.error().contains("can never fit the model memory budget of 100.0 MiB"), "{}", r.error());
+    assert_eq!(states(&server)["good"], "READY");
+    assert_eq!(metric(&server, "wasmserve_model_evictions_total{"), 0.0);
+    // The server stays ready and the good model serves.
+    assert_eq!(server.get("/v2/health/ready").0, 200);
+    assert_eq!(server.get("/v2/models/good/ready").0, 200);
+    assert_eq!(server.get("/v2/models/broken/ready").0, 503);
+    assert_eq!(infer_params(&server, "good", json!({})).1, Some(Y.to_vec()));
+}
+
+#[test]
+fn eager_models_are_never_evicted_and_ensembles_load_and_stay_together() {
+    // e is eager (the server default); caller's plugin runs callee's graph; x and y churn.
+    let repo = copies(&["e", "caller", "callee", "x", "y"], |name, t| match name {
+        "e" => format!("{t}\n[load]\nmemory_mib = 30\n"),
+        "caller" => format!(
+            "{}\n[load]\npolicy = \"on_demand\"\nmemory_mib = 20\n",
+            t.replace("[plugin]\n", "[plugin]\ngraphs = [\"callee\"]\n")
+        ),
+        _ => format!("{t}\n[load]\npolicy = \"on_demand\"\nmemory_mib = 20\n"),
+    });
+    let server = Server::start(repo.path(), &["--model-memory-mib", "100"]);
+    assert_eq!(states(&server)["e"], "READY");
+    // Loading the caller brings the callee.
+    let (status, y, _) = infer_params(&server, "caller", json!({"graph": "callee"}));
+    assert_eq!((status, y), (200, Some(Y.to_vec())));
+    assert_eq!(states(&server)["callee"], "READY");
+    assert_eq!(
+        metric(&server, "wasmserve_model_loads_total{model=\"callee\",version=\"1\",cause=\"dependency\"}"),
+        1.0
+    );
+    // 30 (e) + 20 + 20 held; x fits (90); y needs room: the least recently used idle
+    // model not called by a loaded one is the caller, which goes (and the callee is then free).
+    for model in ["x", "y", "x", "y"] {
+        assert_eq!(infer_params(&server, model, json!({})).0, 200, "{model}");
+        let now = states(&server);
+        assert_eq!(now["e"], "READY");
+        assert!(now["caller"] != "READY" || now["callee"] == "READY", "{now:?}");
+    }
+    assert_eq!(metric(&server, "wasmserve_model_evictions_total{model=\"e\""), 0.0);
+    assert!(metric(&server, "wasmserve_models_resident_bytes ") <= (100 << 20) as f64);
+    assert_eq!(infer_params(&server, "e", json!({})).1, Some(Y.to_vec()));
+    // The repository API: unload evicts an on-demand model; load brings it back now.
+    let token = "a-control-token-of-some-length";
+    drop(server);
+    let server = Server::start_with(repo.path(), &["--model-memory-mib", "100"], |cmd| {
+        cmd.env("WASMSERVE_CONTROL_TOKEN", token);
+    });
+    let control = |action: &str, model: &str| {
+        let auth = format!("Bearer {token}");
+        server
+            .post(&format!("/v2/repository/models/{model}/{action}"), &[("Authorization", &auth)], b"")
+            .status
+    };
+    assert_eq!(control("load", "x"), 200);
+    assert_eq!(states(&server)["x"], "READY");
+    assert_eq!(control("unload", "x"), 200);
+    assert_eq!(states(&server)["x"], "UNLOADED");
+    assert_eq!(
+        metric(&server, "wasmserve_model_evictions_total{model=\"x\",version=\"1\",reason=\"unload\"}"),
+        1.0
+    );
+    assert_eq!(infer_params(&server, "x", json!({})).1, Some(Y.to_vec()));
+}
+
+#[test]
+fn sigterm_while_a_load_runs_exits_cleanly() {
+    let repo = copies(&["slow"], |_, t| {
+        format!(
+            "{t}\n[load]\npolicy = \"on_demand\"\n\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"3000\" }}\n"
+        )
+    });
+    let mut server = Server::start(repo.path(), &["--drain-timeout-secs", "10"]);
+    let started = std::thread::scope(|s| {
+        let waiting = s.spawn(|| infer_params(&server, "slow", json!({})).0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while states(&server)["slow"] != "LOADING" {
+            assert!(Instant::now() < deadline, "the load never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = server.pid().to_string();
+        let started = Instant::now();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        // The request waiting for the load is answered (the load finishes within the drain).
+        assert_eq!(waiting.join().unwrap(), 200);
+        started
+    });
+    let status = server.terminate_wait();
+    assert!(status.success(), "{status}:\n{}", server.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
