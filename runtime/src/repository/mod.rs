@@ -870,11 +870,12 @@ impl Repository {
         tracing::info!(model = %item.name, version = %version.name, idle_secs,
             freed = %resident::mib(version.cost.load(Ordering::Relaxed)), "evicted: {why}");
         drop(model);
-        // What its graph and plugin held goes back to the system, not only to malloc's heaps.
-        match measuring {
-            Some(_) => crate::allocator::trim(),
-            None => crate::allocator::trim_soon(),
+        // What its graph and plugin held goes back to the system, not only to malloc's heaps:
+        // now, and again shortly, once its threads have let go of its graph's sessions.
+        if measuring.is_some() {
+            crate::allocator::trim();
         }
+        crate::allocator::trim_soon();
         true
     }
 
