@@ -271,3 +271,45 @@ fn sigterm_while_a_load_runs_exits_cleanly() {
     assert!(status.success(), "{status}:\n{}", server.log());
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+#[test]
+fn versions_routes_and_shadows_load_on_demand_each_version_on_its_own() {
+    // v: two on-demand versions (default 2); r: a route to v version 1, shadowed by version 2.
+    let repo = copies(&[], |_, t| t.to_string());
+    for version in ["1", "2"] {
+        let one = copies(&["one"], load_table("on_demand", 10));
+        std::fs::create_dir_all(repo.path().join("v")).unwrap();
+        std::fs::rename(one.path().join("one"), repo.path().join("v").join(version)).unwrap();
+    }
+    std::fs::write(repo.path().join("v/versions.toml"), "policy = \"all\"\ndefault = 2\n").unwrap();
+    std::fs::create_dir(repo.path().join("r")).unwrap();
+    std::fs::write(
+        repo.path().join("r/route.toml"),
+        "[[variants]]\nmodel = \"v\"\nversion = \"1\"\nweight = 1\n[shadow]\nmodel = \"v\"\nversion = \"2\"\n",
+    )
+    .unwrap();
+    let server = Server::start(repo.path(), &[]);
+    let version_states = || {
+        let (_, index) = server.get_json("/v2/repository/index");
+        index.as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(version_states(), ["UNLOADED", "UNLOADED"]);
+    // Readiness of an unloaded on-demand model: it can serve.
+    assert_eq!(server.get("/v2/models/v/versions/1/ready").0, 200);
+    let (status, y, r) = infer_params(&server, "r", json!({}));
+    assert_eq!((status, y), (200, Some(Y.to_vec())));
+    assert_eq!(r.json()["model_version"], "1");
+    // The shadow's copy loads version 2 beside the answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while version_states() != ["READY", "READY"] {
+        assert!(Instant::now() < deadline, "{:?}", version_states());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        metric(&server, "wasmserve_model_loads_total{model=\"v\",version=\"2\",cause=\"request\"}"),
+        1.0
+    );
+    // Unversioned requests go to the default version, already in memory: no load.
+    let (_, _, r) = infer_params(&server, "v", json!({}));
+    assert_eq!((r.json()["model_version"].as_str(), r.server_timing), (Some("2"), None));
+}
