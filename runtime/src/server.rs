@@ -3,12 +3,12 @@
 //! | method | path | answer |
 //! |---|---|---|
 //! | GET | `/v2` | server metadata |
-//! | GET | `/v2/health/live` | 200 while the process serves HTTP |
-//! | GET | `/v2/health/ready` | 200 once every model is ready (or any, by flag) and not draining, else 503 |
+//! | GET | `/v2/health/live` | 200 `{"live": true}` while the process serves HTTP |
+//! | GET | `/v2/health/ready` | 200 `{"ready": true}` once every model is ready (or any, by flag) and not draining, else 503 `{"ready": false}` |
 //! | POST, GET | `/v2/repository/index` | every model with its state and, if unavailable, why |
 //! | GET | `/metrics` | Prometheus metrics (see `metrics`) |
 //! | GET | `/v2/models/{m}[/versions/{v}]` | model metadata: the inputs and outputs a client uses |
-//! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 when the model is ready |
+//! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 `{"name", "ready": true}` when the model can serve, else 503 with `"ready": false` and the `error` |
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
 //!
 //! The same port serves gRPC (`inference.GRPCInferenceService`, see `grpc`) over HTTP/2.
@@ -39,7 +39,7 @@ use serde_json::json;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/live", get(|| async { axum::Json(json!({ "live": true })) }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/repository/index", get(repository_index).post(repository_index))
         .route("/metrics", get(metrics))
@@ -128,8 +128,11 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-async fn server_ready(State(state): State<AppState>) -> StatusCode {
-    if state.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+/// The KServe v2 spec's `$ready_server_response`: the status says it, the body too.
+async fn server_ready(State(state): State<AppState>) -> Response {
+    let ready = state.ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
 }
 
 /// The OIP repository extension's index: every model version with its state (and why it is
@@ -197,8 +200,17 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
     Ok(axum::Json(body).into_response())
 }
 
-async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<StatusCode> {
-    state.model_ready(&path).map(|()| StatusCode::OK)
+/// The KServe v2 spec's `$ready_model_response` (`name`, `ready`); not ready, with the
+/// error's status and message too. An unknown model is a plain 404.
+async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
+    match state.model_ready(&path) {
+        Ok(()) => axum::Json(json!({ "name": path.model, "ready": true })).into_response(),
+        Err(Error::NotFound(message)) => Error::NotFound(message).into_response(),
+        Err(e) => {
+            let body = json!({ "name": path.model, "ready": false, "error": e.to_string() });
+            (e.status(), axum::Json(body)).into_response()
+        }
+    }
 }
 
 async fn infer(

@@ -43,8 +43,13 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
         with_warmup(r#"say = "warm-up reached the plugin", sleep_ms = "1500""#),
     );
     let mut server = Server::start_listening(repo.path(), &[]);
-    assert_eq!(server.get("/v2/health/live").0, 200, "live while loading");
-    assert_eq!(server.get("/v2/health/ready").0, 503, "not ready before warm-up");
+    // Status codes and the KServe v2 spec's JSON bodies (its Python SDK reads them).
+    assert_eq!(server.get_json("/v2/health/live"), (200, json!({"live": true})), "live while loading");
+    assert_eq!(
+        server.get_json("/v2/health/ready"),
+        (503, json!({"ready": false})),
+        "not ready before warm-up"
+    );
     let (status, index) = server.get_json("/v2/repository/index");
     assert_eq!((status, &index[0]["state"]), (200, &json!("LOADING")));
     let r = faulty(&server, "none");
@@ -57,6 +62,11 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
     let own = log.find("faulty: warm-up ran").unwrap_or_else(|| panic!("no plugin warm-up in\n{log}"));
     assert!(own < log.find("warm-up reached the plugin").unwrap(), "{log}");
     assert_eq!(server.get_json("/v2/repository/index").1[0]["state"], "READY");
+    assert_eq!(server.get_json("/v2/health/ready"), (200, json!({"ready": true})));
+    assert_eq!(server.get_json("/v2/models/faulty/ready"), (200, json!({"name": "faulty", "ready": true})));
+    assert_eq!(server.get_json("/v2/models/faulty/versions/1/ready").1["ready"], true);
+    let (status, missing) = server.get_json("/v2/models/nothing/ready");
+    assert_eq!((status, missing["error"].as_str()), (404, Some("unknown model 'nothing'")));
     assert_serves(&server);
     drop(server);
 
@@ -73,9 +83,9 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
         assert_eq!(index[0]["state"], "UNAVAILABLE");
         assert_eq!(index[0]["reason"], reason);
         assert_eq!(index[1]["state"], "READY");
-        let (status, body) = server.get("/v2/models/broken/ready");
-        assert_eq!(status, 503);
-        assert!(body.contains(reason), "{body}");
+        let (status, body) = server.get_json("/v2/models/broken/ready");
+        assert_eq!((status, &body["name"], &body["ready"]), (503, &json!("broken"), &json!(false)));
+        assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
         assert_serves(&server);
     }
 }
