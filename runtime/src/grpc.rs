@@ -21,6 +21,9 @@ mod proto {
 }
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// The path prefix gRPC calls arrive under.
 pub const PATH: &str = "/inference.GRPCInferenceService/{*method}";
@@ -31,6 +34,76 @@ pub fn service(state: AppState, max_message_bytes: usize) -> GrpcInferenceServic
     GrpcInferenceServiceServer::new(Grpc(state))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX)
+}
+
+/// The path of the standard gRPC health service's calls (`grpc.health.v1.Health`).
+pub const HEALTH_PATH: &str = "/grpc.health.v1.Health/{*method}";
+
+/// How often a `Watch` of the health service looks at the status again.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `grpc.health.v1.Health` (Check and Watch), what Kubernetes' `grpc:` probes and gRPC load
+/// balancers ask: the service `""` and `inference.GRPCInferenceService` follow the server's
+/// readiness (`/v2/health/ready`), a model's (or route's) name that model's
+/// (`/v2/models/{m}/ready`); other names are NOT_FOUND (Watch: SERVICE_UNKNOWN). Check
+/// answers from the state now; Watch looks every 250 ms and sends each change.
+pub fn health(state: AppState) -> HealthServer<Health> {
+    HealthServer::new(Health(state))
+}
+
+/// The health handlers.
+pub struct Health(AppState);
+
+/// `service`'s status now: SERVING, NOT_SERVING, or SERVICE_UNKNOWN.
+fn health_status(state: &AppState, service: &str) -> ServingStatus {
+    let serving = |ready: bool| if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+    if service.is_empty() || Some(service) == PATH.split('/').nth(1) {
+        return serving(state.ready());
+    }
+    match state.model_ready(&path(service.to_string(), String::new())) {
+        Ok(()) => ServingStatus::Serving,
+        Err(Error::NotFound(_)) => ServingStatus::ServiceUnknown,
+        Err(_) => ServingStatus::NotServing,
+    }
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Health {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        match health_status(&self.0, &service) {
+            ServingStatus::ServiceUnknown => {
+                Err(Status::not_found(format!("no service or model '{service}'")))
+            }
+            status => ok(HealthCheckResponse { status: status as i32 }),
+        }
+    }
+
+    type WatchStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<HealthCheckResponse, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (state, service) = (self.0.clone(), request.into_inner().service);
+        let changes = futures::stream::unfold(None, move |last: Option<ServingStatus>| {
+            let (state, service) = (state.clone(), service.clone());
+            async move {
+                loop {
+                    let now = health_status(&state, &service);
+                    if Some(now) != last {
+                        return Some((Ok(HealthCheckResponse { status: now as i32 }), Some(now)));
+                    }
+                    tokio::time::sleep(HEALTH_EVERY).await;
+                }
+            }
+        });
+        ok(Box::pin(changes) as Self::WatchStream)
+    }
 }
 
 /// The gRPC handlers.

@@ -11,7 +11,8 @@
 //! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 `{"name", "ready": true}` when the model can serve, else 503 with `"ready": false` and the `error` |
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
 //!
-//! The same port serves gRPC (`inference.GRPCInferenceService`, see `grpc`) over HTTP/2.
+//! The same port serves gRPC (`inference.GRPCInferenceService` and `grpc.health.v1.Health`,
+//! see `grpc`) over HTTP/2.
 //!
 //! The endpoints that change what is served ([`control_router`]) need a bearer token, and
 //! may listen on a port of their own:
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route_service(crate::grpc::PATH, crate::grpc::service(state.clone(), state.max_body_bytes()))
+        .route_service(crate::grpc::HEALTH_PATH, crate::grpc::health(state.clone()))
         .fallback(|| async { Error::NotFound("no such endpoint; see /v2".into()) })
         // The infer handler applies its own limit, answering 413 in the OIP error format.
         .layer(DefaultBodyLimit::disable())
