@@ -29,6 +29,7 @@ impl Repository {
         let slot = &entry.versions[index];
         let mut waiting: Option<Instant> = None;
         loop {
+            let retry = retry_in(slot);
             match slot.state() {
                 State::Ready(model) => {
                     slot.last_used.store(self.clock(), Ordering::Relaxed);
@@ -38,47 +39,30 @@ impl Repository {
                     }
                     return Ok((model, waited));
                 }
-                State::Loading if !slot.on_demand() => {
-                    return Err(Error::Unavailable(format!("{} is loading", entry.label(name, index))));
-                }
-                State::Loading => {}
+                State::Loading if slot.on_demand() => {}
                 State::Unloaded => {
                     self.start_load(&Item { name: name.to_string(), entry: entry.clone(), index })
                 }
-                State::Unavailable(reason) => match retry_in(slot) {
-                    Some(Duration::ZERO) => {
-                        self.start_load(&Item { name: name.to_string(), entry: entry.clone(), index })
-                    }
-                    Some(wait) if waiting.is_none() => {
-                        return Err(Error::NotLoaded {
-                            message: format!(
-                                "{} failed to load: {reason}; it is tried again in {} s",
-                                entry.label(name, index),
-                                wait.as_secs().max(1)
-                            ),
-                            retry_after_secs: wait.as_secs().max(1),
-                        });
-                    }
-                    Some(wait) => {
-                        // The load this request waited for failed.
-                        return Err(Error::NotLoaded {
-                            message: format!("{} failed to load: {reason}", entry.label(name, index)),
-                            retry_after_secs: wait.as_secs().max(1),
-                        });
-                    }
-                    None => {
-                        return Err(Error::Unavailable(format!(
-                            "{} is unavailable: {reason}",
-                            entry.label(name, index)
-                        )));
-                    }
-                },
+                State::Unavailable(_) if retry == Some(Duration::ZERO) => {
+                    self.start_load(&Item { name: name.to_string(), entry: entry.clone(), index })
+                }
+                State::Unavailable(reason) if let Some(wait) = retry => {
+                    let after = wait.as_secs().max(1);
+                    // A request that waited for the load that failed is told only why.
+                    let again = if waiting.is_none() {
+                        format!("; it is tried again in {after} s")
+                    } else {
+                        String::new()
+                    };
+                    let message = format!("{} failed to load: {reason}{again}", entry.label(name, index));
+                    return Err(Error::NotLoaded { message, retry_after_secs: after });
+                }
+                // Eager models, and on-demand ones whose config failed its check: as they are.
+                _ => return self.get(name, version).map(|model| (model, None)),
             }
             let since = *waiting.get_or_insert_with(Instant::now);
             let limit = self.wait();
-            let mut changed = slot.state.subscribe();
-            let loaded = changed.wait_for(|s| !matches!(s, State::Loading));
-            if tokio::time::timeout(limit.saturating_sub(since.elapsed()), loaded).await.is_err() {
+            if !slot.settled(limit.saturating_sub(since.elapsed())).await {
                 self.metrics.waited(since.elapsed());
                 return Err(Error::NotLoaded {
                     message: format!(
@@ -200,10 +184,8 @@ impl Repository {
                 State::Unavailable(reason) => return Err(reason),
                 State::Unloaded => continue,
                 State::Loading => {
-                    let mut changed = slot.state.subscribe();
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let wait = tokio::time::timeout(left, changed.wait_for(|s| !matches!(s, State::Loading)));
-                    if tokio::runtime::Handle::current().block_on(wait).is_err() {
+                    if !tokio::runtime::Handle::current().block_on(slot.settled(left)) {
                         return Err("still loading".into());
                     }
                 }

@@ -220,8 +220,6 @@ struct Version {
     /// What it is charged against the budget (bytes): measured at its last load, or the
     /// estimate its load reserved while it runs.
     cost: AtomicU64,
-    /// Its cost is its `[load] memory_mib`, not measured.
-    declared: AtomicBool,
     /// When a request last used it, in ms since the repository started (0: never).
     last_used: AtomicU64,
     /// After a failed on-demand load: when the next may start, and the failures in a row.
@@ -236,7 +234,6 @@ impl Version {
             state: watch::Sender::new(State::Loading),
             on_demand: AtomicBool::new(false),
             cost: AtomicU64::new(0),
-            declared: AtomicBool::new(false),
             last_used: AtomicU64::new(0),
             retry: Mutex::new(None),
         }
@@ -244,6 +241,12 @@ impl Version {
 
     fn state(&self) -> State {
         self.state.borrow().clone()
+    }
+
+    /// Wait up to `within` for a load running to end (either way); false if it did not.
+    async fn settled(&self, within: Duration) -> bool {
+        let mut changed = self.state.subscribe();
+        tokio::time::timeout(within, changed.wait_for(|s| !matches!(s, State::Loading))).await.is_ok()
     }
 
     fn is_ready(&self) -> bool {
@@ -268,7 +271,8 @@ impl Version {
     /// What it is charged with `model` in memory.
     fn charged_as(&self, model: &Model) -> u64 {
         let cost = self.cost.load(Ordering::Relaxed);
-        if self.declared.load(Ordering::Relaxed) { cost } else { cost + model.plugin.resident_bytes() }
+        // A declared cost is all of it; a measured one leaves out the plugin, counted as it is.
+        if model.config.load.memory_mib.is_some() { cost } else { cost + model.plugin.resident_bytes() }
     }
 
     fn set(&self, model: &str, state: State) {
@@ -800,7 +804,6 @@ impl Repository {
                     let grew = grew + meter.grown();
                     let heap = grew.heap.max(floor);
                     version.cost.store(declared.unwrap_or(heap), Ordering::Relaxed);
-                    version.declared.store(declared.is_some(), Ordering::Relaxed);
                     version.last_used.store(self.clock(), Ordering::Relaxed);
                     *version.retry.lock().expect("retry lock") = None;
                     self.metrics.loaded(name, &version.name, cause, model.load_duration);
