@@ -57,7 +57,8 @@ pub struct Health(AppState);
 /// `service`'s status now: SERVING, NOT_SERVING, or SERVICE_UNKNOWN.
 fn health_status(state: &AppState, service: &str) -> ServingStatus {
     let serving = |ready: bool| if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-    if service.is_empty() || Some(service) == PATH.split('/').nth(1) {
+    use tonic::server::NamedService;
+    if service.is_empty() || service == GrpcInferenceServiceServer::<Grpc>::NAME {
         return serving(state.ready());
     }
     match state.model_ready(&path(service.to_string(), String::new())) {

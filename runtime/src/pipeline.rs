@@ -113,16 +113,23 @@ impl AppState {
         Ok(self.0.repository.acquire(&path.model, path.version.as_deref()).await?.0)
     }
 
+    /// The route a request's path names, if it names one (a route has no versions).
+    fn route(&self, path: &ModelPath) -> Result<Option<Arc<crate::config::RouteConfig>>> {
+        match self.0.repository.route(&path.model) {
+            Some(_) if path.version.is_some() => {
+                Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)))
+            }
+            route => Ok(route),
+        }
+    }
+
     /// Whether the model a request's path names (a route: its variants) can serve now or
     /// once loaded on demand: what model readiness answers. Loads nothing.
     pub(crate) fn model_ready(&self, path: &ModelPath) -> Result<()> {
         let repository = &self.0.repository;
-        let Some(route) = repository.route(&path.model) else {
+        let Some(route) = self.route(path)? else {
             return repository.servable(&path.model, path.version.as_deref());
         };
-        if path.version.is_some() {
-            return Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)));
-        }
         route.variants.iter().try_for_each(|v| repository.servable(&v.model, v.version.as_deref()))
     }
 
@@ -132,13 +139,10 @@ impl AppState {
     /// (the request waits for it).
     pub(crate) async fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
         let repository = &self.0.repository;
-        let Some(route) = repository.route(&path.model) else {
+        let Some(route) = self.route(path)? else {
             let (model, waited) = repository.acquire(&path.model, path.version.as_deref()).await?;
             return Ok(Target { model, waited, routed: None });
         };
-        if path.version.is_some() {
-            return Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)));
-        }
         let sticky = route.sticky_header.as_deref().and_then(|h| headers.get(h));
         let draw = match sticky {
             // The same value picks the same variant on every replica and after restarts.

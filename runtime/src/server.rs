@@ -207,7 +207,7 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
 async fn model_ready(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Response {
     match state.model_ready(&path) {
         Ok(()) => axum::Json(json!({ "name": path.model, "ready": true })).into_response(),
-        Err(Error::NotFound(message)) => Error::NotFound(message).into_response(),
+        Err(e @ Error::NotFound(_)) => e.into_response(),
         Err(e) => {
             let body = json!({ "name": path.model, "ready": false, "error": e.to_string() });
             (e.status(), axum::Json(body)).into_response()
