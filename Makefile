@@ -60,7 +60,25 @@ $(TOOLS)/installed:
 # beside it cost CI a second build of wasmtime, tract and ONNX Runtime's bindings).
 RELEASE_BIN := $(or $(CARGO_TARGET_DIR),target)/release/wasmserve
 
-test: examples venv $(TOOLS)/installed
+# Triton's benchmark client, perf_analyzer: the binary inside tritonclient 2.45.0's manylinux
+# wheel (PyPI's perf-analyzer package is empty), with the CUDA runtime library it links even
+# on a CPU machine (nvidia-cuda-runtime-cu12). Its other library is Debian's libb64-0d
+# (.ci/run installs it). x86_64 only; the test skips without it outside CI.
+PERF_ANALYZER_DIR := $(TOOLS)/perf_analyzer
+$(PERF_ANALYZER_DIR)/installed: $(VENV)/installed
+	rm -rf $(@D) && mkdir -p $(@D)/wheels
+	$(VPY) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux1_x86_64 \
+	  tritonclient==2.45.0 -d $(@D)/wheels
+	$(VPY) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+	  nvidia-cuda-runtime-cu12==12.9.79 -d $(@D)/wheels
+	cd $(@D)/wheels && for w in *.whl; do $(abspath $(VPY)) -m zipfile -e $$w unpacked; done
+	mv $(@D)/wheels/unpacked/tritonclient-2.45.0.data/data/bin/perf_analyzer \
+	  $(@D)/wheels/unpacked/nvidia/cuda_runtime/lib/libcudart.so.12 $(@D)/
+	chmod +x $(@D)/perf_analyzer
+	rm -rf $(@D)/wheels
+	touch $@
+
+test: examples venv $(TOOLS)/installed $(PERF_ANALYZER_DIR)/installed
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace --release
 	cargo test --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" WASMSERVE_BIN=$(RELEASE_BIN) $(VPY) -m pytest tests/python -q

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 #[allow(missing_docs, clippy::all)]
-mod proto {
+pub(crate) mod proto {
     tonic::include_proto!("inference");
 }
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
@@ -150,7 +150,7 @@ impl GrpcInferenceService for Grpc {
         ok(ServerMetadataResponse {
             name: "wasmserve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["binary_tensor_data".into()],
+            extensions: crate::triton::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         })
     }
 
@@ -176,6 +176,26 @@ impl GrpcInferenceService for Grpc {
             platform: model.platform(),
             inputs: tensors(&model.config.inputs),
             outputs: tensors(&model.config.outputs),
+        })
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let target = self.0.target(&path(r.name, r.version), &Default::default()).await.map_err(status)?;
+        ok(ModelConfigResponse { config: Some(crate::triton::config(&target.model)) })
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let path = (!r.name.is_empty()).then(|| path(r.name, r.version));
+        ok(ModelStatisticsResponse {
+            model_stats: crate::triton::statistics(&self.0, path.as_ref()).map_err(status)?,
         })
     }
 

@@ -197,6 +197,7 @@ pub struct Metrics {
     resident: Family<ModelLabels, Gauge>,
     resident_total: Gauge,
     budget: Gauge,
+    statistics: crate::triton::Statistics,
 }
 
 impl Metrics {
@@ -224,6 +225,7 @@ impl Metrics {
             resident: Family::default(),
             resident_total: Gauge::default(),
             budget: Gauge::default(),
+            statistics: Default::default(),
         };
         let r = &mut m.registry;
         r.register("inference_request_success", "Inference requests answered 200", m.success.clone());
@@ -345,6 +347,11 @@ impl Metrics {
         RequestTimer { metrics: self, labels, started: std::time::Instant::now(), finished: false }
     }
 
+    /// The same requests as Triton's statistics extension counts them.
+    pub(crate) fn statistics(&self) -> &crate::triton::Statistics {
+        &self.statistics
+    }
+
     /// The connection counters, for the listener.
     pub fn connections(&self) -> ConnectionMetrics {
         self.connections.clone()
@@ -391,7 +398,9 @@ impl RequestTimer<'_> {
         let m = self.metrics;
         let labels = &self.labels;
         m.pending.get_or_create(labels).dec();
-        m.request.get_or_create(labels).observe(self.started.elapsed().as_secs_f64());
+        let elapsed = self.started.elapsed();
+        m.request.get_or_create(labels).observe(elapsed.as_secs_f64());
+        m.statistics.record(&labels.model, &labels.version, elapsed, done);
         if status == 200 {
             m.success.get_or_create(labels).inc();
         } else {

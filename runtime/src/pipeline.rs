@@ -114,7 +114,7 @@ impl AppState {
     }
 
     /// The route a request's path names, if it names one (a route has no versions).
-    fn route(&self, path: &ModelPath) -> Result<Option<Arc<crate::config::RouteConfig>>> {
+    pub(crate) fn route(&self, path: &ModelPath) -> Result<Option<Arc<crate::config::RouteConfig>>> {
         match self.0.repository.route(&path.model) {
             Some(_) if path.version.is_some() => {
                 Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)))

@@ -46,6 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/stats", get(model_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
@@ -125,7 +130,7 @@ async fn server_metadata() -> Response {
     axum::Json(json!({
         "name": "wasmserve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": crate::triton::EXTENSIONS,
     }))
     .into_response()
 }
@@ -200,6 +205,19 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
         body["parameters"]["description"] = json!(description);
     }
     Ok(axum::Json(body).into_response())
+}
+
+/// Triton's model configuration extension (see `triton`); a route answers with one of its
+/// variants', as for metadata.
+async fn model_config(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
+    let model = state.target(&path, &HeaderMap::new()).await?.model;
+    Ok(axum::Json(crate::triton::config(&model)).into_response())
+}
+
+/// Triton's statistics extension (see `triton`): every model's, a model's, or a version's.
+async fn model_statistics(State(state): State<AppState>, path: Option<Path<ModelPath>>) -> Result<Response> {
+    let model_stats = crate::triton::statistics(&state, path.as_ref().map(|p| &p.0))?;
+    Ok(axum::Json(crate::grpc::proto::ModelStatisticsResponse { model_stats }).into_response())
 }
 
 /// The KServe v2 spec's `$ready_model_response` (`name`, `ready`); not ready, with the
