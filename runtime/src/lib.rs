@@ -4,8 +4,8 @@
 //!
 //! The modules follow one request: [`listen`] (connections and their limits, the memory
 //! [`budget`]) ->
-//! [`server`] (REST; [`grpc`] for gRPC; [`triton`] for Triton's configuration and statistics
-//! extensions, both protocols) -> [`pipeline`] (target, span, metrics) -> [`decode`]
+//! [`server`] (REST; [`grpc`] for gRPC; [`openai`] for OpenAI's embeddings; [`triton`] for
+//! Triton's configuration and statistics extensions, both protocols) -> [`pipeline`] (target, span, metrics) -> [`decode`]
 //! -> [`plugin`] (preprocess) -> [`schedule`] -> [`infer`] -> [`plugin`] (postprocess) -> [`encode`]. Models come from a [`repository`] of
 //! directories, each described by a [`config`]; at start-up [`fetch`] brings the files a
 //! config lists from their URLs. [`offline`] runs the same path offline over files.
@@ -27,6 +27,7 @@ pub mod infer;
 pub mod listen;
 pub mod metrics;
 pub mod offline;
+pub mod openai;
 pub mod pipeline;
 pub mod plugin;
 pub mod repository;

@@ -10,8 +10,11 @@
 //! | GET | `/v2/models/{m}[/versions/{v}]` | model metadata: the inputs and outputs a client uses |
 //! | GET | `/v2/models/{m}[/versions/{v}]/ready` | 200 `{"name", "ready": true}` when the model can serve, else 503 with `"ready": false` and the `error` |
 //! | POST | `/v2/models/{m}[/versions/{v}]/infer` | inference (JSON, binary extension, or raw body) |
+//! | GET | `/v2/models/{m}[/versions/{v}]/config` | Triton's model configuration (see `triton`) |
+//! | GET | `/v2/models[/{m}[/versions/{v}]]/stats` | Triton's statistics (see `triton`) |
 //!
-//! The same port serves gRPC (`inference.GRPCInferenceService` and `grpc.health.v1.Health`,
+//! OpenAI's `/v1/embeddings` and `/v1/models` are served too, for embedding models (see
+//! `openai`). The same port serves gRPC (`inference.GRPCInferenceService` and `grpc.health.v1.Health`,
 //! see `grpc`) over HTTP/2.
 //!
 //! The endpoints that change what is served ([`control_router`]) need a bearer token, and
@@ -55,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .merge(crate::openai::routes())
         .route_service(crate::grpc::PATH, crate::grpc::service(state.clone(), state.max_body_bytes()))
         .route_service(crate::grpc::HEALTH_PATH, crate::grpc::health(state.clone()))
         .fallback(|| async { Error::NotFound("no such endpoint; see /v2".into()) })
@@ -267,7 +271,7 @@ async fn infer(
 
 /// A REST body, up to `--max-body-mib`: refused on its declared length before anything is
 /// read, and chunked bodies stop at the limit.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
+pub(crate) async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
     let limit = state.max_body_bytes();
     let too_large =
         || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));

@@ -16,7 +16,13 @@ fn health_metadata_and_binary_outputs() {
     assert_eq!(status, 200);
     let meta: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(meta["inputs"], json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}]));
-    assert_eq!(meta["outputs"], json!([{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]));
+    assert_eq!(
+        meta["outputs"],
+        json!([
+            {"name": "embedding", "datatype": "FP32", "shape": [-1, 384]},
+            {"name": "tokens", "datatype": "INT64", "shape": [-1]},
+        ])
+    );
     assert_eq!(meta["versions"], json!(["1"]));
     assert_eq!(server.get("/v2/models/minilm/versions/1"), (status, body));
     assert_eq!(server.get("/v2/models/minilm/versions/2").0, 404);
@@ -30,7 +36,11 @@ fn health_metadata_and_binary_outputs() {
     let json = r.json();
     assert_eq!(json["id"], "req-7");
     assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 384 * 4);
-    let floats: Vec<f32> = r.body[n..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    // Then the token count ("hello" is [CLS] hello [SEP]), as one little-endian INT64.
+    assert_eq!(json["outputs"][1]["parameters"]["binary_data_size"], 8);
+    let (embedding, tokens) = r.body[n..].split_at(384 * 4);
+    assert_eq!(tokens, 3i64.to_le_bytes());
+    let floats: Vec<f32> = embedding.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     let as_json = embed(&server, &["hello"], json!({}));
     assert_eq!(floats, as_json[0]);
 }
@@ -81,7 +91,7 @@ fn bad_requests_get_clear_errors() {
     );
     assert_eq!(
         (r.status, r.error()),
-        (400, "unknown output 'nope': the model's outputs are [\"embedding\"]".to_string())
+        (400, "unknown output 'nope': the model's outputs are [\"embedding\", \"tokens\"]".to_string())
     );
     // A plugin's refusal names the plugin: minilm takes UTF-8 only.
     let r = server.post("/v2/models/minilm/infer", &RAW, &[0xff, 0xfe, 0x00]);

@@ -30,7 +30,8 @@ def test_health_and_metadata(grpc_client):
     assert grpc_client.get_server_metadata().name == "wasmserve"
     meta = grpc_client.get_model_metadata("minilm", as_json=True)
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1"]}]
-    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": ["-1", "384"]}]
+    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": ["-1", "384"]},
+                               {"name": "tokens", "datatype": "INT64", "shape": ["-1"]}]
     assert meta["platform"] == "onnx/onnx" and meta["versions"] == ["1"]
 
 

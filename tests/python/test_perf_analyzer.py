@@ -66,6 +66,9 @@ def test_perf_analyzer_runs_clean_with_the_server_side_breakdown(server, client,
     run = subprocess.run(
         [perf_analyzer, "-m", model, "-u", server.address, "-i", protocol, "--input-data", inputs,
          "--concurrency-range", str(CONCURRENCY), "--measurement-interval", "1000",
+         # A shared 2-core machine is noisy: what this test checks is that it runs and counts,
+         # not that three windows agree within perf_analyzer's default 10%.
+         "--stability-percentage", "100", "--max-trials", "20",
          "--profile-export-file", export],
         capture_output=True, text=True, timeout=180,
         env={**os.environ, "LD_LIBRARY_PATH": str(TOOL)},
@@ -113,7 +116,8 @@ def test_model_config_both_protocols(server, client):
     grpc = grpcclient.InferenceServerClient(server.address).get_model_config("minilm", as_json=True)["config"]
     assert grpc["name"] == "minilm"
     assert grpc["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": ["-1"]}]
-    assert grpc["output"] == [{"name": "embedding", "data_type": "TYPE_FP32", "dims": ["-1", "384"]}]
+    assert grpc["output"] == [{"name": "embedding", "data_type": "TYPE_FP32", "dims": ["-1", "384"]},
+                              {"name": "tokens", "data_type": "TYPE_INT64", "dims": ["-1"]}]
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_config("no-such-model")
 

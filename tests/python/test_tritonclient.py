@@ -23,7 +23,8 @@ def test_metadata(client):
     assert client.get_server_metadata()["name"] == "wasmserve"
     meta = client.get_model_metadata("minilm")
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
+    assert meta["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]},
+                               {"name": "tokens", "datatype": "INT64", "shape": [-1]}]
     names = [o["name"] for o in client.get_model_metadata("magika")["outputs"]]
     assert names == ["label", "score", "mime_type"]
 

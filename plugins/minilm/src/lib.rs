@@ -210,23 +210,28 @@ impl Guest for MiniLm {
         }
         let normalize = param(&params, "normalize") != Some("false");
         let mut embeddings = vec![0f32; n * dim];
+        let mut tokens = vec![0i64; n];
         for (row, out) in embeddings.chunks_exact_mut(dim).enumerate() {
-            let mut count = 0f32;
             for t in 0..len {
                 if mask[row * len + t] != 0 {
-                    count += 1.0;
+                    tokens[row] += 1;
                     for (o, s) in out.iter_mut().zip(&states[(row * len + t) * dim..][..dim]) {
                         *o += s;
                     }
                 }
             }
-            out.iter_mut().for_each(|o| *o /= count.max(1e-9));
+            out.iter_mut().for_each(|o| *o /= (tokens[row] as f32).max(1e-9));
             if normalize {
                 let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                 out.iter_mut().for_each(|o| *o /= norm);
             }
         }
-        Ok(vec![Tensor::new("embedding", [n as i64, dim as i64], &embeddings)])
+        Ok(vec![
+            Tensor::new("embedding", [n as i64, dim as i64], &embeddings),
+            // Tokens each sentence became, [CLS] and [SEP] included (what `usage` reports
+            // on /v1/embeddings).
+            Tensor::new("tokens", [n as i64], &tokens),
+        ])
     }
 }
 

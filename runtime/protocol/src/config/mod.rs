@@ -29,6 +29,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+mod embeddings;
 mod fetch;
 mod graph;
 mod limits;
@@ -38,6 +39,7 @@ mod route;
 mod scheduling;
 mod versions;
 
+pub use embeddings::Embeddings;
 pub use fetch::{Fetch, Unpack};
 pub use graph::{Backend, GraphConfig, Target};
 pub use limits::{DEFAULT_MAX_BYTES_ELEMENT_KIB, InputLimits, Limits};
@@ -89,6 +91,9 @@ pub struct ModelConfig {
     /// against the model memory budget.
     #[serde(default)]
     pub load: Load,
+    /// The model answers OpenAI's `/v1/embeddings` (see [`Embeddings`]).
+    #[serde(default)]
+    pub embeddings: Option<Embeddings>,
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
@@ -214,6 +219,9 @@ impl ModelConfig {
         }
         for (i, fetch) in self.fetch.iter().enumerate() {
             fetch.check().with_context(|| format!("`fetch[{i}]`"))?;
+        }
+        if let Some(embeddings) = &self.embeddings {
+            embeddings.check(&self.inputs, &self.outputs)?;
         }
         Ok(())
     }
