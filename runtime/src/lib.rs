@@ -28,6 +28,7 @@ pub mod listen;
 pub mod metrics;
 pub mod offline;
 pub mod openai;
+pub mod payloads;
 pub mod pipeline;
 pub mod plugin;
 pub mod repository;

@@ -39,7 +39,8 @@ enum Command {
     /// On SIGTERM or Ctrl-C: readiness turns false at once, requests keep being served for
     /// --shutdown-delay-secs (so load balancers can stop sending), then the server stops
     /// accepting connections, finishes the requests in flight and exits 0.
-    Serve(ServeArgs),
+    // Boxed: the serve settings outweigh every other command's.
+    Serve(Box<ServeArgs>),
 
     /// Run one model over many inputs offline (precomputed predictions), into JSON Lines.
     ///
@@ -132,7 +133,7 @@ fn main() -> std::process::ExitCode {
         Command::Batch(args) => commands::batch::run(args, progress_bars),
         Command::Serve(args) => {
             let serve = matches.subcommand_matches("serve").expect("the serve subcommand");
-            commands::serve::run(args, serve, progress_bars)
+            commands::serve::run(*args, serve, progress_bars)
         }
     };
     let code = match result {

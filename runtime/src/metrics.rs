@@ -33,6 +33,8 @@
 //! | `wasmserve_model_resident_bytes` | gauge: what a loaded version is charged against the model memory budget | model, version |
 //! | `wasmserve_models_resident_bytes` | gauge: all loaded versions together | |
 //! | `wasmserve_model_memory_budget_bytes` | gauge: `--model-memory-mib` (0: none) | |
+//! | `wasmserve_payload_events_total` | counter: payload log events, by outcome (`sent`, `dropped`: the queue was full, `failed`: after retries; see `payloads`) | outcome |
+//! | `wasmserve_payload_queue_bytes` | gauge: payload log events waiting to be sent | |
 //!
 //! Warm-up requests are not counted.
 
@@ -198,6 +200,7 @@ pub struct Metrics {
     resident_total: Gauge,
     budget: Gauge,
     statistics: crate::triton::Statistics,
+    payloads: crate::payloads::PayloadMetrics,
 }
 
 impl Metrics {
@@ -226,6 +229,7 @@ impl Metrics {
             resident_total: Gauge::default(),
             budget: Gauge::default(),
             statistics: Default::default(),
+            payloads: Default::default(),
         };
         let r = &mut m.registry;
         r.register("inference_request_success", "Inference requests answered 200", m.success.clone());
@@ -317,6 +321,7 @@ impl Metrics {
             "--model-memory-mib in bytes (0: no budget)",
             m.budget.clone(),
         );
+        m.payloads.register(r);
         m
     }
 }
@@ -350,6 +355,11 @@ impl Metrics {
     /// The same requests as Triton's statistics extension counts them.
     pub(crate) fn statistics(&self) -> &crate::triton::Statistics {
         &self.statistics
+    }
+
+    /// The payload logger's counters.
+    pub(crate) fn payloads(&self) -> crate::payloads::PayloadMetrics {
+        self.payloads.clone()
     }
 
     /// The connection counters, for the listener.

@@ -128,12 +128,12 @@ struct Usage {
 
 /// `POST /v1/embeddings`.
 async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let mut logged = None;
     let answer = async {
         let body = crate::server::read_body(&state, &headers, body).await?;
         let EmbeddingsRequest { input, model, encoding_format, dimensions, .. } =
             serde_json::from_slice(&body)
                 .map_err(|e| Error::bad_request(format!("invalid embeddings request: {e}")))?;
-        drop(body);
         let texts = input.texts()?;
         let path = ModelPath { model, version: None };
         let asked = Asked { model: &path.model, format: encoding_format, dimensions };
@@ -141,6 +141,10 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bod
         state
             .observed(&path, &id, &headers, async |target| {
                 let model = &target.model;
+                logged = state.payloads().start(model, &path.model, target.variant(), &id, &headers);
+                if let Some(log) = &logged {
+                    log.request(body, &headers);
+                }
                 let spec = embeddings_of(model)?;
                 let mut oip = oip_request(&state, model, spec, &texts)?;
                 target.shadow(&state, &oip);
@@ -151,9 +155,13 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bod
             .await
     }
     .await;
-    match answer {
+    let response = match answer {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => error(e),
+    };
+    match logged {
+        Some(log) => log.response(response).await,
+        None => response,
     }
 }
 

@@ -48,21 +48,27 @@ struct Inner {
     max_bytes_element: usize,
     ready_when: ReadyWhen,
     draining: AtomicBool,
+    payloads: crate::payloads::Payloads,
 }
 
 impl AppState {
     /// State over a repository whose models may still be loading; `control_token` opens the
     /// control endpoints to requests that carry it; `max_bytes_element` is the BYTES element
-    /// limit of models that set none.
+    /// limit of models that set none; `payloads`: the payload logging defaults (its sender
+    /// starts on the current tokio runtime).
     pub fn new(
         repository: Arc<Repository>,
         max_body_bytes: usize,
         max_bytes_element: usize,
         ready_when: ReadyWhen,
         control_token: Option<String>,
+        payloads: crate::payloads::Settings,
     ) -> Self {
+        let metrics = Metrics::new(repository.load_metrics());
+        let payloads = crate::payloads::Payloads::new(payloads, metrics.payloads());
         Self(Arc::new(Inner {
-            metrics: Metrics::new(repository.load_metrics()),
+            metrics,
+            payloads,
             repository,
             control_token,
             max_body_bytes,
@@ -80,6 +86,11 @@ impl AppState {
     /// What the server counts.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The payload logger.
+    pub(crate) fn payloads(&self) -> &crate::payloads::Payloads {
+        &self.0.payloads
     }
 
     /// The largest request body (REST) or message (gRPC) accepted.

@@ -247,9 +247,15 @@ async fn infer(
     // The whole body is read before anything can fail: an answer sent while the client is
     // still sending makes the connection close under a client that keeps it alive.
     let body = read_body(&state, &headers, body).await;
+    let mut logged = None;
     let answer = state
         .observed(&path, &id, &headers, async |target| {
-            let (request, outputs, timings, rows) = decode_and_run(&state, target, &headers, body?).await?;
+            let body = body?;
+            logged = state.payloads().start(&target.model, &path.model, target.variant(), &id, &headers);
+            if let Some(log) = &logged {
+                log.request(body.clone(), &headers);
+            }
+            let (request, outputs, timings, rows) = decode_and_run(&state, target, &headers, body).await?;
             let model = &target.model;
             let encoded =
                 encode::encode(&model.name, &model.config.version, target.variant(), &request, outputs)?;
@@ -266,7 +272,10 @@ async fn infer(
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    response
+    match logged {
+        Some(log) => log.response(response).await,
+        None => response,
+    }
 }
 
 /// A REST body, up to `--max-body-mib`: refused on its declared length before anything is

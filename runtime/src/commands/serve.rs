@@ -2,7 +2,7 @@
 //! process that listens, brings its models up, serves until a signal and drains.
 
 use super::Caches;
-use crate::config::LoadPolicy;
+use crate::config::{LoadPolicy, LogMode, Logger};
 use crate::infer::BackendOptions;
 use crate::listen::{self, Limits};
 use crate::pipeline::{AppState, ReadyWhen};
@@ -200,6 +200,39 @@ pub struct ServeArgs {
     /// exits anyway. Keep delay + drain under Kubernetes' terminationGracePeriodSeconds.
     #[arg(long, default_value_t = 30, value_name = "SECS", env = "WASMSERVE_DRAIN_TIMEOUT_SECS")]
     drain_timeout_secs: u64,
+
+    /// Log inference payloads to this sink, as KServe's logger does: each sampled request and
+    /// its response as CloudEvents POSTed in HTTP binary mode (docs/api.md), for every model
+    /// whose model.toml sets no `[logger] url` of its own. Default: none (off).
+    #[arg(long, value_name = "URL", env = "WASMSERVE_PAYLOAD_LOG_URL")]
+    payload_log_url: Option<String>,
+
+    /// What payload logging sends, unless a model's `[logger] mode` says: all (requests and
+    /// responses), request or response.
+    #[arg(long, default_value = "all", value_name = "MODE", env = "WASMSERVE_PAYLOAD_LOG_MODE")]
+    payload_log_mode: LogMode,
+
+    /// The share of requests whose payloads are logged, 0 to 1, unless a model's `[logger]
+    /// sample_rate` says.
+    #[arg(long, default_value_t = 1.0, value_name = "RATE", env = "WASMSERVE_PAYLOAD_LOG_SAMPLE_RATE")]
+    payload_log_sample_rate: f64,
+
+    /// Most payload log events waiting for their sink, in MiB of bodies. Past it an event is
+    /// dropped and counted (wasmserve_payload_events_total{outcome="dropped"}): inference
+    /// never waits for the sink.
+    #[arg(long, default_value_t = 64, value_name = "MIB", env = "WASMSERVE_PAYLOAD_LOG_QUEUE_MIB")]
+    payload_log_queue_mib: usize,
+
+    /// Request headers never logged (comma-separated, any case). The others go in each
+    /// event's `ce-metadata`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "authorization,proxy-authorization,cookie",
+        value_name = "NAMES",
+        env = "WASMSERVE_PAYLOAD_LOG_EXCLUDE_HEADERS"
+    )]
+    payload_log_exclude_headers: Vec<String>,
 }
 
 /// Serve until SIGTERM or Ctrl-C, then drain. `matches`: the `serve` subcommand's parsed
@@ -280,12 +313,28 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let max_bytes_element = usize::try_from(args.max_bytes_element_kib << 10).unwrap_or(usize::MAX);
+    // The same checks a model's [logger] gets.
+    Logger { url: args.payload_log_url.clone(), mode: None, sample_rate: Some(args.payload_log_sample_rate) }
+        .check()
+        .context("--payload-log-url / --payload-log-sample-rate")?;
+    let payloads = crate::payloads::Settings {
+        url: args.payload_log_url.clone(),
+        mode: args.payload_log_mode,
+        sample_rate: args.payload_log_sample_rate,
+        queue_bytes: args.payload_log_queue_mib << 20,
+        exclude_headers: args
+            .payload_log_exclude_headers
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect(),
+    };
     let state = AppState::new(
         repository.clone(),
         args.max_body_mib << 20,
         max_bytes_element,
         args.ready_when,
         control_token,
+        payloads,
     );
     let limits = Limits {
         header_timeout: Duration::from_secs(args.header_timeout_secs),

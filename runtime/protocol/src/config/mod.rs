@@ -34,6 +34,7 @@ mod fetch;
 mod graph;
 mod limits;
 mod load;
+mod logger;
 mod plugin;
 mod route;
 mod scheduling;
@@ -44,6 +45,7 @@ pub use fetch::{Fetch, Unpack};
 pub use graph::{Backend, GraphConfig, Target};
 pub use limits::{DEFAULT_MAX_BYTES_ELEMENT_KIB, InputLimits, Limits};
 pub use load::{Load, LoadPolicy};
+pub use logger::{LogMode, Logger};
 pub use plugin::PluginConfig;
 pub use route::{ROUTE_FILE, RouteConfig, RouteTarget, Variant, target_label};
 pub use scheduling::{Batching, Scheduling};
@@ -94,6 +96,9 @@ pub struct ModelConfig {
     /// The model answers OpenAI's `/v1/embeddings` (see [`Embeddings`]).
     #[serde(default)]
     pub embeddings: Option<Embeddings>,
+    /// Payload logging for this model (see [`Logger`]); default: the server's.
+    #[serde(default)]
+    pub logger: Logger,
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
@@ -223,6 +228,7 @@ impl ModelConfig {
         if let Some(embeddings) = &self.embeddings {
             embeddings.check(&self.inputs, &self.outputs)?;
         }
+        self.logger.check()?;
         Ok(())
     }
 }
