@@ -130,7 +130,7 @@ struct Usage {
 async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut logged = None;
     let answer = async {
-        let body = crate::server::read_body(&state, &headers, body).await?;
+        let body = crate::pipeline::read_body(&state, &headers, body).await?;
         let EmbeddingsRequest { input, model, encoding_format, dimensions, .. } =
             serde_json::from_slice(&body)
                 .map_err(|e| Error::bad_request(format!("invalid embeddings request: {e}")))?;

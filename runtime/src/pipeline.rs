@@ -308,6 +308,42 @@ pub(crate) async fn run(
     Ok((outputs, timings, rows))
 }
 
+/// A REST body (the OIP's and OpenAI's), up to `--max-body-mib`: refused on its declared length before anything is
+/// read, and chunked bodies stop at the limit.
+pub(crate) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes> {
+    let limit = state.max_body_bytes();
+    let too_large =
+        || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
+    let declared =
+        headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `listen` puts a deadline between the body's parts.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(error) = source {
+            if error.is::<tower_http::timeout::TimeoutError>() {
+                return Error::Timeout("the request body stopped arriving (see --body-timeout-secs)".into());
+            }
+            // `budget` refuses a chunked body past --request-memory-mib.
+            if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                let message = status.message().to_string();
+                return match status.code() {
+                    tonic::Code::ResourceExhausted => Error::TooLarge(message),
+                    _ => Error::OverBudget(message),
+                };
+            }
+            source = error.source();
+        }
+        too_large()
+    })
+}
+
 /// Inferences a request asks for: the rows (dimension 0) of its first input.
 fn rows(inputs: &[crate::tensor::Tensor]) -> u64 {
     inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64)

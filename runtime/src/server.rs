@@ -28,7 +28,7 @@
 use crate::decode::{self, HEADER_LENGTH};
 use crate::encode;
 use crate::error::{Error, Result};
-use crate::pipeline::{AppState, ModelPath, REQUEST_ID, Target, request_id, run};
+use crate::pipeline::{AppState, ModelPath, REQUEST_ID, Target, read_body, request_id, run};
 use crate::repository::State as ModelState;
 use crate::schedule::Timings;
 use axum::Router;
@@ -276,37 +276,6 @@ async fn infer(
         Some(log) => log.response(response).await,
         None => response,
     }
-}
-
-/// A REST body, up to `--max-body-mib`: refused on its declared length before anything is
-/// read, and chunked bodies stop at the limit.
-pub(crate) async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes> {
-    let limit = state.max_body_bytes();
-    let too_large =
-        || Error::TooLarge(format!("request body is larger than {limit} bytes (see --max-body-mib)"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // `listen` puts a deadline between the body's parts.
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(error) = source {
-            if error.is::<tower_http::timeout::TimeoutError>() {
-                return Error::Timeout("the request body stopped arriving (see --body-timeout-secs)".into());
-            }
-            // `budget` refuses a chunked body past --request-memory-mib.
-            if let Some(status) = error.downcast_ref::<tonic::Status>() {
-                let message = status.message().to_string();
-                return match status.code() {
-                    tonic::Code::ResourceExhausted => Error::TooLarge(message),
-                    _ => Error::OverBudget(message),
-                };
-            }
-            source = error.source();
-        }
-        too_large()
-    })
 }
 
 /// Decode a REST body, copy it to the route's shadow if any, then [`run`] it.
