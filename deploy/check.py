@@ -121,11 +121,11 @@ def chart(tmp):
         out.append(path)
     return out
 
-def serve_args_are_accepted(args, label):
+def serve_args_are_accepted(args, label, env=None):
     """`args` (a container's, after the binary: `serve` or `batch`) parse, and only the
     repository is missing."""
     result = run(BINARY, *args, "--repository", "/nonexistent/models",
-                 capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+                 capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1", **(env or {})})
     if "cannot read model repository /nonexistent/models" not in result.stderr:
         sys.exit(f"{label}: wasmserve did not accept {args}:\n{result.stderr}")
 
@@ -152,6 +152,14 @@ def settings_match_the_binary(tmp):
     args = job["spec"]["containers"][0]["args"]
     at = args.index("--repository")
     serve_args_are_accepted(args[:at] + args[at + 2:], "kubernetes/batch/job.yaml")
+    indexed = yaml.safe_load((DEPLOY / "kubernetes/batch/indexed-job.yaml").read_text())["spec"]
+    args = indexed["template"]["spec"]["containers"][0]["args"]
+    assert indexed["completionMode"] == "Indexed" and indexed["completions"] == indexed["parallelism"]
+    assert args[args.index("--shard") + 1] == str(indexed["completions"]), "--shard N != completions"
+    at = args.index("--repository")
+    # Kubernetes gives each pod of an Indexed Job its JOB_COMPLETION_INDEX.
+    serve_args_are_accepted(args[:at] + args[at + 2:], "kubernetes/batch/indexed-job.yaml",
+                            env={"JOB_COMPLETION_INDEX": "3"})
 
 def main():
     with tempfile.TemporaryDirectory() as tmp:

@@ -296,7 +296,7 @@ fn temporary(path: &Path) -> PathBuf {
 
 /// The store that serves `url` and the object's location in it. Cloud credentials and
 /// endpoints come from the usual environment variables (AWS_*, GOOGLE_*, AZURE_*).
-fn open(url: &str, dir: &Path) -> anyhow::Result<(Box<dyn ObjectStore>, StorePath)> {
+pub(crate) fn open(url: &str, dir: &Path) -> anyhow::Result<(Box<dyn ObjectStore>, StorePath)> {
     use object_store::{ClientConfigKey, RetryConfig, aws, azure, gcp, http, local};
     // Whole-request timeouts would cut large models short; a stalled read is caught instead.
     const CLIENT: [(ClientConfigKey, &str); 3] = [

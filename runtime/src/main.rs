@@ -56,6 +56,10 @@ enum Command {
     /// and names failures. Run again with the same --output after an interruption and it
     /// continues after the last complete line.
     ///
+    /// Input and output may be in object storage (s3://, gs://, az://), and --shard I/N
+    /// runs one of N parts of the input (a Kubernetes Indexed Job's pod: --shard N), each
+    /// into part-I-of-N.jsonl under --output; see docs/batch-inference.md.
+    ///
     /// Exits 0 once every record has a line (failures included), 1 if the run could not
     /// finish (the model failed to load, the input could not be read).
     Batch(BatchArgs),

@@ -14,6 +14,11 @@
 //! Resuming: lines are written in input order and flushed as they complete, so a run that
 //! stopped left a prefix of the output. A new run keeps its complete lines (a torn last line
 //! is cut off) and continues with the next record.
+//!
+//! Sharding: with a [`Shard`] `I/N`, a run takes the records whose number (their position in
+//! the whole input, counted as above) is `I` modulo `N`: N runs over the same input answer
+//! every record exactly once between them, each in an output of its own, and `record` in
+//! each line is the number in the whole input (sort the union by it to join them).
 
 use crate::decode;
 use crate::encode;
@@ -30,6 +35,52 @@ use std::sync::Arc;
 
 /// How many failures the summary names.
 const NAMED_FAILURES: usize = 5;
+
+/// A part of the input: the records whose number is `index` modulo `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This part, from 0.
+    pub index: u64,
+    /// How many parts the input is cut in.
+    pub count: u64,
+}
+
+impl Shard {
+    /// The whole input.
+    pub const ALL: Self = Self { index: 0, count: 1 };
+
+    /// Whether record number `record` is in this part.
+    pub fn has(self, record: u64) -> bool {
+        record % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N`, or `N` with `I` from `JOB_COMPLETION_INDEX` (a Kubernetes Indexed Job's pod).
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (index, count) = match spec.split_once('/') {
+            Some((i, n)) => (i.trim().to_string(), n),
+            None => (
+                std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+                    format!(
+                        "--shard {spec}: give I/N, or run where JOB_COMPLETION_INDEX says I (an Indexed Job)"
+                    )
+                })?,
+                spec,
+            ),
+        };
+        let number = |what: &str, text: &str| {
+            text.trim().parse::<u64>().map_err(|_| format!("--shard {spec}: {what} '{text}' is not a number"))
+        };
+        let (index, count) = (number("I", &index)?, number("N", count)?);
+        if count == 0 || index >= count {
+            return Err(format!("--shard {spec}: I must be below N (0 <= I < N), got {index}/{count}"));
+        }
+        Ok(Self { index, count })
+    }
+}
 
 /// One input record: where it came from and its request body.
 struct Record {
@@ -68,28 +119,30 @@ pub struct Summary {
     pub failures: Vec<(String, String)>,
 }
 
-/// Run every record of `input` through `model` into `output`, `concurrency` at a time,
-/// continuing an earlier run's output. `progress_bar`: draw a bar (a person is watching).
+/// Run every record of `input` in `shard` through `model` into `output`, `concurrency` at a
+/// time, continuing an earlier run's output. `progress_bar`: draw a bar (a person is
+/// watching).
 pub async fn run(
     model: Arc<Model>,
     input: &Path,
+    shard: Shard,
     output: &Path,
     concurrency: usize,
     progress_bar: bool,
 ) -> anyhow::Result<Summary> {
-    let mut records = Records::open(input)?;
+    let mut records = Records::open(input, shard)?;
     let total = records.count;
     let (done, last) = resume(output)?;
-    // The lines kept must be this input's: the last one names the same record.
+    // The lines kept must be this input's (and shard's): the last one names the same record.
     let skipped = records.skip_answered(done)?;
     anyhow::ensure!(
         done <= total && skipped == last,
         "{} does not continue this input: it holds {done} records, the last from {}, and {} has {total} records{}; \
          write to a new output, or delete it to start over",
         output.display(),
-        last.as_deref().unwrap_or("nowhere"),
+        last.as_ref().map_or("nowhere", |(_, source)| source.as_str()),
         input.display(),
-        skipped.map(|s| format!(", record {} from {s}", done - 1)).unwrap_or_default()
+        skipped.map(|(n, s)| format!(", record {n} from {s}")).unwrap_or_default()
     );
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -154,10 +207,9 @@ async fn infer(model: &Arc<Model>, record: &Record) -> Result<Box<RawValue>, Err
     RawValue::from_string(text).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// How many records `output` already holds, and the source of the last: its complete lines,
-/// after cutting off a torn last line (a run killed mid-write). The last line must be
-/// record `count - 1`.
-fn resume(output: &Path) -> anyhow::Result<(u64, Option<String>)> {
+/// How many records `output` already holds, and the number and source of the last: its
+/// complete lines, after cutting off a torn last line (a run killed mid-write).
+fn resume(output: &Path) -> anyhow::Result<(u64, Option<(u64, String)>)> {
     let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(output) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, None)),
@@ -191,20 +243,16 @@ fn resume(output: &Path) -> anyhow::Result<(u64, Option<String>)> {
     }
     let numbered: Numbered = serde_json::from_str(&last)
         .with_context(|| format!("{} is not the output of a batch run", output.display()))?;
-    anyhow::ensure!(
-        numbered.record == lines - 1,
-        "{}: line {lines} is record {}, not {}: the file was edited or is another job's output",
-        output.display(),
-        numbered.record,
-        lines - 1
-    );
-    Ok((lines, Some(numbered.source)))
+    Ok((lines, Some((numbered.record, numbered.source))))
 }
 
-/// The input's records, read one at a time.
+/// The input's records (those of one shard), read one at a time.
 struct Records {
+    /// Records in the shard.
     count: u64,
+    /// The next record's number in the whole input.
     next: u64,
+    shard: Shard,
     source: Source,
 }
 
@@ -219,7 +267,8 @@ enum Source {
 }
 
 impl Records {
-    fn open(input: &Path) -> anyhow::Result<Self> {
+    fn open(input: &Path, shard: Shard) -> anyhow::Result<Self> {
+        let in_shard = |all: u64| all / shard.count + u64::from(all % shard.count > shard.index);
         let cannot = || format!("cannot read {}", input.display());
         if input.is_dir() {
             let mut files = Vec::new();
@@ -230,8 +279,8 @@ impl Records {
                 }
             }
             files.sort();
-            let count = files.len() as u64;
-            return Ok(Self { count, next: 0, source: Source::Files(files.into_iter()) });
+            let count = in_shard(files.len() as u64);
+            return Ok(Self { count, next: 0, shard, source: Source::Files(files.into_iter()) });
         }
         let open = || std::fs::File::open(input).with_context(cannot);
         // Blank lines are no records; counted the same way they are read.
@@ -242,26 +291,39 @@ impl Records {
         let name =
             input.file_name().map_or_else(|| input.display().to_string(), |n| n.to_string_lossy().into());
         let lines = std::io::BufReader::new(open()?).lines();
-        Ok(Self { count, next: 0, source: Source::Lines { name, lines, number: 0 } })
+        Ok(Self { count: in_shard(count), next: 0, shard, source: Source::Lines { name, lines, number: 0 } })
     }
 }
 
 impl Records {
     /// Pass over the `n` records an earlier run answered, without reading a file's
-    /// contents; the source of the last one.
-    fn skip_answered(&mut self, n: u64) -> anyhow::Result<Option<String>> {
+    /// contents; the number and source of the last one.
+    fn skip_answered(&mut self, n: u64) -> anyhow::Result<Option<(u64, String)>> {
         let mut last = None;
         for _ in 0..n {
             match self.read(false) {
-                Some(record) => last = Some(record?.source),
+                Some(record) => last = Some(record.map(|r| (r.index, r.source))?),
                 None => break,
             }
         }
         Ok(last)
     }
 
-    /// The next record; with `body` false, a file's contents are left unread.
+    /// The shard's next record; with `body` false, a file's contents are left unread.
     fn read(&mut self, body: bool) -> Option<anyhow::Result<Record>> {
+        loop {
+            let index = self.next;
+            let mine = self.shard.has(index);
+            let record = self.read_any(body && mine)?;
+            if mine || record.is_err() {
+                return Some(record);
+            }
+        }
+    }
+
+    /// The input's next record, of any shard; with `body` false, a file's contents are left
+    /// unread.
+    fn read_any(&mut self, body: bool) -> Option<anyhow::Result<Record>> {
         let index = self.next;
         let record = match &mut self.source {
             Source::Files(files) => {
@@ -357,11 +419,8 @@ mod tests {
         let line =
             |i: u64| format!("{{\"record\":{i},\"source\":\"in.jsonl:{}\",\"response\":{{}}}}\n", i + 1);
         std::fs::write(&output, format!("{}{}{{\"record\":2,\"sou", line(0), line(1))).unwrap();
-        assert_eq!(resume(&output).unwrap(), (2, Some("in.jsonl:2".into())));
+        assert_eq!(resume(&output).unwrap(), (2, Some((1, "in.jsonl:2".into()))));
         assert_eq!(std::fs::read_to_string(&output).unwrap(), line(0) + &line(1), "the torn line is cut off");
-        std::fs::write(&output, line(0) + &line(5)).unwrap();
-        let err = resume(&output).unwrap_err().to_string();
-        assert!(err.contains("line 2 is record 5, not 1"), "{err}");
         std::fs::write(&output, "not json\n").unwrap();
         assert!(resume(&output).unwrap_err().to_string().contains("is not the output of a batch run"));
     }
@@ -371,9 +430,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.jsonl");
         std::fs::write(&input, "{\"a\":1}\n\n  \n{\"b\":2}\n").unwrap();
-        let records = Records::open(&input).unwrap();
+        let records = Records::open(&input, Shard::ALL).unwrap();
         assert_eq!(records.count, 2);
         let sources: Vec<(u64, String)> = records.map(|r| r.unwrap()).map(|r| (r.index, r.source)).collect();
         assert_eq!(sources, [(0, "in.jsonl:1".to_string()), (1, "in.jsonl:4".to_string())]);
+    }
+
+    #[test]
+    fn shards_take_disjoint_parts_that_cover_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, (0..10).map(|i| format!("{{\"n\":{i}}}\n\n")).collect::<String>()).unwrap();
+        let mut seen = Vec::new();
+        for index in 0..3 {
+            let records = Records::open(&input, Shard { index, count: 3 }).unwrap();
+            let count = records.count;
+            let numbers: Vec<u64> = records.map(|r| r.unwrap().index).collect();
+            assert_eq!(numbers.len() as u64, count);
+            assert!(numbers.iter().all(|n| n % 3 == index));
+            seen.extend(numbers);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        // A directory's files: the others' are passed over unread.
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        for i in 0..5 {
+            std::fs::write(files.join(format!("{i}.bin")), [i]).unwrap();
+        }
+        let records: Vec<_> =
+            Records::open(&files, Shard { index: 1, count: 2 }).unwrap().map(|r| r.unwrap()).collect();
+        let got: Vec<_> = records.iter().map(|r| (r.index, r.source.as_str(), r.body.clone())).collect();
+        assert_eq!(got, [(1, "1.bin", vec![1]), (3, "3.bin", vec![3])]);
+    }
+
+    #[test]
+    fn a_shard_is_i_of_n_or_n_with_the_job_index() {
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 2, count: 3 }));
+        for bad in ["3/3", "0/0", "a/2", "1/x"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert!("3/3".parse::<Shard>().unwrap_err().contains("I must be below N"));
     }
 }
