@@ -141,10 +141,7 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bod
         state
             .observed(&path, &id, &headers, async |target| {
                 let model = &target.model;
-                logged = state.payloads().start(model, &path.model, target.variant(), &id, &headers);
-                if let Some(log) = &logged {
-                    log.request(body, &headers);
-                }
+                logged = state.payloads().request(model, &path.model, target.variant(), &id, &headers, body);
                 let spec = embeddings_of(model)?;
                 let mut oip = oip_request(&state, model, spec, &texts)?;
                 target.shadow(&state, &oip);
@@ -159,10 +156,7 @@ async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Bod
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => error(e),
     };
-    match logged {
-        Some(log) => log.response(response).await,
-        None => response,
-    }
+    crate::payloads::respond(logged, response).await
 }
 
 /// The model's `[embeddings]`, or why it does not answer `/v1/embeddings`.

@@ -135,16 +135,18 @@ impl Payloads {
         }
     }
 
-    /// Whether this request to `model` is logged, and if so its events' common attributes:
-    /// `requested` is the name the client asked for (a model or a route), `variant` the
-    /// route's choice, `id` the request's id.
-    pub(crate) fn start(
+    /// Whether this request to `model` is logged; if so, its request event (`body` as the
+    /// client sent it) is queued now, and what is returned logs the response
+    /// ([`respond`]). `requested` is the name the client asked for (a model or a route),
+    /// `variant` the route's choice, `id` the request's id.
+    pub(crate) fn request(
         &self,
         model: &Model,
         requested: &str,
         variant: Option<&str>,
         id: &str,
         headers: &HeaderMap,
+        body: Bytes,
     ) -> Option<Logged<'_>> {
         let Logger { url, mode, sample_rate } = &model.config.logger;
         let url = url.as_deref().or(self.settings.url.as_deref())?;
@@ -171,7 +173,11 @@ impl Payloads {
         if let Some(namespace) = &self.namespace {
             attributes.insert(HeaderName::from_static("ce-namespace"), namespace.clone());
         }
-        Some(Logged { payloads: self, url: url.into(), mode, attributes })
+        let logged = Logged { payloads: self, url: url.into(), mode, attributes };
+        if mode.requests() {
+            logged.send("org.kubeflow.serving.inference.request", None, body, headers);
+        }
+        Some(logged)
     }
 
     /// The request's headers as a JSON object (name to list of values), without the
@@ -232,16 +238,17 @@ pub(crate) struct Logged<'a> {
     attributes: HeaderMap,
 }
 
-impl Logged<'_> {
-    /// The request as the client sent it.
-    pub(crate) fn request(&self, body: Bytes, headers: &HeaderMap) {
-        if self.mode.requests() {
-            self.send("org.kubeflow.serving.inference.request", None, body, headers);
-        }
+/// The response as the client receives it (an error's too), logged if its request was,
+/// and handed back unchanged.
+pub(crate) async fn respond(logged: Option<Logged<'_>>, response: Response) -> Response {
+    match logged {
+        Some(log) => log.response(response).await,
+        None => response,
     }
+}
 
-    /// The response as the client receives it (an error's too), handed back unchanged.
-    pub(crate) async fn response(&self, response: Response) -> Response {
+impl Logged<'_> {
+    async fn response(&self, response: Response) -> Response {
         if !self.mode.responses() {
             return response;
         }

@@ -251,10 +251,14 @@ async fn infer(
     let answer = state
         .observed(&path, &id, &headers, async |target| {
             let body = body?;
-            logged = state.payloads().start(&target.model, &path.model, target.variant(), &id, &headers);
-            if let Some(log) = &logged {
-                log.request(body.clone(), &headers);
-            }
+            logged = state.payloads().request(
+                &target.model,
+                &path.model,
+                target.variant(),
+                &id,
+                &headers,
+                body.clone(),
+            );
             let (request, outputs, timings, rows) = decode_and_run(&state, target, &headers, body).await?;
             let model = &target.model;
             let encoded =
@@ -272,10 +276,7 @@ async fn infer(
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    match logged {
-        Some(log) => log.response(response).await,
-        None => response,
-    }
+    crate::payloads::respond(logged, response).await
 }
 
 /// Decode a REST body, copy it to the route's shadow if any, then [`run`] it.
