@@ -33,7 +33,6 @@ use axum::routing::{get, post};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::sync::Arc;
 
 /// Most texts in one request (OpenAI's own limit).
 const MAX_INPUTS: usize = 2048;
@@ -268,44 +267,37 @@ fn model_object(name: &str, created: u64) -> serde_json::Value {
     json!({ "id": name, "object": "model", "created": created, "owned_by": "wasmserve" })
 }
 
-/// The `[embeddings]` of `name`'s default version, whether or not it is in memory (an
-/// on-demand model's config is read from its directory, nothing is loaded), and when its
-/// config was last written (OpenAI's `created`).
-fn embedding_model(state: &AppState, name: &str) -> Option<(Option<Embeddings>, u64)> {
+/// When `name`'s default version's config was last written (OpenAI's `created`), if it has
+/// `[embeddings]`, whether or not it is in memory (an on-demand model's config is read from
+/// its directory; nothing is loaded).
+fn embedding_model(state: &AppState, name: &str) -> Option<u64> {
     let repository = state.repository();
     let dir = repository.dir(name, None).ok()?;
-    let file = dir.join(crate::config::FILE_NAME);
-    let created = std::fs::metadata(&file)
+    let embeddings = match repository.get(name, None) {
+        Ok(model) => model.config.embeddings.is_some(),
+        Err(_) => crate::config::ModelConfig::load(&dir).ok()?.embeddings.is_some(),
+    };
+    let created = std::fs::metadata(dir.join(crate::config::FILE_NAME))
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let loaded: Option<Arc<Model>> = repository.get(name, None).ok();
-    let embeddings = match loaded {
-        Some(model) => model.config.embeddings.clone(),
-        None => crate::config::ModelConfig::load(&dir).ok()?.embeddings,
-    };
-    Some((embeddings, created))
+    embeddings.then_some(created)
 }
 
 /// `GET /v1/models`: the models that answer `/v1/embeddings`.
 async fn models(State(state): State<AppState>) -> Response {
     let mut names: Vec<String> = state.repository().statuses().into_iter().map(|s| s.name).collect();
     names.dedup();
-    let data: Vec<_> = names
-        .iter()
-        .filter_map(|name| match embedding_model(&state, name)? {
-            (Some(_), created) => Some(model_object(name, created)),
-            (None, _) => None,
-        })
-        .collect();
+    let data: Vec<_> =
+        names.iter().filter_map(|name| Some(model_object(name, embedding_model(&state, name)?))).collect();
     axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 /// `GET /v1/models/{m}`.
 async fn model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     match embedding_model(&state, &name) {
-        Some((Some(_), created)) => axum::Json(model_object(&name, created)).into_response(),
-        _ => error(Error::NotFound(format!("no embedding model '{name}'"))),
+        Some(created) => axum::Json(model_object(&name, created)).into_response(),
+        None => error(Error::NotFound(format!("no embedding model '{name}'"))),
     }
 }
