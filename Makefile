@@ -15,7 +15,7 @@ EXAMPLE_PLUGINS := magika minilm orientation page
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
-.PHONY: serve test examples plugins lint venv deploy-check bench fuzz
+.PHONY: serve test test-aarch64 examples plugins lint lint-rest venv deploy-check bench fuzz
 
 serve: examples
 	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
@@ -115,15 +115,21 @@ fuzz: $(CARGO_FUZZ)
 
 # Clippy in the release profile: its build scripts and proc macros are the ones `make test`'s
 # release build then reuses, instead of building them a second time for the dev profile.
-lint:
-	cargo fmt --all --check
+lint: lint-rest
 	cargo clippy --workspace --all-targets --release -- -D warnings
-	cargo fmt --manifest-path plugins/Cargo.toml --all --check
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
 	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --all-targets -- -D warnings
-	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --target wasm32-wasip2 -- -D warnings
-	cargo fmt --manifest-path runtime/fuzz/Cargo.toml --all --check
 	cargo clippy --manifest-path runtime/fuzz/Cargo.toml --all-targets -- -D warnings
+
+# The part of `make lint` that no build of `make test` covers: formatting, and the plugin SDK
+# with all its features for wasm32. CI runs this, then lints the rest inside `make test`'s
+# builds (.ci/run: clippy-driver as the workspaces' compiler), so that no dependency is
+# compiled twice, once checked for clippy and once built for the tests.
+lint-rest:
+	cargo fmt --all --check
+	cargo fmt --manifest-path plugins/Cargo.toml --all --check
+	cargo fmt --manifest-path runtime/fuzz/Cargo.toml --all --check
+	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --target wasm32-wasip2 -- -D warnings
 
 # Throughput against Triton, MLServer and FastAPI (bench/compare.py): not part of `make test`.
 BENCH_VENV := .venv-bench
