@@ -81,7 +81,7 @@ def image_has_what_the_binary_embeds():
     import re
 
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    build_stage = dockerfile.split("\nFROM ", 2)[1]
+    build_stage = next(stage for stage in dockerfile.split("\nFROM ")[1:] if " AS binary-build\n" in stage)
     copied = [src for line in build_stage.splitlines() if line.startswith("COPY ") and "--from" not in line
               for src in line.split()[1:-1]]
     ignored = [p.rstrip("/") for p in (ROOT / ".dockerignore").read_text().splitlines() if p and not p.startswith("#")]
@@ -94,6 +94,12 @@ def image_has_what_the_binary_embeds():
                 sys.exit(f"deploy/Dockerfile: {source.relative_to(ROOT)} embeds {path}, which the build stage "
                          + ("does not copy" if not inside else f"cannot see (.dockerignore: {left_out[0]})"))
     print(f"Dockerfile build stage: copies every file the binary embeds ({', '.join(copied)})")
+    images = re.findall(r"^ARG (\w+_IMAGE)=(\S+)$", dockerfile, re.M)
+    for arg, default in images:
+        tag = default.rsplit("/", 1)[-1].partition(":")[2]
+        if not tag or tag == "latest":
+            sys.exit(f"deploy/Dockerfile: ARG {arg}={default} names no pinned tag")
+    print(f"Dockerfile base images: pinned tags by default ({', '.join(d for _, d in images)})")
 
 
 def chart(tmp):
