@@ -85,6 +85,17 @@ test: examples venv $(TOOLS)/installed $(PERF_ANALYZER_DIR)/installed
 	$(MAKE) deploy-check
 	$(MAKE) fuzz
 
+# The aarch64 Linux build, tract only (ONNX Runtime's library here is x86_64), cross-compiled
+# with Debian's gcc-aarch64-linux-gnu and run under qemu-aarch64 (qemu-user; .cargo/config.toml
+# names both): magika's labels must be the x86_64 ones. Not part of `make test`: the cross
+# build of wasmtime and tract takes longer than CI's time has room for.
+AARCH64 := aarch64-unknown-linux-gnu
+AARCH64_BIN := $(or $(CARGO_TARGET_DIR),target)/$(AARCH64)/release/wasmserve
+test-aarch64: examples venv
+	@rustup target list --installed 2>/dev/null | grep -q $(AARCH64) || rustup target add $(AARCH64)
+	cargo build --release --target $(AARCH64) --no-default-features --bin wasmserve
+	WASMSERVE_AARCH64_BIN=$(AARCH64_BIN) $(VPY) -m pytest tests/python/test_aarch64.py -q
+
 # deploy/ checked offline: Kubernetes schemas, settings against the binary, checkov. Its own
 # virtual environment: checkov pins packages the test tools need newer.
 DEPLOY_VENV := .venv-deploy

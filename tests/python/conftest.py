@@ -15,11 +15,12 @@ BINARY = os.environ.get("WASMSERVE_BIN", str(TARGET / "debug/wasmserve"))
 
 
 class Server:
-    """`wasmserve serve` on a free port; `args` and `env` are added to its command and environment."""
+    """`wasmserve serve` on a free port; `args` and `env` are added to its command and
+    environment, `binary` is the command that runs the server (an emulator and a binary)."""
 
-    def __init__(self, repository: Path, args=(), env=None):
+    def __init__(self, repository: Path, args=(), env=None, binary=(BINARY,)):
         self.proc = subprocess.Popen(
-            [BINARY, "serve", "--repository", str(repository), "--port", "0", *args],
+            [*binary, "serve", "--repository", str(repository), "--port", "0", *args],
             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
             env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1", **(env or {})},
         )
