@@ -294,6 +294,14 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{n}.part", std::process::id()))
 }
 
+/// Whether `url` names an object in a cloud store (S3, GCS, Azure, in any spelling
+/// [`open`] takes): not a path, and not plain HTTP.
+pub(crate) fn is_cloud(url: &str) -> bool {
+    use ObjectStoreScheme as S;
+    let scheme = url::Url::parse(url).ok().and_then(|u| S::parse(&u).ok()).map(|(scheme, _)| scheme);
+    matches!(scheme, Some(S::AmazonS3 | S::GoogleCloudStorage | S::MicrosoftAzure))
+}
+
 /// The store that serves `url` and the object's location in it. Cloud credentials and
 /// endpoints come from the usual environment variables (AWS_*, GOOGLE_*, AZURE_*).
 pub(crate) fn open(url: &str, dir: &Path) -> anyhow::Result<(Box<dyn ObjectStore>, StorePath)> {
@@ -568,6 +576,24 @@ fn mib(bytes: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cloud_urls_are_told_from_paths_and_http() {
+        for cloud in [
+            "s3://b/k",
+            "s3a://b/k",
+            "gs://b/k",
+            "az://c/k",
+            "azure://c/k",
+            "abfs://c@a.dfs.core.windows.net/k",
+            "abfss://c@a.dfs.core.windows.net/k",
+        ] {
+            assert!(super::is_cloud(cloud), "{cloud}");
+        }
+        for other in ["out.jsonl", "/data/out/", "./in", "https://example.com/x", "file:///tmp/x"] {
+            assert!(!super::is_cloud(other), "{other}");
+        }
+    }
+
     use super::*;
 
     fn fetch(url: &str, member: Option<&str>) -> Fetch {

@@ -154,8 +154,7 @@ struct Remote {
 
 impl Place {
     fn of(arg: &str) -> anyhow::Result<Self> {
-        let remote = ["s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://"];
-        if !remote.iter().any(|scheme| arg.starts_with(scheme)) {
+        if !crate::fetch::is_cloud(arg) {
             return Ok(Place::Local(PathBuf::from(arg)));
         }
         let (store, path) = crate::fetch::open(arg, Path::new("."))?;
@@ -172,15 +171,9 @@ impl Remote {
     async fn download_input(&self, shard: Shard, staging: &Path) -> anyhow::Result<PathBuf> {
         let name = |p: &StorePath| p.filename().unwrap_or("input").to_string();
         if !self.url.ends_with('/') {
-            match self.store.get(&self.path).await {
-                Ok(object) => {
-                    let file = staging.join(name(&self.path));
-                    let bytes = object.bytes().await.with_context(|| format!("cannot read {}", self.url))?;
-                    std::fs::write(&file, bytes)?;
-                    return Ok(file);
-                }
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.url)),
+            let file = staging.join(name(&self.path));
+            if self.download(&file).await? {
+                return Ok(file);
             }
         }
         let listing = self
@@ -217,14 +210,22 @@ impl Remote {
 
     /// An earlier run's output, to continue from; nothing if there is none.
     async fn download_output(&self, local: &Path) -> anyhow::Result<()> {
+        if self.download(local).await? {
+            let bytes = std::fs::metadata(local)?.len();
+            tracing::info!(output = %self.url, bytes, "continuing an earlier run's output");
+        }
+        Ok(())
+    }
+
+    /// The object itself (not a prefix) into `file`; false if there is no such object.
+    async fn download(&self, file: &Path) -> anyhow::Result<bool> {
         match self.store.get(&self.path).await {
             Ok(object) => {
                 let bytes = object.bytes().await.with_context(|| format!("cannot read {}", self.url))?;
-                tracing::info!(output = %self.url, bytes = bytes.len(), "continuing an earlier run's output");
-                std::fs::write(local, bytes)?;
-                Ok(())
+                std::fs::write(file, bytes)?;
+                Ok(true)
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", self.url)),
         }
     }
