@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -12,6 +13,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BINARY = os.environ.get("WASMSERVE_BIN", str(TARGET / "debug/wasmserve"))
+
+
+def free_port():
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deployment():
+    """What deploy/kubernetes/base runs the server with: the Deployment's pod spec, its
+    container, and the ConfigMap's server.toml (text)."""
+    import yaml
+
+    base = ROOT / "deploy/kubernetes/base"
+    spec = yaml.safe_load((base / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    config = yaml.safe_load((base / "config.yaml").read_text())["data"]["server.toml"]
+    return spec, spec["containers"][0], config
 
 
 class Server:

@@ -16,18 +16,12 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
-from conftest import ROOT, Server
+from conftest import ROOT, Server, free_port
 
 FAULTY = ROOT / "tests/models/faulty"
 AZURITE = os.environ.get("AZURITE_BIN", str(ROOT / ".tools/node_modules/.bin/azurite-blob"))
 # Azurite's well-known development account (public, in Microsoft's documentation).
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(command, port):

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import tomllib
@@ -22,9 +21,8 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as http
-import yaml
 
-from conftest import BINARY, ROOT
+from conftest import BINARY, ROOT, deployment, free_port
 
 DEPLOY = ROOT / "deploy"
 FIXTURES = ROOT / "tests/fixtures/magika"
@@ -93,20 +91,6 @@ def image(podman, tmp_path_factory):
            "--build-arg", f"RUNTIME_IMAGE={BASE}", "--build-arg", "BINARY_FROM=context",
            "--build-arg", "ORT_FROM=context", "--build-arg", f"ORT_VERSION={version}", str(context))
     return TAG
-
-
-def deployment():
-    """What the Deployment and its ConfigMap set for the container."""
-    spec = yaml.safe_load((DEPLOY / "kubernetes/base/deployment.yaml").read_text())["spec"]["template"]["spec"]
-    container = spec["containers"][0]
-    config = yaml.safe_load((DEPLOY / "kubernetes/base/config.yaml").read_text())["data"]["server.toml"]
-    return spec, container, config
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def status(port, path):

@@ -10,35 +10,25 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 import tomllib
 
 import pytest
-import yaml
 
-from conftest import BINARY, ROOT
+from conftest import BINARY, ROOT, deployment, free_port
 
-DEPLOY = ROOT / "deploy/kubernetes/base"
 MODELS = ROOT / "tests/models"
 SLOTS = 6  # haproxy's servers: ports a replica may take
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]})
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def settings():
     """What deploy/ sets: the server's shutdown delay and drain timeout, the readiness probe."""
-    config = yaml.safe_load((DEPLOY / "config.yaml").read_text())
-    server = tomllib.loads(config["data"]["server.toml"])
-    deployment = yaml.safe_load((DEPLOY / "deployment.yaml").read_text())
-    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    _, container, config = deployment()
+    server = tomllib.loads(config)
+    probe = container["readinessProbe"]
     assert probe["httpGet"]["path"] == "/v2/health/ready"
     return server["shutdown_delay_secs"], server["drain_timeout_secs"], probe["periodSeconds"], probe["failureThreshold"]
 
