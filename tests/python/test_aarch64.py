@@ -33,7 +33,9 @@ def test_magika_on_tract_under_qemu_gives_the_x86_64_labels(tmp_path):
 
     server = Server(tmp_path, binary=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", BINARY))
     try:
-        client = server.wait_ready(timeout=600)  # cranelift compiles the plugin under emulation
+        server.wait_ready(timeout=600)  # cranelift compiles the plugin under emulation
+        # Emulated, the 24 files take about 100 s in one request (3.4 s for one file).
+        client = http.InferenceServerClient(server.address, network_timeout=600, connection_timeout=600)
         assert client.get_server_metadata()["name"] == "wasmserve"
         expected = json.loads((FIXTURES / "expected.json").read_text())
         names = sorted(expected)
