@@ -128,6 +128,7 @@ fuzz: $(CARGO_FUZZ)
 # release build then reuses, instead of building them a second time for the dev profile.
 lint: lint-rest
 	cargo clippy --workspace --all-targets --release -- -D warnings
+	cargo clippy --workspace --all-targets --release --no-default-features -- -D warnings
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
 	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --all-targets -- -D warnings
 	cargo clippy --manifest-path runtime/fuzz/Cargo.toml --all-targets -- -D warnings

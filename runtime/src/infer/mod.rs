@@ -76,7 +76,10 @@ pub fn prepare(backend: Backend, options: &BackendOptions) -> anyhow::Result<()>
         #[cfg(feature = "onnx")]
         Backend::Onnx => onnx::init(options),
         #[cfg(not(feature = "onnx"))]
-        Backend::Onnx => Ok(drop(options)),
+        Backend::Onnx => {
+            let _ = options;
+            Ok(())
+        }
     }
 }
 
