@@ -217,6 +217,8 @@ def main():
                     help="PyTriton runs a Python backend process per model, about 100 MiB each: 200 would not fit")
     ap.add_argument("--mlserver-models", type=int, default=200)
     ap.add_argument("--peers", default="triton,mlserver")
+    ap.add_argument("--concurrent-loads", type=int, default=0,
+                    help="wasmserve's --concurrent-loads for the on-demand run (0: its default, the number of CPUs)")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wasmserve-density-"))
     rows = []
@@ -250,7 +252,8 @@ def main():
 
         # On demand under a budget.
         budget_mib = max(1, int(charged * args.fraction / MIB))
-        proc, addr, log, _ = wasmserve(scratch / "on_demand", cache, "--model-memory-mib", budget_mib)
+        loads_at_once = ("--concurrent-loads", args.concurrent_loads) if args.concurrent_loads else ()
+        proc, addr, log, _ = wasmserve(scratch / "on_demand", cache, "--model-memory-mib", budget_mib, *loads_at_once)
         sampler = Sampler(proc.pid)
         demand = traffic(addr, names, args.zipf, args.seconds, args.concurrency)
         end_rss = sampler.now()

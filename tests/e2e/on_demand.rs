@@ -125,6 +125,40 @@ fn a_model_with_a_request_in_flight_is_never_evicted_under_it() {
 }
 
 #[test]
+fn a_load_with_no_room_while_every_model_is_in_use_answers_503_with_why_then_loads() {
+    let repo = copies(&["a", "b", "c"], load_table("on_demand", 40));
+    // Room is waited for half of --load-wait-secs.
+    let server = &Server::start(repo.path(), &["--model-memory-mib", "100", "--load-wait-secs", "2"]);
+    std::thread::scope(|s| {
+        let slow: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|m| s.spawn(move || infer_params(server, m, json!({"sleep_ms": "3000"}))))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while states(server).values().filter(|s| *s == "READY").count() < 2 {
+            assert!(Instant::now() < deadline, "a and b never loaded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // a and b are in use and hold 80 of 100: c cannot have its 40 until one is idle.
+        let (status, _, r) = infer_params(server, "c", json!({}));
+        assert_eq!(status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            r.error().contains("no room now: it needs 40.0 MiB and models in use hold 80.0 MiB"),
+            "{}",
+            r.error()
+        );
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+        for t in slow {
+            assert_eq!(t.join().unwrap().1, Some(Y.to_vec()));
+        }
+    });
+    // Not the model's fault: no failure counted, and once a and b are idle c loads.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(infer_params(server, "c", json!({})).1, Some(Y.to_vec()));
+    assert_eq!(metric(server, "wasmserve_model_load_failures_total{"), 0.0);
+}
+
+#[test]
 fn concurrent_first_requests_share_one_load() {
     // A warm-up that takes a while makes the load long enough for all 20 to find it running.
     let repo = copies(&["m"], |_, t| {
@@ -152,6 +186,54 @@ fn concurrent_first_requests_share_one_load() {
     );
     assert_eq!(metric(&server, "wasmserve_model_load_wait_seconds_count"), 20.0);
     assert!(metric(&server, "wasmserve_model_load_wait_seconds_sum") > 20.0 * 0.5);
+}
+
+#[test]
+fn a_first_load_runs_alone_and_loads_of_a_measured_model_run_at_once() {
+    // Copies of one model, each load at least 800 ms (its warm-up sleeps), no declared cost:
+    // what each load adds to memory is measured.
+    let names = ["a", "b", "c", "d"];
+    let repo = copies(&names, |_, t| {
+        format!(
+            "{t}\n[load]\npolicy = \"on_demand\"\n\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"800\" }}\n"
+        )
+    });
+    let token = "a-control-token-of-some-length";
+    let server = Server::start_with(repo.path(), &["--concurrent-loads", "2"], |cmd| {
+        cmd.env("WASMSERVE_CONTROL_TOKEN", token);
+    });
+    let server = &server;
+    let all_at_once = || {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            let threads: Vec<_> =
+                names.iter().map(|m| s.spawn(move || infer_params(server, m, json!({})))).collect();
+            for t in threads {
+                let (status, y, r) = t.join().unwrap();
+                assert_eq!((status, y), (200, Some(Y.to_vec())), "{}", String::from_utf8_lossy(&r.body));
+            }
+        });
+        started.elapsed()
+    };
+    // Never measured: each load runs alone (the first three are measured; the fourth is
+    // charged their median, but they were done one after another).
+    let first = all_at_once();
+    assert!(first >= Duration::from_millis(4 * 800), "{first:?}");
+    let (_, index) = server.get_json("/v2/repository/index");
+    let charged: Vec<u64> =
+        index.as_array().unwrap().iter().map(|m| m["resident_bytes"].as_u64().unwrap()).collect();
+    assert!(charged.iter().all(|&c| c > 0), "{index}");
+    // Evicted, then asked for again: their cost is known, so two load at a time
+    // (--concurrent-loads 2): two rounds of 800 ms, not four.
+    for name in names {
+        let auth = format!("Bearer {token}");
+        let r =
+            server.post(&format!("/v2/repository/models/{name}/unload"), &[("Authorization", &auth)], b"");
+        assert_eq!(r.status, 200);
+    }
+    let again = all_at_once();
+    assert!(again >= Duration::from_millis(2 * 800) && again < Duration::from_millis(3 * 800), "{again:?}");
+    assert_eq!(metric(server, "wasmserve_model_loads_total{"), 8.0);
 }
 
 #[test]

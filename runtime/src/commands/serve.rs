@@ -129,9 +129,9 @@ pub struct ServeArgs {
     load_policy: LoadPolicy,
 
     /// What loaded models may hold together, in MiB (0: no budget, nothing is evicted). Each
-    /// model is charged the growth of the server's resident memory measured across its load
-    /// (or its `[load] memory_mib`); a load that would go over evicts idle on-demand models,
-    /// least recently used first. Eager models count, and are never evicted.
+    /// model is charged what its first load added to malloc's heaps, plus its plugin's code
+    /// and idle instances (or its `[load] memory_mib`); a load that would go over evicts idle
+    /// on-demand models, least recently used first. Eager models count, and are never evicted.
     #[arg(long, default_value_t = 0, value_name = "MIB", env = "WASMSERVE_MODEL_MEMORY_MIB")]
     model_memory_mib: u64,
 
@@ -139,6 +139,13 @@ pub struct ServeArgs {
     /// Retry-After (the load goes on; requests for a model share one load).
     #[arg(long, default_value_t = 30, value_name = "SECS", env = "WASMSERVE_LOAD_WAIT_SECS")]
     load_wait_secs: u64,
+
+    /// How many on-demand loads (graph, plugin, warm-up) run at once (default: the number of
+    /// CPUs). A model's first load runs alone, so that the memory it adds is measured as its
+    /// own; later loads of it (after an eviction), or of a copy with the same files and
+    /// config, are charged that and run beside each other.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), env = "WASMSERVE_CONCURRENT_LOADS")]
+    concurrent_loads: Option<u64>,
 
     /// Do not fetch on-demand models' files at start-up: their first load does (and its
     /// request waits for the download).
@@ -399,6 +406,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         prefetch: !args.no_prefetch,
         budget: (args.model_memory_mib > 0).then_some(args.model_memory_mib << 20),
         wait: Duration::from_secs(args.load_wait_secs),
+        concurrent: args.concurrent_loads.map_or(LoadSettings::default().concurrent, |n| n as usize),
     };
     let caches = Caches::new(args.cache_dir, args.no_cache, progress_bars)?;
     let watched = repository.clone();

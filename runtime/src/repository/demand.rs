@@ -6,8 +6,9 @@
 //! blocking threads, never on the threads that serve requests. A load first reads its
 //! config and fetches (several at once), loads the on-demand models whose graphs its plugin
 //! calls (and keeps them from eviction while it runs), makes room under the budget (see
-//! `resident`), then loads graph and plugin and warms them up as at start-up: one load at a
-//! time, so that the memory it is measured to add is its own.
+//! `resident`), then loads graph and plugin and warms them up as at start-up: up to
+//! `--concurrent-loads` at once, but a model's first load alone, so that the memory it is
+//! measured to add is its own (later loads of the same files are charged that).
 
 use super::{Cause, Entry, Item, Model, Repository, State, Version, resident};
 use crate::error::Error;
@@ -114,6 +115,9 @@ impl Repository {
         let settings = &loaded.loader.settings;
         let version = item.version();
         let deadline = Instant::now() + settings.wait;
+        // Room can take until models in use go idle: it is waited for half as long as
+        // requests wait, so that they learn why if it does not come.
+        let room_by = Instant::now() + settings.wait / 2;
         let mut configured = super::configs(vec![item.clone()], &loaded.loader.fetcher, settings, true);
         let configured = configured.pop().expect("one config for one item");
         let config = match &configured.config {
@@ -144,14 +148,18 @@ impl Repository {
         loop {
             match self.make_room(version, need) {
                 Ok(()) => break,
-                Err(resident::Shortfall::Busy { .. }) if Instant::now() < deadline => {
+                Err(resident::Shortfall::Busy { .. }) if Instant::now() < room_by => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(short @ resident::Shortfall::Busy { .. }) => {
-                    // Not the model's fault: no back-off; a later request tries again.
+                    // Not the model's fault: no back-off and no failure counted; the requests
+                    // waiting are told why, and a request a second later tries again.
                     tracing::warn!(model = %item.name, version = %version.name, "not loaded: {short}");
                     version.cost.store(need, Ordering::Relaxed);
-                    return version.set(&item.name, State::Unloaded);
+                    let mut retry = version.retry.lock().expect("retry lock");
+                    *retry = Some((Instant::now() + Duration::from_secs(1), retry.map_or(0, |(_, n)| n)));
+                    drop(retry);
+                    return version.set(&item.name, State::Unavailable(format!("no room now: {short}")));
                 }
                 Err(short) => return self.failed(item, cause, format!("cannot be loaded: {short}")),
             }

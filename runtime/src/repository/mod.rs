@@ -134,11 +134,14 @@ pub struct LoadSettings {
     pub budget: Option<u64>,
     /// How long a request waits for its model's load before 503.
     pub wait: Duration,
+    /// How many loads (graph, plugin, warm-up) may run at once. A model whose cost is not
+    /// known yet (its first load) loads alone, to be measured.
+    pub concurrent: usize,
 }
 
 impl Default for LoadSettings {
     /// Every model as its config says (eager when unset), files fetched at start-up, no
-    /// budget.
+    /// budget, as many loads at once as there are CPUs.
     fn default() -> Self {
         Self {
             default_policy: LoadPolicy::Eager,
@@ -146,6 +149,7 @@ impl Default for LoadSettings {
             prefetch: true,
             budget: None,
             wait: Duration::from_secs(30),
+            concurrent: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -189,9 +193,14 @@ pub struct Repository {
     changing: Mutex<()>,
     /// One eviction decision at a time.
     evicting: Mutex<()>,
-    /// One load (graph, plugin, warm-up) or eviction at a time, so that the growth of the
-    /// process's memory across a load is that load's own.
-    measuring: Mutex<()>,
+    /// A load whose cost is not known yet runs alone (this lock written), so that the growth
+    /// of the process's memory across it is its own; loads of a known cost and evictions
+    /// share it (read), up to `--concurrent-loads` loads at once.
+    measuring: RwLock<()>,
+    /// What loads alone measured, by what was loaded ([`content_key`]): up to [`SAMPLES`]
+    /// each. Once there are that many, a version loaded again, or a copy of the same files
+    /// and config, is charged their median and loads beside others.
+    measured: Mutex<HashMap<u64, Vec<u64>>>,
     /// The clock of `last_used`.
     started: Instant,
     /// The server's own resident memory, measured when start-up loading ended (what it
@@ -430,6 +439,8 @@ impl Loader {
 struct Loaded {
     loader: Loader,
     host: anyhow::Result<PluginHost>,
+    /// One permit per load that may run at once (`--concurrent-loads`).
+    loads: tokio::sync::Semaphore,
 }
 
 /// One version to load: its model's name and entry, and which of the entry's versions.
@@ -503,7 +514,8 @@ impl Repository {
             loaded: OnceLock::new(),
             changing: Mutex::new(()),
             evicting: Mutex::new(()),
-            measuring: Mutex::new(()),
+            measuring: RwLock::new(()),
+            measured: Mutex::new(HashMap::new()),
             started: Instant::now(),
             base: AtomicU64::new(0),
             metrics: LoadMetrics::default(),
@@ -523,7 +535,8 @@ impl Repository {
     /// thread of a tokio runtime.
     pub fn load(&self, loader: Loader) -> Vec<(String, String)> {
         let host = PluginHost::new(loader.plugin_cache.as_deref());
-        let loaded = self.loaded.get_or_init(|| Loaded { loader, host });
+        let loads = tokio::sync::Semaphore::new(loader.settings.concurrent.max(1));
+        let loaded = self.loaded.get_or_init(|| Loaded { loader, host, loads });
         let settings = &loaded.loader.settings;
         let models: Vec<(String, Arc<Entry>)> =
             self.models.read().expect("models lock").iter().map(|(n, e)| (n.clone(), e.clone())).collect();
@@ -753,11 +766,34 @@ impl Repository {
         configured: Vec<Configured>,
         cause: Cause,
     ) -> HashMap<String, wasmtime_wasi_nn::Graph> {
-        // Loads run one at a time: each measures what it adds to the process's memory.
-        let _measuring = self.measuring.lock().expect("measuring lock");
+        // Up to --concurrent-loads at once; one whose cost is not known yet runs alone, so
+        // that what it adds to the process's memory is its own.
+        let _permit = tokio::runtime::Handle::current()
+            .block_on(loaded.loads.acquire())
+            .expect("the loads' semaphore is never closed");
+        let keys: Vec<Option<u64>> = configured
+            .iter()
+            .map(|c| c.config.as_ref().ok().map(|config| content_key(&c.item.version().dir, config)))
+            .collect();
+        let known = || {
+            let measured = self.measured.lock().expect("measured lock");
+            configured.iter().zip(&keys).all(|(c, key)| match (&c.config, key) {
+                (Ok(config), Some(key)) => {
+                    config.load.memory_mib.is_some() || measured.get(key).is_some_and(|m| m.len() >= SAMPLES)
+                }
+                _ => true,
+            })
+        };
+        let beside = || Some(self.measuring.read().expect("measuring lock"));
+        let mut alone = (!known()).then(|| self.measuring.write().expect("measuring lock"));
+        // Another load of the same files may have been measured while this one waited.
+        if alone.is_some() && known() {
+            alone = None;
+        }
+        let _beside = if alone.is_none() { beside() } else { None };
         let mut ready = Vec::new();
         let mut graphs = HashMap::new();
-        for Configured { item, config, spent } in configured {
+        for (Configured { item, config, spent }, key) in configured.into_iter().zip(keys) {
             let (name, started, meter) = (item.name.as_str(), Instant::now(), resident::Meter::start());
             let graph = config.and_then(|config| {
                 let file = item.version().dir.join(&config.graph.file);
@@ -777,7 +813,7 @@ impl Repository {
                         graphs.insert(name.to_string(), graph.clone());
                     }
                     let grew = meter.grown();
-                    ready.push((item, config, graph, spent + started.elapsed(), grew));
+                    ready.push((item, config, graph, spent + started.elapsed(), grew, key));
                 }
                 Err(e) => self.failed(&item, cause, format!("{e:#}")),
             }
@@ -786,7 +822,7 @@ impl Repository {
         let mut registry = self.graphs.lock().expect("graphs lock").clone();
         registry.extend(graphs.clone());
         let registry = Graphs::new(registry);
-        for (item, config, graph, spent, grew) in ready {
+        for (item, config, graph, spent, grew, key) in ready {
             let (name, version) = (item.name.as_str(), item.version());
             let host = match &loaded.host {
                 Ok(host) => host,
@@ -800,9 +836,17 @@ impl Repository {
             let floor = file_size(&version.dir.join(&config.graph.file));
             match bring_up(host, name, &version.dir, config, graph, &registry, spent) {
                 Ok(model) => {
-                    // Its heap; its plugin's code and idle instances are counted as they are.
+                    // Its heap: the median of what loads of the same files and config
+                    // measured alone, this one's too if it ran alone; its plugin's code and
+                    // idle instances are counted as they are.
                     let grew = grew + meter.grown();
-                    let heap = grew.heap.max(floor);
+                    let mut measured = self.measured.lock().expect("measured lock");
+                    let samples = measured.entry(key.unwrap_or_default()).or_default();
+                    if alone.is_some() && samples.len() < SAMPLES {
+                        samples.push(grew.heap.max(floor));
+                    }
+                    let heap = median(samples).unwrap_or(grew.heap.max(floor));
+                    drop(measured);
                     version.cost.store(declared.unwrap_or(heap), Ordering::Relaxed);
                     version.last_used.store(self.clock(), Ordering::Relaxed);
                     *version.retry.lock().expect("retry lock") = None;
@@ -811,7 +855,7 @@ impl Repository {
                         elapsed_ms = model.load_duration.as_millis() as u64,
                         resident = %resident::mib(version.charged_as(&model)),
                         heap_grew = %resident::mib(grew.heap), rss_grew = %resident::mib(grew.rss),
-                        declared = declared.is_some(), "loaded");
+                        declared = declared.is_some(), measured_alone = alone.is_some(), "loaded");
                     version.set(name, State::Ready(Arc::new(model)));
                 }
                 Err(e) => self.failed(&item, cause, format!("{e:#}")),
@@ -853,13 +897,14 @@ impl Repository {
             _ => false,
         });
         let Some(State::Ready(model)) = taken else { return false };
+        let started = Instant::now();
         // Its next load reserves what it held.
         version.cost.store(charged, Ordering::Relaxed);
         // Not during a load's measurement: what this frees would count against it. The
         // repository API's unload does not wait for a load (it runs on a serving thread).
         let measuring = match force {
-            false => Some(self.measuring.lock().expect("measuring lock")),
-            true => self.measuring.try_lock().ok(),
+            false => Some(self.measuring.read().expect("measuring lock")),
+            true => self.measuring.try_read().ok(),
         };
         if item.is_default() {
             self.graphs.lock().expect("graphs lock").remove(&item.name);
@@ -870,8 +915,6 @@ impl Repository {
             "budget" => "the least recently used idle model, to make room under --model-memory-mib",
             _ => "the repository API's unload",
         };
-        tracing::info!(model = %item.name, version = %version.name, idle_secs,
-            freed = %resident::mib(version.cost.load(Ordering::Relaxed)), "evicted: {why}");
         drop(model);
         // What its graph and plugin held goes back to the system, not only to malloc's heaps:
         // now, and again shortly, once its threads have let go of its graph's sessions.
@@ -879,6 +922,9 @@ impl Repository {
             crate::allocator::trim();
         }
         crate::allocator::trim_soon();
+        tracing::info!(model = %item.name, version = %version.name, idle_secs,
+            freed = %resident::mib(version.cost.load(Ordering::Relaxed)),
+            elapsed_ms = started.elapsed().as_millis() as u64, "evicted: {why}");
         true
     }
 
@@ -1067,12 +1113,22 @@ fn file_size(path: &Path) -> u64 {
 
 impl Repository {
     /// What a model not loaded before is expected to cost, reserved while its first load
-    /// runs (then replaced by what was measured): its declared `memory_mib`, else twice its
-    /// graph file and four times its plugin (the sizes backends and compiled plugins grow
-    /// to), or the mean of what the models in memory were measured to cost, if more.
+    /// runs (then replaced by what was measured): its declared `memory_mib`, else what a load
+    /// of the same files and config measured, else twice its graph file and four times its
+    /// plugin (the sizes backends and compiled plugins grow to), or the mean of what the
+    /// models in memory were measured to cost, if more.
     fn estimate(&self, dir: &Path, config: &ModelConfig) -> u64 {
         if let Some(mib) = config.load.memory_mib {
             return mib << 20;
+        }
+        if let Some(heap) = self
+            .measured
+            .lock()
+            .expect("measured lock")
+            .get(&content_key(dir, config))
+            .and_then(|m| median(m))
+        {
+            return heap;
         }
         let files =
             2 * file_size(&dir.join(&config.graph.file)) + 4 * file_size(&dir.join(&config.plugin.file));
@@ -1081,6 +1137,35 @@ impl Repository {
         let mean = loaded.iter().sum::<u64>() / (loaded.len() as u64).max(1);
         files.max(mean)
     }
+}
+
+/// How many times loads of the same files and config are measured alone before later ones
+/// are charged the median and run beside others: one measurement can be off by what
+/// requests served meanwhile allocated or freed, and a first load also pays the server's own
+/// one-time costs.
+const SAMPLES: usize = 3;
+
+/// The lower median; none of none.
+fn median(samples: &[u64]) -> Option<u64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+}
+
+/// What a version's load is measured by: its config, and which files its graph, plugin
+/// and plugin data are (their real paths, sizes and modification times). Versions that load
+/// the same files with the same config cost the same.
+fn content_key(dir: &Path, config: &ModelConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    format!("{config:?}").hash(&mut hasher);
+    let files = [Some(&config.graph.file), Some(&config.plugin.file), config.plugin.data.as_ref()];
+    for file in files.into_iter().flatten().map(|f| dir.join(f)) {
+        let real = std::fs::canonicalize(&file).unwrap_or(file);
+        let meta = std::fs::metadata(&real).ok();
+        (real, meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok())).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// A digest of every file's path, size and modification time under `dir`.

@@ -5,9 +5,10 @@
 //!
 //! A model's cost is what its `[load] memory_mib` declares, or else what its load added to
 //! malloc's heaps (graph, backend session, plugin bookkeeping: glibc's `mallinfo2`, across
-//! the load; loads run one at a time so it is their own) plus what its plugin holds outside
-//! them: compiled code and the linear memory of each idle instance in its pool, counted as
-//! the pool grows.
+//! its first load, which runs alone so that the growth is its own; later loads of the same
+//! files and config are charged that and run beside others) plus what its plugin holds
+//! outside them: compiled code and the linear memory of each idle instance in its pool,
+//! counted as the pool grows.
 
 use std::fmt;
 
@@ -78,15 +79,21 @@ pub fn mib(bytes: u64) -> String {
 
 /// Which of `resident` to evict, least recently used first, so that `need` more bytes fit
 /// `budget`; none when they fit already. `observed`: what the process holds beyond its own
-/// base now, measured; the models are taken to hold that if it is more than their costs add
-/// up to (what the account misses: the allocator's overhead, memory their runs grew).
+/// base now, measured. Where that is more than the models' costs add up to (what the account
+/// misses: the allocator's overhead, memory their runs grew), the difference is spread over
+/// the models in proportion to their costs: evicting one frees its share of it too.
 pub fn plan(resident: &[Resident], budget: u64, need: u64, observed: u64) -> Result<Vec<usize>, Shortfall> {
-    let mut held: u64 = resident.iter().map(|r| r.cost).sum::<u64>().max(observed);
+    let accounted: u64 = resident.iter().map(|r| r.cost).sum();
+    let scale = match accounted {
+        0 => 1.0,
+        _ => (observed as f64 / accounted as f64).max(1.0),
+    };
+    let held_by = |r: &Resident| (r.cost as f64 * scale) as u64;
+    let mut held: u64 = resident.iter().map(held_by).sum();
     if held.saturating_add(need) <= budget {
         return Ok(Vec::new());
     }
-    let pinned: u64 = resident.iter().filter(|r| r.pinned).map(|r| r.cost).sum();
-    // Evicting a model frees what it costs.
+    let pinned: u64 = resident.iter().filter(|r| r.pinned).map(held_by).sum();
     if pinned.saturating_add(need) > budget {
         return Err(Shortfall::Never { need, budget, pinned });
     }
@@ -98,7 +105,7 @@ pub fn plan(resident: &[Resident], budget: u64, need: u64, observed: u64) -> Res
         if held.saturating_add(need) <= budget {
             break;
         }
-        held = held.saturating_sub(resident[i].cost);
+        held = held.saturating_sub(held_by(&resident[i]));
         victims.push(i);
     }
     if held.saturating_add(need) > budget {
@@ -215,10 +222,29 @@ mod tests {
     #[test]
     fn measured_memory_above_the_account_evicts_more() {
         let resident = [model(20, 1), model(20, 2), model(20, 3)];
-        // 60 accounted, 40 more fit 100; but 80 is measured: one must go, then another.
+        // 60 accounted, 40 more fit 100; measured 60 or less changes nothing.
         assert_eq!(plan(&resident, 100 * MIB, 40 * MIB, 60 * MIB), Ok(vec![]));
-        assert_eq!(plan(&resident, 100 * MIB, 40 * MIB, 80 * MIB), Ok(vec![0]));
-        assert_eq!(plan(&resident, 100 * MIB, 40 * MIB, 90 * MIB), Ok(vec![0, 1]));
+        assert_eq!(plan(&resident, 100 * MIB, 40 * MIB, 30 * MIB), Ok(vec![]));
+        // 90 measured: each holds 30 of it; one goes (90 - 30 + 40 = 100).
+        assert_eq!(plan(&resident, 100 * MIB, 40 * MIB, 90 * MIB), Ok(vec![0]));
+        // 120 measured: each holds 40; two go (120 - 80 + 40 = 80).
+        assert_eq!(plan(&resident, 100 * MIB, 40 * MIB, 120 * MIB), Ok(vec![0, 1]));
+    }
+
+    #[test]
+    fn memory_the_account_misses_goes_with_the_models_evicted() {
+        // Seen with a budget of 16 MiB: one idle model charged 14, the process 18 above its
+        // base. Evicting it frees all 18, and a model of 12.4 fits; before, the 4 the account
+        // missed stayed "held" with nothing left to evict, and every load waited in vain.
+        let need = 124 * MIB / 10;
+        assert_eq!(plan(&[model(14, 1)], 16 * MIB, need, 18 * MIB), Ok(vec![0]));
+        // What an eager model's share of it is stays, and can make a load never fit.
+        let mut eager = model(14, 1);
+        eager.pinned = true;
+        assert_eq!(
+            plan(&[eager, model(2, 2)], 24 * MIB, 8 * MIB, 24 * MIB),
+            Err(Shortfall::Never { need: 8 * MIB, budget: 24 * MIB, pinned: 21 * MIB })
+        );
     }
 
     #[test]
