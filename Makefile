@@ -15,7 +15,7 @@ EXAMPLE_PLUGINS := magika minilm orientation page
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
-.PHONY: serve test test-aarch64 examples plugins lint lint-rest venv deploy-check bench fuzz
+.PHONY: serve test test-aarch64 test-static examples plugins lint lint-rest venv deploy-check bench fuzz
 
 serve: examples
 	cargo run --release --bin wasmserve -- serve --repository examples/models --port $(PORT)
@@ -95,6 +95,17 @@ test-aarch64: examples venv
 	@rustup target list --installed 2>/dev/null | grep -q $(AARCH64) || rustup target add $(AARCH64)
 	cargo build --release --target $(AARCH64) --no-default-features --bin wasmserve
 	WASMSERVE_AARCH64_BIN=$(AARCH64_BIN) $(VPY) -m pytest tests/python/test_aarch64.py -q
+
+# A fully static build (musl, tract only) run from a FROM scratch image with podman; outside
+# `make test` for the same reason. musl-gcc (Debian's musl-tools) compiles the C the
+# dependencies carry.
+STATIC := x86_64-unknown-linux-musl
+STATIC_BIN := $(or $(CARGO_TARGET_DIR),target)/$(STATIC)/release/wasmserve
+test-static: examples venv
+	@command -v musl-gcc >/dev/null || { echo "musl-gcc is missing: apt-get install musl-tools"; exit 1; }
+	@rustup target list --installed 2>/dev/null | grep -q $(STATIC) || rustup target add $(STATIC)
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --target $(STATIC) --no-default-features --bin wasmserve
+	WASMSERVE_STATIC_BIN=$(STATIC_BIN) $(VPY) -m pytest tests/python/test_static.py -q
 
 # deploy/ checked offline: Kubernetes schemas, settings against the binary, checkov. Its own
 # virtual environment: checkov pins packages the test tools need newer.

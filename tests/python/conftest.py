@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -89,3 +90,47 @@ def client(server):
     import tritonclient.http as http
 
     return http.InferenceServerClient(server.address)
+
+
+def podman_limits():
+    """The nofile and nproc limits podman's own process runs with (it sets them itself at
+    start-up): on sandboxed hosts like this one, runc may set a container's rlimits only to
+    exactly those, so containers.conf's default_ulimits must name them. Read off a podman
+    process that stays up (an API service), once it is listening."""
+    sock = f"/tmp/wasmserve-podman-probe-{os.getpid()}.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time", "10", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while not os.path.exists(sock):
+            assert service.poll() is None and time.time() < deadline, "podman system service did not start"
+            time.sleep(0.05)
+        text = open(f"/proc/{service.pid}/limits").read()
+        return {name: re.search(rf"Max {label}\s+(\S+)\s+(\S+)", text).groups()
+                for name, label in (("nofile", "open files"), ("nproc", "processes"))}
+    finally:
+        service.kill()
+        service.wait()
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        if os.environ.get("CI"):
+            pytest.fail("podman and runc are missing: .ci/run installs them")
+        pytest.skip("podman and runc are not installed")
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    limits = podman_limits()
+    conf.write_text("[containers]\ndefault_ulimits = [%s]\n"
+                    % ", ".join(f'"{k}={soft}:{hard}"'.replace("unlimited", "-1") for k, (soft, hard) in limits.items()))
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+
+    def run(*args, check=True, timeout=600):
+        done = subprocess.run(["podman", "--runtime", "runc", *args], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        assert not check or done.returncode == 0, f"podman {' '.join(args)}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    return run
