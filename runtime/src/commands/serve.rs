@@ -141,9 +141,9 @@ pub struct ServeArgs {
     load_wait_secs: u64,
 
     /// How many on-demand loads (graph, plugin, warm-up) run at once (default: the number of
-    /// CPUs). A model's first load runs alone, so that the memory it adds is measured as its
-    /// own; later loads of it (after an eviction), or of a copy with the same files and
-    /// config, are charged that and run beside each other.
+    /// CPUs). A model's first three loads run alone, so that the memory each adds is measured
+    /// as its own; later loads of it (after an eviction), or of a copy with the same files and
+    /// config, are charged the median and run beside each other.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), env = "WASMSERVE_CONCURRENT_LOADS")]
     concurrent_loads: Option<u64>,
 
