@@ -6,9 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tritonclient.http as http
-from tritonclient.utils import InferenceServerException
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures/magika"
 
