@@ -129,7 +129,7 @@ pub struct ServeArgs {
     load_policy: LoadPolicy,
 
     /// What loaded models may hold together, in MiB (0: no budget, nothing is evicted). Each
-    /// model is charged what its first load added to malloc's heaps, plus its plugin's code
+    /// model is charged what its first loads added to malloc's heaps, plus its plugin's code
     /// and idle instances (or its `[load] memory_mib`); a load that would go over evicts idle
     /// on-demand models, least recently used first. Eager models count, and are never evicted.
     #[arg(long, default_value_t = 0, value_name = "MIB", env = "WASMSERVE_MODEL_MEMORY_MIB")]

@@ -135,7 +135,7 @@ pub struct LoadSettings {
     /// How long a request waits for its model's load before 503.
     pub wait: Duration,
     /// How many loads (graph, plugin, warm-up) may run at once. A model whose cost is not
-    /// known yet (its first load) loads alone, to be measured.
+    /// known yet (its first three loads) loads alone, to be measured.
     pub concurrent: usize,
 }
 
@@ -784,13 +784,10 @@ impl Repository {
                 _ => true,
             })
         };
-        let beside = || Some(self.measuring.read().expect("measuring lock"));
-        let mut alone = (!known()).then(|| self.measuring.write().expect("measuring lock"));
+        let alone = (!known()).then(|| self.measuring.write().expect("measuring lock"));
         // Another load of the same files may have been measured while this one waited.
-        if alone.is_some() && known() {
-            alone = None;
-        }
-        let _beside = if alone.is_none() { beside() } else { None };
+        let alone = alone.filter(|_| !known());
+        let _beside = alone.is_none().then(|| self.measuring.read().expect("measuring lock"));
         let mut ready = Vec::new();
         let mut graphs = HashMap::new();
         for (Configured { item, config, spent }, key) in configured.into_iter().zip(keys) {
