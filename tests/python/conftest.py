@@ -34,6 +34,51 @@ def deployment():
     return spec, spec["containers"][0], config
 
 
+def http_status(port, path):
+    """The status of GET `path` on 127.0.0.1:`port`; None when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def magika_on_tract(into):
+    """A copy of the magika example under `into`/magika with `backend = "tract"` (for builds
+    without ONNX Runtime)."""
+    import shutil
+
+    model = into / "magika"
+    shutil.copytree(ROOT / "examples/models/magika", model)
+    toml = (model / "model.toml").read_text()
+    assert 'backend = "onnx"' in toml
+    (model / "model.toml").write_text(toml.replace('backend = "onnx"', 'backend = "tract"'))
+
+
+def assert_magika_fixtures(client, score_atol=None):
+    """Send the 24 magika fixture files in one request through `client` (tritonclient.http)
+    and assert their reference labels (tests/fixtures/magika/expected.json), and with
+    `score_atol` their scores within it."""
+    import json
+
+    import numpy as np
+    import tritonclient.http as http
+
+    fixtures = ROOT / "tests/fixtures/magika"
+    expected = json.loads((fixtures / "expected.json").read_text())
+    names = sorted(expected)
+    data = http.InferInput("bytes", [len(names)], "BYTES")
+    data.set_data_from_numpy(np.array([(fixtures / "files" / n).read_bytes() for n in names], dtype=object))
+    result = client.infer("magika", [data])
+    assert [x.decode() for x in result.as_numpy("label")] == [expected[n]["label"] for n in names]
+    if score_atol is not None:
+        assert np.allclose(result.as_numpy("score"), [expected[n]["score"] for n in names], atol=score_atol)
+
+
 class Server:
     """`wasmserve serve` on a free port; `args` and `env` are added to its command and
     environment, `binary` is the command that runs the server (an emulator and a binary)."""

@@ -4,18 +4,15 @@ Runtime's library here is x86_64) with Debian's gcc-aarch64-linux-gnu and runs t
 not part of `make test` (the cross build of wasmtime and tract does not fit CI's time), so
 it skips without WASMSERVE_AARCH64_BIN."""
 
-import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import tritonclient.http as http
 
-from conftest import ROOT, Server
+from conftest import Server, assert_magika_fixtures, magika_on_tract
 
 BINARY = os.environ.get("WASMSERVE_AARCH64_BIN")
-FIXTURES = ROOT / "tests/fixtures/magika"
 EM_AARCH64 = 183  # ELF e_machine
 
 pytestmark = pytest.mark.skipif(not BINARY or not shutil.which("qemu-aarch64"),
@@ -25,25 +22,13 @@ pytestmark = pytest.mark.skipif(not BINARY or not shutil.which("qemu-aarch64"),
 def test_magika_on_tract_under_qemu_gives_the_x86_64_labels(tmp_path):
     header = open(BINARY, "rb").read(20)
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64, "not an aarch64 ELF"
-    model = tmp_path / "magika"
-    shutil.copytree(ROOT / "examples/models/magika", model)
-    toml = (model / "model.toml").read_text()
-    assert 'backend = "onnx"' in toml
-    (model / "model.toml").write_text(toml.replace('backend = "onnx"', 'backend = "tract"'))
-
+    magika_on_tract(tmp_path)
     server = Server(tmp_path, binary=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", BINARY))
     try:
         server.wait_ready(timeout=600)  # cranelift compiles the plugin under emulation
         # Emulated, the 24 files take about 100 s in one request (3.4 s for one file).
         client = http.InferenceServerClient(server.address, network_timeout=600, connection_timeout=600)
         assert client.get_server_metadata()["name"] == "wasmserve"
-        expected = json.loads((FIXTURES / "expected.json").read_text())
-        names = sorted(expected)
-        data = http.InferInput("bytes", [len(names)], "BYTES")
-        data.set_data_from_numpy(np.array([(FIXTURES / "files" / n).read_bytes() for n in names], dtype=object))
-        result = client.infer("magika", [data])
-        labels = [x.decode() for x in result.as_numpy("label")]
-        assert labels == [expected[n]["label"] for n in names]
-        assert np.allclose(result.as_numpy("score"), [expected[n]["score"] for n in names], atol=0.01)
+        assert_magika_fixtures(client, score_atol=0.01)
     finally:
         server.stop()

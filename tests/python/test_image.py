@@ -8,24 +8,19 @@ packages) and takes the binary the tests use and ONNX Runtime's library from the
 (the Dockerfile's BINARY_FROM / ORT_FROM arguments). The model's files are fetched from PyPI by
 the container at start-up, as in a pod. Skipped where podman is missing, except under CI."""
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
 import tomllib
-import urllib.error
-import urllib.request
 
-import numpy as np
 import pytest
 import tritonclient.http as http
 
-from conftest import BINARY, ROOT, deployment, free_port
+from conftest import BINARY, ROOT, assert_magika_fixtures, deployment, free_port, http_status
 
 DEPLOY = ROOT / "deploy"
-FIXTURES = ROOT / "tests/fixtures/magika"
 TAG = "localhost/wasmserve:test"
 BASE = "localhost/wasmserve-base:test"
 TARGET_MB = 120  # issue 18: the CPU image without models, ONNX Runtime included
@@ -47,15 +42,6 @@ def image(podman, tmp_path_factory):
            "--build-arg", f"RUNTIME_IMAGE={BASE}", "--build-arg", "BINARY_FROM=context",
            "--build-arg", "ORT_FROM=context", "--build-arg", f"ORT_VERSION={version}", str(context))
     return TAG
-
-
-def status(port, path):
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 def test_the_image_is_under_its_size_target(podman, image):
@@ -95,21 +81,15 @@ def test_the_image_runs_as_the_deployment_runs_it(podman, image, tmp_path):
         # Live at once; ready only once magika's files are fetched, loaded and warmed up.
         live_unready = False
         deadline = time.time() + 180
-        while status(port, "/v2/health/ready") != 200:
+        while http_status(port, "/v2/health/ready") != 200:
             assert time.time() < deadline, podman("logs", name).stderr[-3000:]
             assert podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", \
                 podman("logs", name).stderr[-3000:]
-            live_unready |= status(port, "/v2/health/live") == 200
+            live_unready |= http_status(port, "/v2/health/live") == 200
             time.sleep(0.05)
         assert live_unready, "never seen live and not ready"
 
-        expected = json.loads((FIXTURES / "expected.json").read_text())
-        names = sorted(expected)
-        data = http.InferInput("bytes", [len(names)], "BYTES")
-        data.set_data_from_numpy(np.array([(FIXTURES / "files" / n).read_bytes() for n in names], dtype=object))
-        result = http.InferenceServerClient(f"127.0.0.1:{port}").infer("magika", [data])
-        labels = [x.decode() for x in result.as_numpy("label")]
-        assert labels == [expected[n]["label"] for n in names]
+        assert_magika_fixtures(http.InferenceServerClient(f"127.0.0.1:{port}"))
 
         # The model's files went to the cache volume; the image's filesystem is unchanged but
         # for the mount points the runtime made.

@@ -7,23 +7,18 @@ its dependencies) and runs this; it is not part of `make test` (a second build o
 dependency for another target does not fit CI's time), so it skips without
 WASMSERVE_STATIC_BIN."""
 
-import json
 import os
 import shutil
 import struct
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
-import numpy as np
 import pytest
 import tritonclient.http as http
 
-from conftest import ROOT, free_port
+from conftest import assert_magika_fixtures, free_port, http_status, magika_on_tract
 
 BINARY = os.environ.get("WASMSERVE_STATIC_BIN")
-FIXTURES = ROOT / "tests/fixtures/magika"
 TAG = "localhost/wasmserve-static:test"
 PT_INTERP = 3  # a program header naming the dynamic loader
 
@@ -37,13 +32,6 @@ def interpreter(path):
     phoff, = struct.unpack_from("<Q", data, 32)
     phentsize, phnum = struct.unpack_from("<HH", data, 54)
     return any(struct.unpack_from("<I", data, phoff + i * phentsize)[0] == PT_INTERP for i in range(phnum))
-
-
-def ready(port):
-    try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status == 200
-    except (urllib.error.HTTPError, OSError):
-        return False
 
 
 def test_the_static_binary_serves_magika_on_tract_from_scratch(podman, tmp_path):
@@ -64,9 +52,7 @@ def test_the_static_binary_serves_magika_on_tract_from_scratch(podman, tmp_path)
     print(f"\n{TAG}: {size / 1e6:.1f} MB (FROM scratch: the stripped static binary and a CA bundle)")
 
     models, cache = tmp_path / "models", tmp_path / "cache"
-    shutil.copytree(ROOT / "examples/models/magika", models / "magika")
-    toml = (models / "magika/model.toml").read_text()
-    (models / "magika/model.toml").write_text(toml.replace('backend = "onnx"', 'backend = "tract"'))
+    magika_on_tract(models)
     cache.mkdir()
     os.chown(cache, 65532, 65532)
     subprocess.run(["chmod", "-R", "a+rX", str(tmp_path)], check=True)
@@ -78,18 +64,12 @@ def test_the_static_binary_serves_magika_on_tract_from_scratch(podman, tmp_path)
            "serve", "--repository", "/models", "--cache-dir", "/cache", "--port", str(port))
     try:
         deadline = time.time() + 300
-        while not ready(port):
+        while http_status(port, "/v2/health/ready") != 200:
             logs = podman("logs", name).stderr[-3000:]
             assert time.time() < deadline, logs
             assert podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", logs
             time.sleep(0.1)
-        expected = json.loads((FIXTURES / "expected.json").read_text())
-        names = sorted(expected)
-        data = http.InferInput("bytes", [len(names)], "BYTES")
-        data.set_data_from_numpy(np.array([(FIXTURES / "files" / n).read_bytes() for n in names], dtype=object))
-        result = http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120).infer("magika", [data])
-        assert [x.decode() for x in result.as_numpy("label")] == [expected[n]["label"] for n in names]
-        assert np.allclose(result.as_numpy("score"), [expected[n]["score"] for n in names], atol=0.01)
+        assert_magika_fixtures(http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120), score_atol=0.01)
         podman("kill", "--signal", "TERM", name)
         assert podman("wait", name, timeout=60).stdout.strip() == "0", podman("logs", name).stderr[-3000:]
     finally:
