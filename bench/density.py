@@ -50,15 +50,17 @@ MIB = 1 << 20
 ERRORS = {}
 
 
-def repository(into, n, policy):
-    """N copies of magika, `policy` eager or on_demand; plugin and data linked, not copied."""
+def repository(into, n, policy, executions=0):
+    """N copies of magika, `policy` eager or on_demand, with `[scheduling] executions` when
+    not 0; plugin and data linked, not copied."""
     names = [f"magika-{i:03}" for i in range(n)]
+    scheduling = f"\n[scheduling]\nexecutions = {executions}\n" if executions else ""
     for name in names:
         d = into / name
         d.mkdir(parents=True)
         (d / "plugin.wasm").symlink_to(MAGIKA / "plugin.wasm")
         toml = (MAGIKA / "model.toml").read_text()
-        (d / "model.toml").write_text(f"{toml}\n[load]\npolicy = \"{policy}\"\n")
+        (d / "model.toml").write_text(f"{toml}\n[load]\npolicy = \"{policy}\"\n{scheduling}")
     return names
 
 
@@ -217,6 +219,10 @@ def main():
                     help="PyTriton runs a Python backend process per model, about 100 MiB each: 200 would not fit")
     ap.add_argument("--mlserver-models", type=int, default=200)
     ap.add_argument("--peers", default="triton,mlserver")
+    ap.add_argument("--executions", type=int, default=0,
+                    help="[scheduling] executions in every copy, eager and on demand (0: the model's default)")
+    ap.add_argument("--budget-mib", type=int, default=0,
+                    help="the on-demand run's --model-memory-mib (0: --fraction of what the eager run charged)")
     ap.add_argument("--concurrent-loads", type=int, default=0,
                     help="wasmserve's --concurrent-loads for the on-demand run (0: its default, the number of CPUs)")
     args = ap.parse_args()
@@ -224,7 +230,7 @@ def main():
     rows = []
     try:
         # The first load of all, on an empty cache: download, hash, compile, optimise.
-        names = repository(scratch / "on_demand", args.models, "on_demand")
+        names = repository(scratch / "on_demand", args.models, "on_demand", args.executions)
         cache = scratch / "cache"
         proc, addr, log, _ = wasmserve(scratch / "on_demand", cache, "--no-prefetch")
         conn = http.client.HTTPConnection(*addr.split(":"), timeout=600)
@@ -240,7 +246,7 @@ def main():
         stop(proc)
 
         # All eager.
-        repository(scratch / "eager", args.models, "eager")
+        repository(scratch / "eager", args.models, "eager", args.executions)
         proc, addr, log, ready_s = wasmserve(scratch / "eager", cache)
         sampler = Sampler(proc.pid)
         eager_rss = sampler.now()
@@ -251,7 +257,7 @@ def main():
         rows.append(("wasmserve, all eager", args.models, ready_s, eager_rss, eager_peak))
 
         # On demand under a budget.
-        budget_mib = max(1, int(charged * args.fraction / MIB))
+        budget_mib = args.budget_mib or max(1, int(charged * args.fraction / MIB))
         loads_at_once = ("--concurrent-loads", args.concurrent_loads) if args.concurrent_loads else ()
         proc, addr, log, _ = wasmserve(scratch / "on_demand", cache, "--model-memory-mib", budget_mib, *loads_at_once)
         sampler = Sampler(proc.pid)
@@ -281,9 +287,11 @@ def main():
     failed = sum(1 for r in demand if r[2] != 200) + sum(1 for r in eager if r[2] != 200)
     limit = base + budget_mib * MIB
     print(f"\n{args.models} magika copies (ONNX Runtime), Zipf s={args.zipf}, concurrency {args.concurrency}, "
-          f"{args.seconds} s of traffic per run; {os.cpu_count()} cores")
-    print(f"\nwasmserve on demand: budget {budget_mib} MiB ({args.fraction:.0%} of the {charged / MIB:.0f} MiB "
-          f"the eager run charged), base (ready, nothing loaded) {base / MIB:.0f} MiB")
+          f"{args.seconds} s of traffic per run; {os.cpu_count()} cores; "
+          f"executions {args.executions or 'as each model defaults'}")
+    source = "set by --budget-mib" if args.budget_mib else f"{args.fraction:.0%}"
+    print(f"\nwasmserve on demand: budget {budget_mib} MiB ({source}; the eager run charged {charged / MIB:.0f} MiB), "
+          f"base (ready, nothing loaded) {base / MIB:.0f} MiB")
     print("| | value |\n|---|---|")
     print(f"| requests (failed) | {len(demand)} ({sum(1 for r in demand if r[2] != 200)}) |")
     print(f"| hit rate | {len(hits) / max(1, len(hits) + len(misses)):.1%} |")
