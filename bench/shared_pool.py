@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ONNX Runtime's intra-op threads: a pool per session against one pool for the process.
 
-Serves magika and minilm (the examples, on ONNX Runtime) in three configurations and drives
+Serves magika and minilm (the examples, on ONNX Runtime) in four configurations and drives
 both models at once (oha, concurrency --concurrency each, one 1-sentence minilm request and
 one source file for magika), then prints one table: requests/s per model, p99, and the
 server's threads.
@@ -10,7 +10,10 @@ server's threads.
 - a pool per session: `[graph] threads = T` and `executions = E` on both models, so
   2 x E sessions each keep T - 1 spinning threads of their own, more than the cores.
 - one shared pool: the same executions with `--onnxruntime-threads T`: every session runs
-  its parallel work on one pool of T threads.
+  its parallel work on one pool of T threads, which sleep when out of work; and the same
+  with `--onnxruntime-spin`, whose threads spin instead.
+Each configuration first serves each model to one client alone for 3 s (its p50), then
+both at once.
 
     python3 bench/shared_pool.py [--threads 2] [--executions 2] [--seconds 10]
 """
@@ -45,7 +48,8 @@ def main():
     args = ap.parse_args()
     t, e = args.threads, args.executions
     configs = [("defaults", 0, []), (f"a pool per session: {e} x {t} threads per model", t, []),
-               (f"one shared pool of {t}, {e} sessions per model", t, ["--onnxruntime-threads", str(t)])]
+               (f"one shared pool of {t}, {e} sessions per model", t, ["--onnxruntime-threads", str(t)]),
+               ("the same pool, spinning (--onnxruntime-spin)", t, ["--onnxruntime-threads", str(t), "--onnxruntime-spin"])]
     body = bodies(False)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,8 +63,9 @@ def main():
             ort = sum(n.startswith("ort-") for n in names)
             results = {}
             runs = {"magika": body["magika"], "minilm": body["minilm x1"]}
-            for model, data in runs.items():  # warm up
+            for model, data in runs.items():  # warm up, then one client alone: its p50
                 load(f"{server.base}/v2/models/{model}/infer", data, 2, 1)
+                results[model + " alone"] = load(f"{server.base}/v2/models/{model}/infer", data, 1, 3)
             drivers = [threading.Thread(target=lambda m=m, d=d: results.__setitem__(
                 m, load(f"{server.base}/v2/models/{m}/infer", d, args.concurrency, args.seconds))) for m, d in runs.items()]
             for d in drivers:
@@ -71,11 +76,12 @@ def main():
             rows.append((label, results, ort))
             print(f"# {label}: {results['magika'][0]:.0f} + {results['minilm'][0]:.0f} req/s", file=sys.stderr)
     print(f"\nmagika and minilm at once, concurrency {args.concurrency} each, {args.seconds} s, {os.cpu_count()} CPUs\n")
-    print("| configuration | magika req/s | magika p99 ms | minilm req/s | minilm p99 ms | ONNX Runtime threads |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| configuration | magika req/s | magika p99 ms | minilm req/s | minilm p99 ms | ONNX Runtime threads "
+          "| one client alone p50 ms: magika, minilm |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, r, ort in rows:
         print(f"| {label} | {r['magika'][0]:.0f} | {r['magika'][2]:.1f} | {r['minilm'][0]:.0f} | {r['minilm'][2]:.1f} "
-              f"| {ort} |")
+              f"| {ort} | {r['magika alone'][1]:.1f}, {r['minilm alone'][1]:.1f} |")
 
 
 if __name__ == "__main__":

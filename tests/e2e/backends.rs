@@ -139,6 +139,12 @@ fn execution_settings_reach_the_backends() {
     let shared = threads_named(&server, "ort-env");
     assert!((2..=3).contains(&shared), "{shared} ort-env threads for a shared pool of 3");
     assert!(server.log().contains("one intra-op pool shared by every session"), "{}", server.log());
+    // Its threads sleep when out of work, unless --onnxruntime-spin.
+    assert!(server.log().contains("spin=false"), "{}", server.log());
+    assert_serves(&server);
+    let spinning = ["--onnxruntime-threads", "3", "--onnxruntime-spin"];
+    let server = Server::start_env(repo.path(), &spinning, &[("ORT_DYLIB_PATH", &library)]);
+    assert!(server.log().contains("spin=true"), "{}", server.log());
     assert_serves(&server);
     // tract: one pool of `threads` for the model's matrix products, shared by its executions;
     // none with 1.

@@ -60,8 +60,18 @@ pub struct ServeArgs {
     /// instead of a pool per session ([graph] threads and spin are then not used). For many
     /// ONNX Runtime models busy at once on many cores, where a pool per session puts several
     /// spinning threads on every core. 0: a pool per session, sized by [graph] threads.
+    /// Its threads sleep when out of work unless --onnxruntime-spin.
     #[arg(long, default_value_t = 0, value_name = "N", env = "WASMSERVE_ONNXRUNTIME_THREADS")]
     onnxruntime_threads: usize,
+
+    /// Let the shared pool's threads (--onnxruntime-threads) spin while waiting for work, as
+    /// ONNX Runtime's own pools do: a request that runs alone finishes sooner (minilm 3.1
+    /// against 4.6 ms on 2 cores, bench/shared_pool.py), but the spinning takes the cores that
+    /// model loads, plugins and other models' requests need (200 models on demand: 12% fewer
+    /// loads, bench/density.py --spin).
+    #[arg(long, env = "WASMSERVE_ONNXRUNTIME_SPIN")]
+    #[serde(default)]
+    onnxruntime_spin: bool,
 
     /// Close a connection whose first request (TLS handshake included) has not arrived within
     /// this, and on HTTP/1 one whose next request's headers take longer from their first byte:
@@ -398,6 +408,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     let options = BackendOptions {
         onnxruntime_library: args.onnxruntime_library,
         onnxruntime_threads: args.onnxruntime_threads,
+        onnxruntime_spin: args.onnxruntime_spin,
         ..Default::default()
     };
     let settings = LoadSettings {

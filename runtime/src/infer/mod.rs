@@ -32,6 +32,8 @@ pub struct BackendOptions {
     /// With N > 0, ONNX Runtime runs one pool of N intra-op threads shared by every session
     /// instead of a pool per session.
     pub onnxruntime_threads: usize,
+    /// Whether that shared pool's threads spin while waiting for work (else they sleep).
+    pub onnxruntime_spin: bool,
 }
 
 pub use signature::signature;

@@ -77,7 +77,7 @@ pub(super) fn init(options: &BackendOptions) -> anyhow::Result<()> {
             check_library(path).map_err(|e| format!("{e:#}"))?;
             // ort panics on a library it cannot use; turn that into an error.
             let lib = path.to_string_lossy().into_owned();
-            let shared = options.onnxruntime_threads;
+            let (shared, spin) = (options.onnxruntime_threads, options.onnxruntime_spin);
             let environment = move || -> ort::Result<bool> {
                 let builder = ort::init_from(lib);
                 if shared == 0 {
@@ -86,7 +86,9 @@ pub(super) fn init(options: &BackendOptions) -> anyhow::Result<()> {
                 // Sessions run their graphs sequentially: no inter-op threads.
                 let pool =
                     GlobalThreadPoolOptions::default().with_intra_threads(shared)?.with_inter_threads(1)?;
-                let pool = pool.with_spin_control(true)?;
+                // Threads that spin between one run and the next take cores from loads,
+                // plugins and other models; they sleep unless --onnxruntime-spin.
+                let pool = pool.with_spin_control(spin)?;
                 builder.with_global_thread_pool(pool).commit()
             };
             // ONNX Runtime's own thread and the shared pool's are made here and take this thread's name.
@@ -103,7 +105,11 @@ pub(super) fn init(options: &BackendOptions) -> anyhow::Result<()> {
                 })?
                 .map_err(|e| format!("cannot initialise ONNX Runtime: {e}"))?;
             if shared > 0 {
-                tracing::info!(threads = shared, "ONNX Runtime: one intra-op pool shared by every session");
+                tracing::info!(
+                    threads = shared,
+                    spin,
+                    "ONNX Runtime: one intra-op pool shared by every session"
+                );
             }
             Ok(path.to_path_buf())
         })
