@@ -12,7 +12,9 @@ files shared through the fetch cache. Then, one after the other:
    (s = --zipf, a seeded random order of ranks), --concurrency clients for --seconds.
 3. wasmserve with every model on demand and --model-memory-mib set to --fraction of what the
    eager run charged, the same traffic: hits and misses (a miss is a request whose answer
-   carries `Server-Timing: load;dur=...`: it waited for its model's load), loads, evictions,
+   carries `Server-Timing: load;dur=W, model-load;dur=L`: it waited W for its model's load,
+   which itself took L; what a miss took beyond L is its queue behind other loads or for
+   room, and its serving), loads, evictions,
    failures, RSS sampled every 100 ms against budget + the server's own base (its RSS ready
    with no model loaded), and load times from the log: the first load of the first model on
    an empty cache (download, hash, compile, optimise) against reloads of evicted models.
@@ -98,7 +100,8 @@ def zipf_order(names, s, seed):
 
 def traffic(addr, names, s, seconds, concurrency, seed=7):
     """Zipf-drawn requests (magika, one file raw) from `concurrency` threads for `seconds`;
-    returns [(model, ms, status, waited_for_load)]."""
+    returns [(model, ms, status, load)]: `load` is None for a request that found its model in
+    memory, else (ms it waited for the load, ms the load itself took), from `Server-Timing`."""
     order, weights = zipf_order(names, s, seed)
     host, port = addr.split(":")
     results, until = [], time.perf_counter() + seconds
@@ -121,7 +124,7 @@ def traffic(addr, names, s, seconds, concurrency, seed=7):
                 conn.close()
                 conn = http.client.HTTPConnection(host, int(port), timeout=120)
                 status, timing = 0, None
-            results.append((model, (time.perf_counter() - started) * 1000, status, timing is not None))
+            results.append((model, (time.perf_counter() - started) * 1000, status, load_timing(timing)))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for t in threads:
@@ -129,6 +132,15 @@ def traffic(addr, names, s, seconds, concurrency, seed=7):
     for t in threads:
         t.join()
     return results
+
+
+def load_timing(header):
+    """(waited, model-load) in ms out of `Server-Timing: load;dur=W, model-load;dur=L`; None
+    without one."""
+    if not header:
+        return None
+    durations = dict(m.split(";dur=") for m in header.split(", "))
+    return float(durations["load"]), float(durations["model-load"])
 
 
 def pct(values, p):
@@ -169,6 +181,9 @@ def loads_from_log(log):
 TOKEN = "density-bench-control-token"
 
 
+SPIN = []
+
+
 def wasmserve(repo, cache, *args):
     ort = subprocess.run([sys.executable, str(ROOT / "tests/onnxruntime_library.py")], capture_output=True, text=True)
     env = {"ORT_DYLIB_PATH": ort.stdout.strip(), "WASMSERVE_LOG_FORMAT": "json", "RUST_LOG": "info",
@@ -176,7 +191,7 @@ def wasmserve(repo, cache, *args):
     # Many ONNX Runtime sessions share one intra-op pool (a pool each would put spinning
     # threads of every model on every core): what docs/many-models.md advises.
     threads = os.cpu_count()
-    return start(repo, "--cache-dir", cache, "--onnxruntime-threads", threads, *args, env=env, timeout=1800)
+    return start(repo, "--cache-dir", cache, "--onnxruntime-threads", threads, *SPIN, *args, env=env, timeout=1800)
 
 
 def peer(name, n, scratch):
@@ -225,7 +240,9 @@ def main():
                     help="the on-demand run's --model-memory-mib (0: --fraction of what the eager run charged)")
     ap.add_argument("--concurrent-loads", type=int, default=0,
                     help="wasmserve's --concurrent-loads for the on-demand run (0: its default, the number of CPUs)")
+    ap.add_argument("--spin", action="store_true", help="the shared pool's threads spin (--onnxruntime-spin)")
     args = ap.parse_args()
+    SPIN.extend(["--onnxruntime-spin"] if args.spin else [])
     scratch = Path(tempfile.mkdtemp(prefix="wasmserve-density-"))
     rows = []
     try:
@@ -281,14 +298,20 @@ def main():
         shutil.rmtree(scratch, ignore_errors=True)
 
     ok = lambda results: [r for r in results if r[2] == 200]
-    hits = [ms for _, ms, status, waited in ok(demand) if not waited]
-    misses = [ms for _, ms, status, waited in ok(demand) if waited]
+    hits = [ms for _, ms, status, load in ok(demand) if not load]
+    misses = [ms for _, ms, status, load in ok(demand) if load]
+    # What a miss took beyond its model's load (queued behind other loads or for room, then
+    # served), what it waited for the load, and the load itself.
+    beyond = [ms - load[1] for _, ms, status, load in ok(demand) if load]
+    waited = [load[0] for _, ms, status, load in ok(demand) if load]
+    own = [load[1] for _, ms, status, load in ok(demand) if load]
     eager_ms = [ms for _, ms, _, _ in ok(eager)]
     failed = sum(1 for r in demand if r[2] != 200) + sum(1 for r in eager if r[2] != 200)
     limit = base + budget_mib * MIB
     print(f"\n{args.models} magika copies (ONNX Runtime), Zipf s={args.zipf}, concurrency {args.concurrency}, "
           f"{args.seconds} s of traffic per run; {os.cpu_count()} cores; "
-          f"executions {args.executions or 'as each model defaults'}")
+          f"executions {args.executions or 'as each model defaults'}; one shared ONNX Runtime pool of "
+          f"{os.cpu_count()} threads{', spinning' if args.spin else ''}")
     source = "set by --budget-mib" if args.budget_mib else f"{args.fraction:.0%}"
     print(f"\nwasmserve on demand: budget {budget_mib} MiB ({source}; the eager run charged {charged / MIB:.0f} MiB), "
           f"base (ready, nothing loaded) {base / MIB:.0f} MiB")
@@ -298,6 +321,12 @@ def main():
     print(f"| hits p50 / p99 ms | {pct(hits, 50):.1f} / {pct(hits, 99):.1f} |")
     print(f"| same traffic all eager p50 / p99 ms | {pct(eager_ms, 50):.1f} / {pct(eager_ms, 99):.1f} |")
     print(f"| misses p50 / p99 ms | {pct(misses, 50):.1f} / {pct(misses, 99):.1f} |")
+    print(f"| of which: waiting for the load p50 / p99 ms | {pct(waited, 50):.1f} / {pct(waited, 99):.1f} |")
+    print(f"| the load itself p50 / p99 ms (Server-Timing model-load) | {pct(own, 50):.1f} / {pct(own, 99):.1f} |")
+    print(f"| a miss beyond its model's load p50 / p99 ms (queue, room, serving) | {pct(beyond, 50):.1f} / "
+          f"{pct(beyond, 99):.1f} |")
+    within = sum(1 for b in beyond if b <= 50) / max(1, len(beyond))
+    print(f"| misses within their model's load + 50 ms | {within:.1%} |")
     print(f"| loads / evictions / failed loads | {loads:.0f} / {evictions:.0f} / {load_failures:.0f} |")
     print(f"| reload p50 / p99 ms (evicted model, cached files) | {pct(reloads, 50):.0f} / {pct(reloads, 99):.0f} |")
     print(f"| first load on an empty cache ms | {cold:.0f} ({cold / max(1, pct(reloads, 50)):.1f}x the median reload) |")

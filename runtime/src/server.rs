@@ -264,9 +264,16 @@ async fn infer(
             let encoded =
                 encode::encode(&model.name, &model.config.version, target.variant(), &request, outputs)?;
             let mut response = encoded.into_response();
-            // A request that waited for its model's on-demand load says how long (W3C Server-Timing).
+            // A request that waited for its model's on-demand load says how long, and how long
+            // the load itself took (W3C Server-Timing): the rest of the wait was spent queued
+            // behind other loads (--concurrent-loads) or waiting for room under the budget.
             if let Some(waited) = target.waited {
-                let timing = format!("load;dur={:.1}", waited.as_secs_f64() * 1000.0);
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                let timing = format!(
+                    "load;dur={:.1}, model-load;dur={:.1}",
+                    ms(waited),
+                    ms(target.model.load_duration)
+                );
                 response.headers_mut().insert("server-timing", HeaderValue::try_from(timing).expect("ASCII"));
             }
             Ok((response, timings, rows))

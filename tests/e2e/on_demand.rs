@@ -173,12 +173,15 @@ fn concurrent_first_requests_share_one_load() {
     });
     for (status, y, r) in &answers {
         assert_eq!((*status, y.as_deref()), (200, Some(&Y[..])), "{}", String::from_utf8_lossy(&r.body));
-        // Each says it waited for the load; the next request does not.
+        // Each says it waited for the load, and how long the load took (its warm-up sleeps
+        // 800 ms); the next request does not.
         let timing = r.server_timing.as_deref().unwrap_or_default();
-        let waited: f64 =
-            timing.strip_prefix("load;dur=").unwrap_or_else(|| panic!("{timing:?}")).parse().unwrap();
-        assert!(waited > 100.0, "{timing}");
+        let (waited, took) = (server_timing(timing, "load"), server_timing(timing, "model-load"));
+        assert!(waited > 100.0 && took >= 800.0, "{timing}");
     }
+    // The first to come started the load and waited for all of it.
+    let longest = answers.iter().map(|a| server_timing(a.2.server_timing.as_deref().unwrap(), "load"));
+    assert!(longest.fold(0.0, f64::max) >= 800.0);
     assert_eq!(infer_params(&server, "m", json!({})).2.server_timing, None);
     assert_eq!(
         metric(&server, "wasmserve_model_loads_total{model=\"m\",version=\"1\",cause=\"request\"}"),
@@ -394,4 +397,10 @@ fn versions_routes_and_shadows_load_on_demand_each_version_on_its_own() {
     // Unversioned requests go to the default version, already in memory: no load.
     let (_, _, r) = infer_params(&server, "v", json!({}));
     assert_eq!((r.json()["model_version"].as_str(), r.server_timing), (Some("2"), None));
+}
+
+/// The duration of metric `name` in a `Server-Timing` header (`load;dur=412.3, model-load;dur=61.0`).
+fn server_timing(header: &str, name: &str) -> f64 {
+    let metric = header.split(", ").find_map(|m| m.strip_prefix(name)?.strip_prefix(";dur="));
+    metric.unwrap_or_else(|| panic!("no {name} in {header:?}")).parse().unwrap()
 }
