@@ -159,7 +159,8 @@ impl GrpcInferenceService for Grpc {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let model = self.0.model_at(&path(r.name, r.version)).await.map_err(status)?;
+        // As REST's: a route answers with the metadata of a variant it picks.
+        let model = self.0.target(&path(r.name, r.version), &Default::default()).await.map_err(status)?.model;
         let tensors = |specs: &[TensorSpec]| {
             specs
                 .iter()
@@ -172,7 +173,7 @@ impl GrpcInferenceService for Grpc {
         };
         ok(ModelMetadataResponse {
             name: model.name.clone(),
-            versions: vec![model.config.version.clone()],
+            versions: self.0.repository().versions(&model.name),
             platform: model.platform(),
             inputs: tensors(&model.config.inputs),
             outputs: tensors(&model.config.outputs),

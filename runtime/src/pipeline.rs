@@ -119,11 +119,6 @@ impl AppState {
             && self.0.repository.ready(self.0.ready_when == ReadyWhen::All)
     }
 
-    /// The model a request's path names, loaded first if it loads on demand.
-    pub(crate) async fn model_at(&self, path: &ModelPath) -> Result<Arc<Model>> {
-        Ok(self.0.repository.acquire(&path.model, path.version.as_deref()).await?.0)
-    }
-
     /// The route a request's path names, if it names one (a route has no versions).
     pub(crate) fn route(&self, path: &ModelPath) -> Result<Option<Arc<crate::config::RouteConfig>>> {
         match self.0.repository.route(&path.model) {

@@ -153,3 +153,28 @@ def test_a_message_past_the_request_memory_budget_is_refused_with_its_reason():
         assert len(stub.ModelInfer(small).raw_output_contents[0]) == 24
     finally:
         server.stop()
+
+
+def test_a_route_has_metadata_over_grpc_as_over_rest(tmp_path):
+    # A route over two copies of the test model: its metadata is a variant's, as REST's.
+    from conftest import ROOT, Server
+
+    for name in ["a", "b"]:
+        (tmp_path / name).mkdir()
+        for f in (ROOT / "tests/models/faulty").iterdir():
+            (tmp_path / name / f.name).symlink_to(f)
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "ab/route.toml").write_text('[[variants]]\nmodel = "a"\nweight = 1\n[[variants]]\nmodel = "b"\nweight = 1\n')
+    server = Server(tmp_path)
+    try:
+        server.wait_ready()
+        over_grpc = grpcclient.InferenceServerClient(server.address).get_model_metadata("ab", as_json=True)
+        over_rest = http.InferenceServerClient(server.address).get_model_metadata("ab")
+        assert over_grpc["name"] in ("a", "b") and over_rest["name"] in ("a", "b")
+        assert over_grpc["versions"] == over_rest["versions"] == ["1"]
+        assert over_grpc["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["3", "2"]}]
+        assert [i["name"] for i in over_rest["inputs"]] == ["x"]
+        with pytest.raises(InferenceServerException, match="is a route: it has no versions"):
+            grpcclient.InferenceServerClient(server.address).get_model_metadata("ab", model_version="1")
+    finally:
+        server.stop()
