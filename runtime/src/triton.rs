@@ -24,7 +24,7 @@
 //! client's to fill; `[batching]` joins requests behind it, shown as `dynamic_batching`).
 
 use crate::config::TensorSpec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::grpc::proto::{
     DataType, InferBatchStatistics, InferStatistics, ModelConfig, ModelDynamicBatching, ModelInput,
     ModelOutput, ModelStatistics, StatisticDuration,
@@ -112,19 +112,8 @@ pub(crate) fn statistics(state: &AppState, path: Option<&ModelPath>) -> Result<V
     };
     let mut versions = Vec::new();
     for (model, version) in targets {
-        let known = repository.versions(&model);
-        if known.is_empty() {
-            return Err(Error::NotFound(format!("unknown model '{model}'")));
-        }
-        match version {
-            Some(v) if !known.contains(&v) => {
-                return Err(Error::NotFound(format!(
-                    "model '{model}' has no version '{v}' (it serves {known:?})"
-                )));
-            }
-            Some(v) => versions.push((model, v)),
-            None => versions.extend(known.into_iter().map(|v| (model.clone(), v))),
-        }
+        let named = repository.versions_named(&model, version.as_deref())?;
+        versions.extend(named.into_iter().map(|v| (model.clone(), v)));
     }
     Ok(state.metrics().statistics().of(versions))
 }

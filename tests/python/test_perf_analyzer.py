@@ -149,3 +149,5 @@ def test_statistics_both_protocols(server, client):
     assert int(minilm["inference_count"]) == after["inference_count"]
     with pytest.raises(InferenceServerException, match="has no version"):
         client.get_inference_statistics("minilm", "7")
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_inference_statistics("nope")

@@ -359,10 +359,12 @@ impl Entry {
         }
         match version {
             None => Ok(self.default),
-            Some(v) => self.versions.iter().position(|s| s.name == v).ok_or_else(|| {
-                Error::NotFound(format!("model '{name}' has no version '{v}' (it serves {:?})", self.names()))
-            }),
+            Some(v) => self.versions.iter().position(|s| s.name == v).ok_or_else(|| self.no_version(name, v)),
         }
+    }
+
+    fn no_version(&self, name: &str, version: &str) -> Error {
+        Error::NotFound(format!("model '{name}' has no version '{version}' (it serves {:?})", self.names()))
     }
 
     /// How requests and the log name version `index` of model `name`.
@@ -1071,6 +1073,17 @@ impl Repository {
     /// The versions of `name` served, ascending.
     pub fn versions(&self, name: &str) -> Vec<String> {
         self.entry(name).map(|m| m.names().iter().map(|n| n.to_string()).collect()).unwrap_or_default()
+    }
+
+    /// The versions of `name` a request for `version` (`None`: all of them) covers, whatever
+    /// their state; `NotFound` for a model or version not served.
+    pub fn versions_named(&self, name: &str, version: Option<&str>) -> Result<Vec<String>, Error> {
+        let entry = self.entry(name)?;
+        match version {
+            None => Ok(entry.names().iter().map(|n| n.to_string()).collect()),
+            Some(v) if entry.names().contains(&v) => Ok(vec![v.to_string()]),
+            Some(v) => Err(entry.no_version(name, v)),
+        }
     }
 
     /// The model called `name`, at `version` (default: its default version), if it is in
