@@ -1034,10 +1034,11 @@ impl Repository {
                 statuses.push(Status {
                     name: name.clone(),
                     version: Some(v.name.clone()),
-                    resident_bytes: if matches!(state, State::Ready(_)) {
-                        v.cost.load(Ordering::Relaxed)
-                    } else {
-                        0
+                    // What it is charged now: its plugin's pool and its graph's sessions
+                    // grow after the load.
+                    resident_bytes: match &state {
+                        State::Ready(model) => v.charged_as(model),
+                        _ => 0,
                     },
                     state,
                     on_demand: v.on_demand(),
