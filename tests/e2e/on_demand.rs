@@ -404,3 +404,59 @@ fn server_timing(header: &str, name: &str) -> f64 {
     let metric = header.split(", ").find_map(|m| m.strip_prefix(name)?.strip_prefix(";dur="));
     metric.unwrap_or_else(|| panic!("no {name} in {header:?}")).parse().unwrap()
 }
+
+#[test]
+fn an_on_demand_model_makes_its_other_sessions_when_its_requests_need_them() {
+    let Some(library) = onnxruntime_library() else { return };
+    // minilm on ONNX Runtime with two executions (a session each), loaded on demand.
+    let repo = edited_repository(&examples(), &["minilm"], |t| {
+        format!("{t}\n[load]\npolicy = \"on_demand\"\n\n[scheduling]\nexecutions = 2\n")
+    });
+    let token = "a-control-token-of-some-length";
+    let server = Server::start_with(repo.path(), &[], |cmd| {
+        cmd.env("ORT_DYLIB_PATH", &library).env("WASMSERVE_CONTROL_TOKEN", token);
+    });
+    let made = |server: &Server| server.log().matches("another ONNX Runtime session made").count();
+    let charged = |server: &Server| {
+        let (_, index) = server.get_json("/v2/repository/index");
+        index[0]["resident_bytes"].as_u64().unwrap()
+    };
+    // Long enough to run for tens of milliseconds: two sent at once overlap.
+    let sentences: Vec<String> =
+        (0..32).map(|i| format!("sentence {i}, long enough to take a while")).collect();
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let expected = embed(&server, &sentences, json!({}));
+    assert!(server.log().contains("sessions=AsNeeded"), "{}", server.log());
+    // Alone, it runs on the one session it loaded with, however many requests come one by one.
+    for _ in 0..3 {
+        assert_eq!(embed(&server, &sentences, json!({})), expected);
+    }
+    assert_eq!(made(&server), 0);
+    let one = charged(&server);
+    // Two at once: the second finds the session busy and makes the other (once), and gets
+    // the same answer from it; the model is charged for it.
+    for _ in 0..4 {
+        std::thread::scope(|s| {
+            let both = [
+                s.spawn(|| embed(&server, &sentences, json!({}))),
+                s.spawn(|| embed(&server, &sentences, json!({}))),
+            ];
+            for answer in both {
+                let answer = answer.join().unwrap();
+                for (a, b) in answer.iter().zip(&expected) {
+                    assert!(cosine(a, b) > 0.9999);
+                }
+            }
+        });
+    }
+    assert_eq!(made(&server), 1, "{}", server.log());
+    let two = charged(&server);
+    assert!(two >= one + (20 << 20), "charged {one} with one session, {two} with two");
+    // Unloaded and loaded again: one session again, charged as before.
+    let auth = format!("Bearer {token}");
+    let unload = server.post("/v2/repository/models/minilm/unload", &[("Authorization", &auth)], b"");
+    assert_eq!(unload.status, 200);
+    assert_eq!(embed(&server, &sentences, json!({})), expected);
+    assert_eq!(made(&server), 1);
+    assert!(charged(&server) < two, "{} after a reload, {two} before", charged(&server));
+}

@@ -43,25 +43,53 @@ pub fn runs_on_tract(onnx: &[u8]) -> anyhow::Result<()> {
     tract::load("graph", onnx, 1).map(drop)
 }
 
+/// When an ONNX Runtime graph's sessions (one per execution, each with its own copy of the
+/// weights) are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sessions {
+    /// All at load: what an eager model warms up and keeps.
+    AtLoad,
+    /// One at load, the others when a run finds every one made busy: a model loaded on
+    /// demand, which most often serves a request at a time, costs one session until it is
+    /// busier.
+    AsNeeded,
+}
+
+/// How many sessions a graph loaded with [`Sessions::AsNeeded`] has made since its load
+/// (always 0 for the others, and for tract, whose plan runs from any number of threads).
+#[derive(Debug, Clone, Default)]
+pub struct SessionsMadeLater(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SessionsMadeLater {
+    /// The sessions made so far after the load.
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Load model `name`'s graph at `path` on the backend its config names, able to run
-/// `executions` times at once. The backend's own threads are named after the model
-/// (`ort-NAME`, `tract-NAME-N`), so `top -H` shows which model uses the CPU.
+/// `executions` times at once, its sessions made as `sessions` says. The backend's own
+/// threads are named after the model (`ort-NAME`, `tract-NAME-N`), so `top -H` shows which
+/// model uses the CPU.
 pub fn load(
     name: &str,
     path: &Path,
     config: &GraphConfig,
     executions: usize,
+    sessions: Sessions,
     options: &BackendOptions,
-) -> anyhow::Result<Graph> {
+) -> anyhow::Result<(Graph, SessionsMadeLater)> {
     let model = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     match config.backend {
         // A tract plan runs from any number of threads at once.
-        Backend::Tract => tract::load(name, &model, config.graph_threads(executions)),
+        Backend::Tract => {
+            Ok((tract::load(name, &model, config.graph_threads(executions))?, Default::default()))
+        }
         #[cfg(feature = "onnx")]
-        Backend::Onnx => onnx::load(name, &model, config, executions, options),
+        Backend::Onnx => onnx::load(name, &model, config, executions, sessions, options),
         #[cfg(not(feature = "onnx"))]
         Backend::Onnx => {
-            let _ = (name, options, executions);
+            let _ = (name, options, executions, sessions);
             bail!(
                 "this wasmserve was built without the `onnx` feature: rebuild with `--features onnx` or use backend = \"tract\""
             )

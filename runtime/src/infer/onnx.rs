@@ -18,9 +18,44 @@ use std::sync::{Mutex, OnceLock};
 use wasmtime_wasi_nn::wit::TensorType;
 
 /// One session per execution: `Session::run` takes `&mut self` in this ort release, so a
-/// session runs one graph at a time.
+/// session runs one graph at a time. The first is made at load; the others at load too, or,
+/// for a model loaded with [`Sessions::AsNeeded`], when a run finds every one made busy.
 struct Onnx {
-    sessions: Vec<Mutex<Session>>,
+    sessions: Vec<OnceLock<Mutex<Session>>>,
+    /// How to make the others as they are needed; `None`: all were made at load.
+    more: Option<More>,
+    made_later: super::SessionsMadeLater,
+}
+
+/// What a session made after the load is made from.
+struct More {
+    name: String,
+    /// The graph as optimised and kept in the cache (its name digests the model's bytes, so
+    /// a model file changed since cannot slip in), else the model's bytes, kept.
+    source: Kept,
+    config: GraphConfig,
+    threads: usize,
+    gpu: bool,
+    /// Held while one is made: one at a time, and a run that finds it taken waits for a
+    /// session instead.
+    making: Mutex<()>,
+    /// Set when one could not be made: the model goes on with the sessions it has.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+enum Kept {
+    Optimised(PathBuf),
+    Model(Vec<u8>),
+}
+
+impl More {
+    fn make(&self) -> anyhow::Result<Session> {
+        let source = match &self.source {
+            Kept::Optimised(path) => Source::Optimised(path),
+            Kept::Model(model) => Source::Model(model, None),
+        };
+        session(&self.name, source, &self.config, self.threads, self.gpu)
+    }
 }
 
 /// The ONNX Runtime release the server provisions when no library is configured.
@@ -127,16 +162,18 @@ fn check_library(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Create `executions` sessions for model `name`'s graph with the execution provider the
-/// config asks for. On the CPU, with a graph cache, the graph ONNX Runtime optimised is kept
-/// there ([`optimised_path`]): the first session of the first start optimises and saves it,
-/// every other session loads it as it is.
+/// config asks for, all of them now or, as `sessions` says, the first now and the others
+/// when runs need them. On the CPU, with a graph cache, the graph ONNX Runtime optimised is
+/// kept there ([`optimised_path`]): the first session of the first start optimises and saves
+/// it, every other session loads it as it is.
 pub fn load(
     name: &str,
     model: &[u8],
     config: &GraphConfig,
     executions: usize,
+    sessions: super::Sessions,
     options: &BackendOptions,
-) -> anyhow::Result<wasmtime_wasi_nn::Graph> {
+) -> anyhow::Result<(wasmtime_wasi_nn::Graph, super::SessionsMadeLater)> {
     init(options)?;
     let threads = config.graph_threads(executions);
     let cached = match (config.target, &options.graph_cache) {
@@ -165,16 +202,36 @@ pub fn load(
     };
     let inputs = first.inputs.iter().map(|i| i.name.clone()).collect();
     let outputs = first.outputs.iter().map(|o| o.name.clone()).collect();
-    let mut sessions = vec![first];
+    let made = |session| OnceLock::from(Mutex::new(session));
+    let mut all = vec![made(first)];
     // A cache the first session could not write is not tried again by the others.
     let cached = cached.filter(|path| path.is_file());
-    for _ in 1..executions {
-        sessions.push(match gpu {
+    let now = match sessions {
+        super::Sessions::AtLoad => executions,
+        super::Sessions::AsNeeded => 1,
+    };
+    for _ in 1..now {
+        all.push(made(match gpu {
             true => session(name, Source::Model(model, None), config, threads, true)?,
             false => cpu(cached.as_deref(), false)?,
-        });
+        }));
     }
-    Ok(graph(inputs, outputs, Onnx { sessions: sessions.into_iter().map(Mutex::new).collect() }))
+    all.resize_with(executions.max(1), OnceLock::new);
+    let more = (now < executions).then(|| More {
+        name: name.to_string(),
+        source: match cached {
+            Some(path) if !gpu => Kept::Optimised(path),
+            _ => Kept::Model(model.to_vec()),
+        },
+        config: config.clone(),
+        threads,
+        gpu,
+        making: Mutex::new(()),
+        failed: Default::default(),
+    });
+    let made_later = super::SessionsMadeLater::default();
+    let runner = Onnx { sessions: all, more, made_later: made_later.clone() };
+    Ok((graph(inputs, outputs, runner), made_later))
 }
 
 /// Where the graph ONNX Runtime optimises out of `model` for this machine is kept in `dir`.
@@ -327,19 +384,55 @@ impl Runner for Onnx {
             .map(|t| to_ort(t).map(SessionInputValue::from))
             .collect::<anyhow::Result<Vec<_>>>()?;
         // The session this thread ran last if it is free (each execution thread keeps its
-        // own), else any free one, else wait for that one.
+        // own), else any free one, else a new one if more may be made, else wait for that one.
         thread_local!(static LAST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
-        let last = LAST.get() % self.sessions.len();
-        let free = (0..self.sessions.len())
-            .map(|i| (last + i) % self.sessions.len())
-            .find_map(|i| self.sessions[i].try_lock().ok().map(|s| (i, s)));
-        let (used, mut session) = match free {
+        let count = self.sessions.len();
+        let last = LAST.get() % count;
+        let free = (0..count)
+            .map(|i| (last + i) % count)
+            .find_map(|i| self.sessions[i].get()?.try_lock().ok().map(|s| (i, s)));
+        let (used, mut session) = match free.or_else(|| self.another()) {
             Some(free) => free,
-            None => (last, self.sessions[last].lock().map_err(|_| anyhow!("session poisoned"))?),
+            None => {
+                let i = if self.sessions[last].get().is_some() { last } else { 0 };
+                let session = self.sessions[i].get().expect("the first session is made at load");
+                (i, session.lock().map_err(|_| anyhow!("session poisoned"))?)
+            }
         };
         LAST.set(used);
         let outputs = session.run(inputs.as_slice())?;
         outputs.iter().map(|(_, value)| from_ort(&value)).collect()
+    }
+}
+
+impl Onnx {
+    /// Make another session, when every one made is busy, more may be made and none is
+    /// being made; `None` otherwise (the caller waits for one).
+    fn another(&self) -> Option<(usize, std::sync::MutexGuard<'_, Session>)> {
+        use std::sync::atomic::Ordering;
+        let more = self.more.as_ref()?;
+        if more.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let _making = more.making.try_lock().ok()?;
+        let (i, slot) = self.sessions.iter().enumerate().find(|(_, s)| s.get().is_none())?;
+        let started = std::time::Instant::now();
+        match more.make() {
+            Ok(session) => {
+                let session = slot.get_or_init(|| Mutex::new(session));
+                let made = self.made_later.0.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(model = %more.name, sessions = 1 + made, of = self.sessions.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "another ONNX Runtime session made: every one was busy");
+                session.try_lock().ok().map(|s| (i, s))
+            }
+            Err(e) => {
+                more.failed.store(true, Ordering::Relaxed);
+                tracing::warn!(model = %more.name, "cannot make another ONNX Runtime session ({e:#}); \
+                    running on the ones made");
+                None
+            }
+        }
     }
 }
 

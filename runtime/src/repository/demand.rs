@@ -143,7 +143,7 @@ impl Repository {
         // there is room for it, it holds nothing.
         let need = match (config.load.memory_mib, version.cost.swap(0, Ordering::Relaxed)) {
             (Some(mib), _) => mib << 20,
-            (None, 0) => self.estimate(&version.dir, config),
+            (None, 0) => self.estimate(version, config),
             (None, last) => last,
         };
         loop {

@@ -61,6 +61,9 @@ pub struct Model {
     pub executions: schedule::Executions,
     /// From reading the config to ready: fetch, graph, plugin and warm-up.
     pub load_duration: Duration,
+    /// The ONNX Runtime sessions its graph made after the load (loaded on demand, it makes
+    /// one at load and the others when its runs need them), each charged as the first.
+    pub sessions_made_later: infer::SessionsMadeLater,
 }
 
 impl Model {
@@ -200,7 +203,7 @@ pub struct Repository {
     /// What loads alone measured, by what was loaded ([`content_key`]): up to [`SAMPLES`]
     /// each. Once there are that many, a version loaded again, or a copy of the same files
     /// and config, is charged their median and loads beside others.
-    measured: Mutex<HashMap<u64, Vec<u64>>>,
+    measured: Mutex<HashMap<u64, Vec<Measured>>>,
     /// The clock of `last_used`.
     started: Instant,
     /// The server's own resident memory, measured when start-up loading ended (what it
@@ -229,6 +232,9 @@ struct Version {
     /// What it is charged against the budget (bytes): measured at its last load, or the
     /// estimate its load reserved while it runs.
     cost: AtomicU64,
+    /// What each ONNX Runtime session its graph makes after the load is charged (bytes):
+    /// what its first session was measured to add.
+    session_cost: AtomicU64,
     /// When a request last used it, in ms since the repository started (0: never).
     last_used: AtomicU64,
     /// After a failed on-demand load: when the next may start, and the failures in a row.
@@ -243,6 +249,7 @@ impl Version {
             state: watch::Sender::new(State::Loading),
             on_demand: AtomicBool::new(false),
             cost: AtomicU64::new(0),
+            session_cost: AtomicU64::new(0),
             last_used: AtomicU64::new(0),
             retry: Mutex::new(None),
         }
@@ -280,8 +287,13 @@ impl Version {
     /// What it is charged with `model` in memory.
     fn charged_as(&self, model: &Model) -> u64 {
         let cost = self.cost.load(Ordering::Relaxed);
-        // A declared cost is all of it; a measured one leaves out the plugin, counted as it is.
-        if model.config.load.memory_mib.is_some() { cost } else { cost + model.plugin.resident_bytes() }
+        // A declared cost is all of it; a measured one leaves out the plugin and the sessions
+        // made after the load, counted as they are.
+        if model.config.load.memory_mib.is_some() {
+            return cost;
+        }
+        let sessions = model.sessions_made_later.count() as u64 * self.session_cost.load(Ordering::Relaxed);
+        cost + model.plugin.resident_bytes() + sessions
     }
 
     fn set(&self, model: &str, state: State) {
@@ -648,7 +660,7 @@ impl Repository {
                 version.set(name, State::Unloaded);
                 continue;
             }
-            let need = self.estimate(&version.dir, config);
+            let need = self.estimate(version, config);
             match self.make_room(version, need) {
                 Ok(()) => loading.push(c),
                 Err(short) => version.set(name, State::Unavailable(format!("cannot be loaded: {short}"))),
@@ -775,7 +787,7 @@ impl Repository {
             .expect("the loads' semaphore is never closed");
         let keys: Vec<Option<u64>> = configured
             .iter()
-            .map(|c| c.config.as_ref().ok().map(|config| content_key(&c.item.version().dir, config)))
+            .map(|c| c.config.as_ref().ok().map(|config| content_key(c.item.version(), config)))
             .collect();
         let known = || {
             let measured = self.measured.lock().expect("measured lock");
@@ -798,10 +810,15 @@ impl Repository {
                 let file = item.version().dir.join(&config.graph.file);
                 let options = loaded.loader.options_for(&config.graph)?;
                 let executions = config.executions();
-                let graph = infer::load(name, &file, &config.graph, executions, &options)
+                // A model loaded on demand makes its other sessions when its runs need them.
+                let sessions = match item.version().on_demand() {
+                    true => infer::Sessions::AsNeeded,
+                    false => infer::Sessions::AtLoad,
+                };
+                let graph = infer::load(name, &file, &config.graph, executions, sessions, &options)
                     .context("cannot load its graph")?;
                 tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
-                    executions, graph_threads = config.graph.graph_threads(executions),
+                    executions, ?sessions, graph_threads = config.graph.graph_threads(executions),
                     elapsed_ms = started.elapsed().as_millis() as u64, "graph loaded");
                 Ok((config, graph))
             });
@@ -809,7 +826,7 @@ impl Repository {
                 Ok((config, graph)) => {
                     // Plugins reach another model's graph by its name: its default version's.
                     if item.is_default() {
-                        graphs.insert(name.to_string(), graph.clone());
+                        graphs.insert(name.to_string(), graph.0.clone());
                     }
                     let grew = meter.grown();
                     ready.push((item, config, graph, spent + started.elapsed(), grew, key));
@@ -837,16 +854,21 @@ impl Repository {
                 Ok(model) => {
                     // Its heap: the median of what loads of the same files and config
                     // measured alone, this one's too if it ran alone; its plugin's code and
-                    // idle instances are counted as they are.
+                    // idle instances are counted as they are. Sessions its graph makes
+                    // later are charged what its graph added (one session, loaded on demand).
+                    let graph_heap = grew.heap;
                     let grew = grew + meter.grown();
+                    let this = Measured { heap: grew.heap.max(floor), graph: graph_heap.max(floor) };
                     let mut measured = self.measured.lock().expect("measured lock");
                     let samples = measured.entry(key.unwrap_or_default()).or_default();
                     if alone.is_some() && samples.len() < SAMPLES {
-                        samples.push(grew.heap.max(floor));
+                        samples.push(this);
                     }
-                    let heap = median(samples).unwrap_or(grew.heap.max(floor));
+                    let heap = median(samples.iter().map(|m| m.heap)).unwrap_or(this.heap);
+                    let session = median(samples.iter().map(|m| m.graph)).unwrap_or(this.graph);
                     drop(measured);
                     version.cost.store(declared.unwrap_or(heap), Ordering::Relaxed);
+                    version.session_cost.store(session, Ordering::Relaxed);
                     version.last_used.store(self.clock(), Ordering::Relaxed);
                     *version.retry.lock().expect("retry lock") = None;
                     self.metrics.loaded(name, &version.name, cause, model.load_duration);
@@ -1128,7 +1150,8 @@ impl Repository {
     /// of the same files and config measured, else twice its graph file and four times its
     /// plugin (the sizes backends and compiled plugins grow to), or the mean of what the
     /// models in memory were measured to cost, if more.
-    fn estimate(&self, dir: &Path, config: &ModelConfig) -> u64 {
+    fn estimate(&self, version: &Version, config: &ModelConfig) -> u64 {
+        let dir = &version.dir;
         if let Some(mib) = config.load.memory_mib {
             return mib << 20;
         }
@@ -1136,8 +1159,8 @@ impl Repository {
             .measured
             .lock()
             .expect("measured lock")
-            .get(&content_key(dir, config))
-            .and_then(|m| median(m))
+            .get(&content_key(version, config))
+            .and_then(|m| median(m.iter().map(|m| m.heap)))
         {
             return heap;
         }
@@ -1156,20 +1179,29 @@ impl Repository {
 /// one-time costs.
 const SAMPLES: usize = 3;
 
+/// What one load measured alone added to malloc's heaps (bytes): in all, and its graph's
+/// part (at least its file's size each).
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    heap: u64,
+    graph: u64,
+}
+
 /// The lower median; none of none.
-fn median(samples: &[u64]) -> Option<u64> {
-    let mut sorted = samples.to_vec();
+fn median(samples: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut sorted: Vec<u64> = samples.collect();
     sorted.sort_unstable();
     sorted.get(sorted.len().saturating_sub(1) / 2).copied()
 }
 
-/// What a version's load is measured by: its config, and which files its graph, plugin
-/// and plugin data are (their real paths, sizes and modification times). Versions that load
-/// the same files with the same config cost the same.
-fn content_key(dir: &Path, config: &ModelConfig) -> u64 {
+/// What a version's load is measured by: its config, which files its graph, plugin and
+/// plugin data are (their real paths, sizes and modification times), and whether it loads
+/// on demand (one ONNX Runtime session at load) or not (all of them). Versions that load the
+/// same files with the same config the same way cost the same.
+fn content_key(version: &Version, config: &ModelConfig) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    format!("{config:?}").hash(&mut hasher);
+    let (dir, mut hasher) = (&version.dir, std::collections::hash_map::DefaultHasher::new());
+    (format!("{config:?}"), version.on_demand()).hash(&mut hasher);
     let files = [Some(&config.graph.file), Some(&config.plugin.file), config.plugin.data.as_ref()];
     for file in files.into_iter().flatten().map(|f| dir.join(f)) {
         let real = std::fs::canonicalize(&file).unwrap_or(file);
@@ -1255,7 +1287,7 @@ fn bring_up(
     name: &str,
     dir: &Path,
     config: ModelConfig,
-    graph: wasmtime_wasi_nn::Graph,
+    (graph, sessions_made_later): (wasmtime_wasi_nn::Graph, infer::SessionsMadeLater),
     graphs: &Graphs,
     spent: Duration,
 ) -> anyhow::Result<Model> {
@@ -1278,6 +1310,7 @@ fn bring_up(
         graph,
         plugin,
         load_duration: Default::default(),
+        sessions_made_later,
     };
     for (i, warmup) in model.config.warmup.iter().enumerate() {
         let started = Instant::now();
