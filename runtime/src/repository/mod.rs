@@ -1095,7 +1095,7 @@ impl Repository {
 
     /// The versions of `name` served, ascending.
     pub fn versions(&self, name: &str) -> Vec<String> {
-        self.entry(name).map(|m| m.names().iter().map(|n| n.to_string()).collect()).unwrap_or_default()
+        self.versions_named(name, None).unwrap_or_default()
     }
 
     /// The versions of `name` a request for `version` (`None`: all of them) covers, whatever
