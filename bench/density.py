@@ -299,12 +299,13 @@ def main():
 
     ok = lambda results: [r for r in results if r[2] == 200]
     hits = [ms for _, ms, status, load in ok(demand) if not load]
-    misses = [ms for _, ms, status, load in ok(demand) if load]
-    # What a miss took beyond its model's load (queued behind other loads or for room, then
-    # served), what it waited for the load, and the load itself.
-    beyond = [ms - load[1] for _, ms, status, load in ok(demand) if load]
-    waited = [load[0] for _, ms, status, load in ok(demand) if load]
-    own = [load[1] for _, ms, status, load in ok(demand) if load]
+    # Each miss: its time, what it waited for the load, the load itself, and what it took
+    # beyond its model's load (queued behind other loads or for room, then served).
+    missed = [(ms, *load) for _, ms, status, load in ok(demand) if load]
+    misses = [ms for ms, _, _ in missed]
+    waited = [w for _, w, _ in missed]
+    own = [o for _, _, o in missed]
+    beyond = [ms - o for ms, _, o in missed]
     eager_ms = [ms for _, ms, _, _ in ok(eager)]
     failed = sum(1 for r in demand if r[2] != 200) + sum(1 for r in eager if r[2] != 200)
     limit = base + budget_mib * MIB
