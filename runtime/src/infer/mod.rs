@@ -79,14 +79,15 @@ pub fn load(
     sessions: Sessions,
     options: &BackendOptions,
 ) -> anyhow::Result<(Graph, SessionsMadeLater)> {
-    let model = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let read = || std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
     match config.backend {
         // A tract plan runs from any number of threads at once.
         Backend::Tract => {
-            Ok((tract::load(name, &model, config.graph_threads(executions))?, Default::default()))
+            Ok((tract::load(name, &read()?, config.graph_threads(executions))?, Default::default()))
         }
+        // It reads the model only where the graph it optimised from it is not cached.
         #[cfg(feature = "onnx")]
-        Backend::Onnx => onnx::load(name, &model, config, executions, sessions, options),
+        Backend::Onnx => onnx::load(name, path, config, executions, sessions, options),
         #[cfg(not(feature = "onnx"))]
         Backend::Onnx => {
             let _ = (name, options, executions, sessions);

@@ -161,32 +161,36 @@ fn check_library(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Create `executions` sessions for model `name`'s graph with the execution provider the
-/// config asks for, all of them now or, as `sessions` says, the first now and the others
-/// when runs need them. On the CPU, with a graph cache, the graph ONNX Runtime optimised is
-/// kept there ([`optimised_path`]): the first session of the first start optimises and saves
-/// it, every other session loads it as it is.
+/// Create `executions` sessions for the graph of model `name` at `path` with the execution
+/// provider the config asks for, all of them now or, as `sessions` says, the first now and
+/// the others when runs need them. On the CPU, with a graph cache, the graph ONNX Runtime
+/// optimised is kept there ([`optimised_path`]): the first session of the first start
+/// optimises and saves it, every other session loads it as it is, and the model file itself
+/// is read only where no such graph is cached ([`ModelFile`]).
 pub fn load(
     name: &str,
-    model: &[u8],
+    path: &Path,
     config: &GraphConfig,
     executions: usize,
     sessions: super::Sessions,
     options: &BackendOptions,
 ) -> anyhow::Result<(wasmtime_wasi_nn::Graph, super::SessionsMadeLater)> {
     init(options)?;
+    let model = ModelFile::new(path)?;
     let threads = config.graph_threads(executions);
     let cached = match (config.target, &options.graph_cache) {
-        (Target::Cpu, Some(dir)) => Some(optimised_path(dir, model, options.onnxruntime_library.as_deref())),
+        (Target::Cpu, Some(dir)) => {
+            Some(optimised_path(dir, &model, options.onnxruntime_library.as_deref())?)
+        }
         _ => None,
     };
     let cpu = |cached: Option<&Path>, first: bool| match cached {
-        Some(path) => cached_session(name, model, config, threads, path, first),
-        None => session(name, Source::Model(model, None), config, threads, false),
+        Some(path) => cached_session(name, &model, config, threads, path, first),
+        None => session(name, Source::Model(model.bytes()?, None), config, threads, false),
     };
     let (first, gpu) = match config.target {
         Target::Cpu => (cpu(cached.as_deref(), true)?, false),
-        Target::Gpu => match session(name, Source::Model(model, None), config, threads, true) {
+        Target::Gpu => match session(name, Source::Model(model.bytes()?, None), config, threads, true) {
             Ok(session) => (session, true),
             Err(e) if config.gpu_fallback => {
                 tracing::warn!("no usable GPU ({e:#}); running on the CPU as gpu_fallback allows");
@@ -212,17 +216,19 @@ pub fn load(
     };
     for _ in 1..now {
         all.push(made(match gpu {
-            true => session(name, Source::Model(model, None), config, threads, true)?,
+            true => session(name, Source::Model(model.bytes()?, None), config, threads, true)?,
             false => cpu(cached.as_deref(), false)?,
         }));
     }
     all.resize_with(executions.max(1), OnceLock::new);
-    let more = (now < executions).then(|| More {
+    let source = match cached {
+        _ if now >= executions => None,
+        Some(path) if !gpu => Some(Kept::Optimised(path)),
+        _ => Some(Kept::Model(model.into_bytes()?)),
+    };
+    let more = source.map(|source| More {
         name: name.to_string(),
-        source: match cached {
-            Some(path) if !gpu => Kept::Optimised(path),
-            _ => Kept::Model(model.to_vec()),
-        },
+        source,
         config: config.clone(),
         threads,
         gpu,
@@ -234,30 +240,84 @@ pub fn load(
     Ok((graph(inputs, outputs, runner), made_later))
 }
 
+/// A model file, read when its bytes are first needed: a session from the cached optimised
+/// graph needs none of them, only their digest, which this process remembers for each file
+/// it has read, by its path, size and modification time (the identity the fetch cache and
+/// hot reload change with its contents). A reload of an evicted model so reads neither the
+/// model nor hashes it again.
+struct ModelFile<'a> {
+    path: &'a Path,
+    identity: (PathBuf, u64, Option<std::time::SystemTime>),
+    bytes: std::cell::OnceCell<Vec<u8>>,
+}
+
+impl<'a> ModelFile<'a> {
+    fn new(path: &'a Path) -> anyhow::Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let identity = (path.to_path_buf(), meta.len(), meta.modified().ok());
+        Ok(Self { path, identity, bytes: Default::default() })
+    }
+
+    fn bytes(&self) -> anyhow::Result<&[u8]> {
+        if let Some(bytes) = self.bytes.get() {
+            return Ok(bytes);
+        }
+        let bytes =
+            std::fs::read(self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        Ok(self.bytes.get_or_init(|| bytes))
+    }
+
+    fn into_bytes(self) -> anyhow::Result<Vec<u8>> {
+        self.bytes()?;
+        Ok(self.bytes.into_inner().unwrap_or_default())
+    }
+
+    /// The sha256 of its bytes.
+    fn digest(&self) -> anyhow::Result<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        type Digests = std::collections::HashMap<(PathBuf, u64, Option<std::time::SystemTime>), [u8; 32]>;
+        static DIGESTS: OnceLock<Mutex<Digests>> = OnceLock::new();
+        let digests = DIGESTS.get_or_init(Default::default);
+        if let Some(digest) = digests.lock().expect("digests lock").get(&self.identity) {
+            return Ok(*digest);
+        }
+        let digest: [u8; 32] = Sha256::digest(self.bytes()?).into();
+        digests.lock().expect("digests lock").insert(self.identity.clone(), digest);
+        Ok(digest)
+    }
+}
+
 /// Where the graph ONNX Runtime optimises out of `model` for this machine is kept in `dir`.
 /// The name digests everything the result depends on: the model's bytes, the library (path,
 /// size and modification time: another release optimises differently), the optimisation
 /// level and the CPU's feature flags (level 3 lays tensors out for the instructions it finds,
-/// and ONNX Runtime warns that such a graph runs only where it was made).
-fn optimised_path(dir: &Path, model: &[u8], library: Option<&Path>) -> PathBuf {
+/// and ONNX Runtime warns that such a graph runs only where it was made). All but the model
+/// are read once per process: it loads one library, on one machine.
+fn optimised_path(dir: &Path, model: &ModelFile, library: Option<&Path>) -> anyhow::Result<PathBuf> {
     use sha2::{Digest, Sha256};
-    let mut key = Sha256::new();
-    key.update(model);
-    if let Some(library) = library {
-        key.update(library.as_os_str().as_encoded_bytes());
-        if let Ok(meta) = std::fs::metadata(library) {
-            key.update(meta.len().to_le_bytes());
-            let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            key.update(modified.unwrap_or_default().as_nanos().to_le_bytes());
+    static MACHINE: OnceLock<[u8; 32]> = OnceLock::new();
+    let machine = MACHINE.get_or_init(|| {
+        let mut key = Sha256::new();
+        if let Some(library) = library {
+            key.update(library.as_os_str().as_encoded_bytes());
+            if let Ok(meta) = std::fs::metadata(library) {
+                key.update(meta.len().to_le_bytes());
+                let modified =
+                    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                key.update(modified.unwrap_or_default().as_nanos().to_le_bytes());
+            }
         }
-    }
-    key.update(format!("level3 {}", std::env::consts::ARCH));
-    // x86's "flags" and Arm's "Features": the same on every core, so the first line will do.
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    key.update(cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features")).unwrap_or(""));
-    let digest = key.finalize();
+        key.update(format!("level3 {}", std::env::consts::ARCH));
+        // x86's "flags" and Arm's "Features": the same on every core, so the first line will do.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        key.update(
+            cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features")).unwrap_or(""),
+        );
+        key.finalize().into()
+    });
+    let digest = Sha256::new().chain_update(model.digest()?).chain_update(machine).finalize();
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("{hex}.onnx"))
+    Ok(dir.join(format!("{hex}.onnx")))
 }
 
 /// A CPU session from the optimised graph at `path` when an earlier start saved one (one
@@ -266,7 +326,7 @@ fn optimised_path(dir: &Path, model: &[u8], library: Option<&Path>) -> PathBuf {
 /// written costs the saving, never the model.
 fn cached_session(
     name: &str,
-    model: &[u8],
+    model: &ModelFile,
     config: &GraphConfig,
     threads: usize,
     path: &Path,
@@ -296,12 +356,12 @@ fn cached_session(
     };
     if let Err(e) = path.parent().map_or(Ok(()), std::fs::create_dir_all) {
         not_kept(&e);
-        return session(name, Source::Model(model, None), config, threads, false);
+        return session(name, Source::Model(model.bytes()?, None), config, threads, false);
     }
     static SAVES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let partial = path.with_extension(format!("{}.{n}.part", std::process::id()));
-    match session(name, Source::Model(model, Some(&partial)), config, threads, false) {
+    match session(name, Source::Model(model.bytes()?, Some(&partial)), config, threads, false) {
         Ok(session) => {
             // Optimised either way: a graph that cannot be kept costs the next start, not this one.
             match std::fs::rename(&partial, path) {
@@ -317,7 +377,7 @@ fn cached_session(
         // saving, a model that loads serves and one that does not says why.
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
-            let session = session(name, Source::Model(model, None), config, threads, false)?;
+            let session = session(name, Source::Model(model.bytes()?, None), config, threads, false)?;
             not_kept(&format!("{e:#}"));
             Ok(session)
         }
@@ -483,5 +543,32 @@ fn from_ort(value: &ort::value::ValueRef<'_>) -> anyhow::Result<NnTensor> {
             other => bail!("graph output of type {other:?} has no wasi-nn equivalent"),
         },
         other => bail!("graph output {other:?} is not a tensor"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_file_is_hashed_again_only_when_its_identity_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, b"first").unwrap();
+        let first = ModelFile::new(&path).unwrap().digest().unwrap();
+        // The same size and modification time: taken for the same contents, not read again.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, b"other").unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+        let model = ModelFile::new(&path).unwrap();
+        assert_eq!(model.digest().unwrap(), first);
+        assert!(model.bytes.get().is_none(), "the file was read");
+        // Changed as hot reload or a fetch changes it: hashed again.
+        std::fs::write(&path, b"third!").unwrap();
+        let third = ModelFile::new(&path).unwrap().digest().unwrap();
+        assert_ne!(third, first);
+        use sha2::Digest;
+        assert_eq!(third, <[u8; 32]>::from(sha2::Sha256::digest(b"third!")));
+        assert!(ModelFile::new(&dir.path().join("missing.onnx")).is_err());
     }
 }
