@@ -802,10 +802,19 @@ impl Repository {
         // Another load of the same files may have been measured while this one waited.
         let alone = alone.filter(|_| !known());
         let _beside = alone.is_none().then(|| self.measuring.read().expect("measuring lock"));
+        // What a load adds to the memory is measured where the measure is used: a load alone,
+        // and the first of files whose memory is declared (sessions its graph makes later are
+        // charged what the graph measured). Reading malloc's heaps walks them all, under their
+        // locks: not for every reload.
+        let unmeasured = |key: &Option<u64>| {
+            let measured = self.measured.lock().expect("measured lock");
+            key.is_some_and(|key| measured.get(&key).is_none_or(Vec::is_empty))
+        };
         let mut ready = Vec::new();
         let mut graphs = HashMap::new();
         for (Configured { item, config, spent }, key) in configured.into_iter().zip(keys) {
-            let (name, started, meter) = (item.name.as_str(), Instant::now(), resident::Meter::start());
+            let meter = (alone.is_some() || unmeasured(&key)).then(resident::Meter::start);
+            let (name, started) = (item.name.as_str(), Instant::now());
             let graph = config.and_then(|config| {
                 let file = item.version().dir.join(&config.graph.file);
                 let options = loaded.loader.options_for(&config.graph)?;
@@ -828,7 +837,7 @@ impl Repository {
                     if item.is_default() {
                         graphs.insert(name.to_string(), graph.0.clone());
                     }
-                    let grew = meter.grown();
+                    let grew = meter.map(|meter| meter.grown());
                     ready.push((item, config, graph, spent + started.elapsed(), grew, key));
                 }
                 Err(e) => self.failed(&item, cause, format!("{e:#}")),
@@ -847,7 +856,7 @@ impl Repository {
                     continue;
                 }
             };
-            let meter = resident::Meter::start();
+            let meter = grew.is_some().then(resident::Meter::start);
             let declared = config.load.memory_mib.map(|mib| mib << 20);
             let floor = file_size(&version.dir.join(&config.graph.file));
             match bring_up(host, name, &version.dir, config, graph, &registry, spent) {
@@ -856,14 +865,15 @@ impl Repository {
                     // measured alone, this one's too if it ran alone; its plugin's code and
                     // idle instances are counted as they are. Sessions its graph makes
                     // later are charged what its graph added (one session, loaded on demand).
-                    let graph_heap = grew.heap;
-                    let grew = grew + meter.grown();
-                    let this = Measured { heap: grew.heap.max(floor), graph: graph_heap.max(floor) };
+                    let grew = grew.zip(meter).map(|(graph, meter)| (graph.heap, graph + meter.grown()));
+                    let this = grew
+                        .map(|(graph, all)| Measured { heap: all.heap.max(floor), graph: graph.max(floor) });
                     let mut measured = self.measured.lock().expect("measured lock");
                     let samples = measured.entry(key.unwrap_or_default()).or_default();
-                    if alone.is_some() && samples.len() < SAMPLES {
+                    if let Some(this) = this.filter(|_| alone.is_some() && samples.len() < SAMPLES) {
                         samples.push(this);
                     }
+                    let this = this.unwrap_or(Measured { heap: floor, graph: floor });
                     let heap = median(samples.iter().map(|m| m.heap)).unwrap_or(this.heap);
                     let session = median(samples.iter().map(|m| m.graph)).unwrap_or(this.graph);
                     drop(measured);
@@ -875,7 +885,8 @@ impl Repository {
                     tracing::info!(model = %name, version = %version.name, cause = cause.label(),
                         elapsed_ms = model.load_duration.as_millis() as u64,
                         resident = %resident::mib(version.charged_as(&model)),
-                        heap_grew = %resident::mib(grew.heap), rss_grew = %resident::mib(grew.rss),
+                        heap_grew = grew.map(|(_, all)| tracing::field::display(resident::mib(all.heap))),
+                        rss_grew = grew.map(|(_, all)| tracing::field::display(resident::mib(all.rss))),
                         declared = declared.is_some(), measured_alone = alone.is_some(), "loaded");
                     version.set(name, State::Ready(Arc::new(model)));
                 }
