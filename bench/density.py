@@ -134,6 +134,16 @@ def traffic(addr, names, s, seconds, concurrency, seed=7):
     return results
 
 
+def busy(proc, run):
+    """`run()`'s result, and the cores the server and this script (the clients) kept busy
+    while it ran: CPU seconds over wall seconds."""
+    server, started, clients = psutil.Process(proc.pid), time.perf_counter(), time.process_time()
+    before = sum(server.cpu_times()[:2])
+    result = run()
+    wall = time.perf_counter() - started
+    return result, ((sum(server.cpu_times()[:2]) - before) / wall, (time.process_time() - clients) / wall)
+
+
 def load_timing(header):
     """(waited, model-load) in ms out of `Server-Timing: load;dur=W, model-load;dur=L`; None
     without one."""
@@ -268,7 +278,7 @@ def main():
         sampler = Sampler(proc.pid)
         eager_rss = sampler.now()
         charged = sum(m.get("resident_bytes", 0) for m in index(addr))
-        eager = traffic(addr, names, args.zipf, args.seconds, args.concurrency)
+        eager, eager_cpu = busy(proc, lambda: traffic(addr, names, args.zipf, args.seconds, args.concurrency))
         eager_peak = sampler.stop()
         stop(proc)
         rows.append(("wasmserve, all eager", args.models, ready_s, eager_rss, eager_peak))
@@ -278,7 +288,7 @@ def main():
         loads_at_once = ("--concurrent-loads", args.concurrent_loads) if args.concurrent_loads else ()
         proc, addr, log, _ = wasmserve(scratch / "on_demand", cache, "--model-memory-mib", budget_mib, *loads_at_once)
         sampler = Sampler(proc.pid)
-        demand = traffic(addr, names, args.zipf, args.seconds, args.concurrency)
+        demand, demand_cpu = busy(proc, lambda: traffic(addr, names, args.zipf, args.seconds, args.concurrency))
         end_rss = sampler.now()
         in_memory = [m for m in index(addr) if m["state"] == "READY"]
         end_charged = sum(m["resident_bytes"] for m in in_memory)
@@ -318,6 +328,8 @@ def main():
           f"base (ready, nothing loaded) {base / MIB:.0f} MiB")
     print("| | value |\n|---|---|")
     print(f"| requests (failed) | {len(demand)} ({sum(1 for r in demand if r[2] != 200)}) |")
+    cores = lambda cpu: f"server {cpu[0]:.2f}, clients {cpu[1]:.2f}, of {os.cpu_count()}"
+    print(f"| cores busy during the traffic (all eager) | {cores(demand_cpu)} ({cores(eager_cpu)}) |")
     print(f"| hit rate | {len(hits) / max(1, len(hits) + len(misses)):.1%} |")
     print(f"| hits p50 / p99 ms | {pct(hits, 50):.1f} / {pct(hits, 99):.1f} |")
     print(f"| same traffic all eager p50 / p99 ms | {pct(eager_ms, 50):.1f} / {pct(eager_ms, 99):.1f} |")
