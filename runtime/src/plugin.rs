@@ -102,6 +102,21 @@ pub struct PluginHost {
     /// metering slows every plugin compiled for it.
     fueled: std::sync::OnceLock<anyhow::Result<(Engine, Linker<State>)>>,
     cache: Option<PathBuf>,
+    /// The plugins compiled and still held by a loaded model, by the sha256 of their bytes
+    /// and whether they meter fuel: models whose plugin files hold the same bytes share one.
+    compiled: Mutex<std::collections::HashMap<CompiledKey, std::sync::Weak<Compiled>>>,
+}
+
+/// Whether a compiled plugin meters fuel, and the sha256 of its bytes.
+type CompiledKey = (bool, [u8; 32]);
+
+/// A plugin compiled and linked: its code is in memory once, however many loaded models run
+/// it, and a model whose plugin another loaded model already runs compiles nothing.
+struct Compiled {
+    pre: bindings::ModelPluginPre<State>,
+    warm_up: Option<ComponentExportIndex>,
+    /// The size of its code in memory.
+    code_bytes: u64,
 }
 
 impl PluginHost {
@@ -110,7 +125,13 @@ impl PluginHost {
     /// the engine's settings, so a restart does not compile them again.
     pub fn new(cache: Option<&Path>) -> anyhow::Result<Self> {
         let (engine, linker) = Self::engine(cache, false)?;
-        Ok(Self { engine, linker, fueled: std::sync::OnceLock::new(), cache: cache.map(Path::to_path_buf) })
+        Ok(Self {
+            engine,
+            linker,
+            fueled: std::sync::OnceLock::new(),
+            cache: cache.map(Path::to_path_buf),
+            compiled: Default::default(),
+        })
     }
 
     /// An engine (metering fuel or not), its deadline clock and its linker.
@@ -145,7 +166,8 @@ impl PluginHost {
         Ok((engine, linker))
     }
 
-    /// Compile and link the plugin of model `name`; `dir` is the model directory.
+    /// Compile and link the plugin of model `name`, or share the one a loaded model
+    /// compiled from the same bytes; `dir` is the model directory.
     pub fn load(
         &self,
         name: &str,
@@ -154,7 +176,52 @@ impl PluginHost {
         graphs: Graphs,
     ) -> anyhow::Result<Plugin> {
         let file = dir.join(&config.file);
-        let (engine, linker) = match config.fuel {
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read plugin {}", file.display()))?;
+        use sha2::Digest;
+        let key = (config.fuel != 0, sha2::Sha256::digest(&bytes).into());
+        let held = || self.compiled.lock().expect("compiled plugins lock").get(&key)?.upgrade();
+        let compiled = match held() {
+            Some(compiled) => compiled,
+            None => {
+                let compiled = std::sync::Arc::new(self.compile(&file, &bytes, config.fuel)?);
+                let mut all = self.compiled.lock().expect("compiled plugins lock");
+                all.retain(|_, held| held.strong_count() > 0);
+                // Another load of the same bytes may have finished first: one copy is kept.
+                match all.get(&key).and_then(std::sync::Weak::upgrade) {
+                    Some(first) => first,
+                    None => {
+                        all.insert(key, std::sync::Arc::downgrade(&compiled));
+                        compiled
+                    }
+                }
+            }
+        };
+        let data = match &config.data {
+            Some(data) => {
+                let data = dir.join(data);
+                anyhow::ensure!(data.is_dir(), "plugin data directory {} does not exist", data.display());
+                Some(data)
+            }
+            None => None,
+        };
+        Ok(Plugin {
+            name: name.to_string(),
+            compiled,
+            data,
+            memory_limit: config.memory_limit_mib << 20,
+            table_limit: config.max_table_elements,
+            output_limit: config.max_output_mib << 20,
+            fuel: config.fuel,
+            timeout: Duration::from_millis(config.timeout_ms),
+            graphs,
+            idle: config.reuse_instances.then(|| Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Compile `bytes`, the plugin at `file`, for the engine that meters `fuel` or not, and
+    /// link it to the host's imports.
+    fn compile(&self, file: &Path, bytes: &[u8], fuel: u64) -> anyhow::Result<Compiled> {
+        let (engine, linker) = match fuel {
             0 => (&self.engine, &self.linker),
             _ => {
                 let fueled = self.fueled.get_or_init(|| Self::engine(self.cache.as_deref(), true));
@@ -162,7 +229,7 @@ impl PluginHost {
                 (engine, linker)
             }
         };
-        let component = Component::from_file(engine, &file)
+        let component = Component::new(engine, bytes)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot compile plugin {}", file.display()))?;
         let instance_pre = linker
@@ -178,28 +245,7 @@ impl PluginHost {
         let warm_up = component
             .get_export_index(None, WARM)
             .and_then(|warm| component.get_export_index(Some(&warm), WARM_UP));
-        let data = match &config.data {
-            Some(data) => {
-                let data = dir.join(data);
-                anyhow::ensure!(data.is_dir(), "plugin data directory {} does not exist", data.display());
-                Some(data)
-            }
-            None => None,
-        };
-        Ok(Plugin {
-            name: name.to_string(),
-            pre,
-            data,
-            memory_limit: config.memory_limit_mib << 20,
-            table_limit: config.max_table_elements,
-            output_limit: config.max_output_mib << 20,
-            fuel: config.fuel,
-            timeout: Duration::from_millis(config.timeout_ms),
-            graphs,
-            warm_up,
-            idle: config.reuse_instances.then(|| Mutex::new(Vec::new())),
-            code_bytes,
-        })
+        Ok(Compiled { pre, warm_up, code_bytes })
     }
 }
 
@@ -258,7 +304,7 @@ impl ResourceLimiter for Limits {
 /// A compiled, linked plugin ready to instantiate.
 pub struct Plugin {
     name: String,
-    pre: bindings::ModelPluginPre<State>,
+    compiled: std::sync::Arc<Compiled>,
     data: Option<PathBuf>,
     memory_limit: usize,
     /// Most table elements, all tables together.
@@ -269,16 +315,20 @@ pub struct Plugin {
     fuel: u64,
     timeout: Duration,
     graphs: Graphs,
-    warm_up: Option<ComponentExportIndex>,
     /// Instances that finished a request cleanly, when instances are reused.
     idle: Option<Mutex<Vec<Live>>>,
-    /// The size of its compiled code in memory.
-    code_bytes: u64,
 }
 
 impl Plugin {
-    /// What it holds outside malloc's heaps: its compiled code and the linear memories of
-    /// its idle instances (the memory model eviction charges it, beside its heap).
+    /// How many other loaded models run the same compiled plugin.
+    pub fn shared_with(&self) -> usize {
+        std::sync::Arc::strong_count(&self.compiled) - 1
+    }
+
+    /// What it holds outside malloc's heaps: its share of its compiled code (split evenly
+    /// between the loaded models that run it, so the shares add up to the code once) and the
+    /// linear memories of its idle instances (the memory model eviction charges it, beside
+    /// its heap).
     pub fn resident_bytes(&self) -> u64 {
         let idle = self.idle.as_ref().map_or(0, |idle| {
             idle.lock()
@@ -287,7 +337,7 @@ impl Plugin {
                 .map(|live| live.store.data().limits.memory as u64)
                 .sum()
         });
-        self.code_bytes + idle
+        self.compiled.code_bytes / std::sync::Arc::strong_count(&self.compiled) as u64 + idle
     }
 }
 
@@ -340,7 +390,7 @@ impl Plugin {
             Some(live) => live,
             None => {
                 let mut store = self.store()?;
-                let bindings = self.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
+                let bindings = self.compiled.pre.instantiate(&mut store).map_err(|e| self.trapped(e))?;
                 Live { store, bindings }
             }
         };
@@ -349,14 +399,15 @@ impl Plugin {
 
     /// True when the plugin exports `warm` (the `model-plugin-with-warm-up` world).
     pub fn has_warm_up(&self) -> bool {
-        self.warm_up.is_some()
+        self.compiled.warm_up.is_some()
     }
 
     /// Call the plugin's `warm-up`, if it exports one, in a fresh instance.
     pub fn warm_up(&self) -> Result<(), Error> {
-        let Some(export) = &self.warm_up else { return Ok(()) };
+        let Some(export) = &self.compiled.warm_up else { return Ok(()) };
         let mut store = self.store()?;
-        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(|e| self.trapped(e))?;
+        let instance =
+            self.compiled.pre.instance_pre().instantiate(&mut store).map_err(|e| self.trapped(e))?;
         let warm_up = instance
             .get_typed_func::<(), (Result<(), wit::PluginError>,)>(&mut store, export)
             .map_err(|e| self.failed(format!("its `{WARM_UP}` export does not fit the world: {e}")))?;
@@ -399,7 +450,7 @@ impl Plugin {
             output,
             logged: 0,
         };
-        let mut store = Store::new(self.pre.engine(), state);
+        let mut store = Store::new(self.compiled.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Instantiation (and the warm-up export) run under the same limits as a call.
         self.arm(&mut store)?;

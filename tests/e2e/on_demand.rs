@@ -460,3 +460,40 @@ fn an_on_demand_model_makes_its_other_sessions_when_its_requests_need_them() {
     assert_eq!(made(&server), 1);
     assert!(charged(&server) < two, "{} after a reload, {two} before", charged(&server));
 }
+
+#[test]
+fn models_whose_plugins_hold_the_same_bytes_share_one_compiled_plugin_and_its_charge() {
+    // Three copies of one plugin's bytes; the third meters fuel, which needs its own build.
+    let repo = copies(&["a", "b", "fueled"], |name, t| match name {
+        "fueled" => t.replace("[plugin]\n", "[plugin]\nfuel = 1000000000\n"),
+        _ => t.to_string(),
+    });
+    let token = "a-control-token-of-some-length";
+    let server = Server::start_with(repo.path(), &[], |cmd| {
+        cmd.env("WASMSERVE_CONTROL_TOKEN", token);
+    });
+    let count = |what: &str| server.log().matches(what).count();
+    assert_eq!((count("plugin compiled"), count("plugin shared")), (2, 1), "{}", server.log());
+    for model in ["a", "b", "fueled"] {
+        assert_eq!(infer_params(&server, model, json!({})).1, Some(Y.to_vec()), "{model}");
+    }
+    let charged = |model: &str| {
+        let (_, index) = server.get_json("/v2/repository/index");
+        let entry = index.as_array().unwrap().iter().find(|e| e["name"] == model).cloned();
+        entry.unwrap()["resident_bytes"].as_u64().unwrap()
+    };
+    // a and b each bear half the code; unloaded, b leaves a the whole of it, reloaded, half.
+    let (a, b) = (charged("a"), charged("b"));
+    let auth = format!("Bearer {token}");
+    let control = |what: &str| {
+        server.post(&format!("/v2/repository/models/b/{what}"), &[("Authorization", &auth)], b"")
+    };
+    assert_eq!(control("unload").status, 200);
+    let alone = charged("a");
+    assert!(alone > a, "a is charged {a} beside b, {alone} alone");
+    assert_eq!(control("load").status, 200);
+    assert_eq!(count("plugin shared"), 2, "{}", server.log());
+    // (b's own heap is measured again as it loads, and differs: a's does not move.)
+    assert_eq!(charged("a"), a, "b was charged {b}, now {}", charged("b"));
+    assert_eq!(infer_params(&server, "b", json!({})).1, Some(Y.to_vec()));
+}

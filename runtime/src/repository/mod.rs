@@ -1306,7 +1306,13 @@ fn bring_up(
     // Through wasi:nn a plugin reaches its own model's graph and those its config grants.
     let allowed = graphs.for_plugin((name, &graph), &config.plugin.graphs).context("`plugin.graphs`")?;
     let plugin = host.load(name, dir, &config.plugin, allowed).context("cannot load its plugin")?;
-    tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin compiled");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match plugin.shared_with() {
+        0 => tracing::info!(model = %name, elapsed_ms, "plugin compiled"),
+        others => {
+            tracing::info!(model = %name, elapsed_ms, others, "plugin shared: loaded models run the same bytes")
+        }
+    }
     if plugin.has_warm_up() {
         let started = Instant::now();
         plugin.warm_up().context("the plugin's warm-up failed")?;
