@@ -7,7 +7,7 @@
 //! config and fetches (several at once), loads the on-demand models whose graphs its plugin
 //! calls (and keeps them from eviction while it runs), makes room under the budget (see
 //! `resident`), then loads graph and plugin and warms them up as at start-up: up to
-//! `--concurrent-loads` at once, but a model's first three loads alone, so that the memory
+//! `--concurrent-loads` at once, but a model's first five loads alone, so that the memory
 //! each is measured to add is its own (later loads of the same files are charged their
 //! median).
 

@@ -138,7 +138,7 @@ pub struct LoadSettings {
     /// How long a request waits for its model's load before 503.
     pub wait: Duration,
     /// How many loads (graph, plugin, warm-up) may run at once. A model whose cost is not
-    /// known yet (its first three loads) loads alone, to be measured.
+    /// known yet (its first [`SAMPLES`] loads) loads alone, to be measured.
     pub concurrent: usize,
 }
 
@@ -1187,8 +1187,11 @@ impl Repository {
 /// How many times loads of the same files and config are measured alone before later ones
 /// are charged the median and run beside others: one measurement can be off by what
 /// requests served meanwhile allocated or freed, and a first load also pays the server's own
-/// one-time costs.
-const SAMPLES: usize = 3;
+/// one-time costs. The early loads of a server under traffic are the likeliest to be off
+/// (its other models' first requests grow their backends' arenas meanwhile): with three, two
+/// of them often were (on 200 magika copies: 5.1, 6.4 and 0.6 MiB, where runs of five read
+/// mostly 0.6 and 3.5), and the median charged every copy 5.1 MiB; five outvote two.
+const SAMPLES: usize = 5;
 
 /// What one load measured alone added to malloc's heaps (bytes): in all, and its graph's
 /// part (at least its file's size each).

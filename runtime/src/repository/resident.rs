@@ -5,10 +5,10 @@
 //!
 //! A model's cost is what its `[load] memory_mib` declares, or else what its load added to
 //! malloc's heaps (graph, backend session, plugin bookkeeping: glibc's `mallinfo2`, across
-//! its first three loads, each run alone so that the growth is its own; later loads of the
+//! its first five loads, each run alone so that the growth is its own; later loads of the
 //! same files and config are charged their median and run beside others) plus what its plugin holds
-//! outside them: compiled code and the linear memory of each idle instance in its pool,
-//! counted as the pool grows.
+//! outside them: its share of its compiled code and the linear memory of each idle instance
+//! in its pool, counted as the pool grows.
 
 use std::fmt;
 
