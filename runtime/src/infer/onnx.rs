@@ -241,21 +241,23 @@ pub fn load(
 }
 
 /// A model file, read when its bytes are first needed: a session from the cached optimised
-/// graph needs none of them, only their digest, which this process remembers for each file
-/// it has read, by its path, size and modification time (the identity the fetch cache and
-/// hot reload change with its contents). A reload of an evicted model so reads neither the
-/// model nor hashes it again.
+/// graph needs none of them, only their digest, which this process remembers for each path
+/// it has read with the file's size and modification time then (what the fetch cache and hot
+/// reload change with its contents). A reload of an evicted model so reads neither the model
+/// nor hashes it again.
 struct ModelFile<'a> {
     path: &'a Path,
-    identity: (PathBuf, u64, Option<std::time::SystemTime>),
+    /// Its size and modification time.
+    stamp: Stamp,
     bytes: std::cell::OnceCell<Vec<u8>>,
 }
+
+type Stamp = (u64, Option<std::time::SystemTime>);
 
 impl<'a> ModelFile<'a> {
     fn new(path: &'a Path) -> anyhow::Result<Self> {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let identity = (path.to_path_buf(), meta.len(), meta.modified().ok());
-        Ok(Self { path, identity, bytes: Default::default() })
+        Ok(Self { path, stamp: (meta.len(), meta.modified().ok()), bytes: Default::default() })
     }
 
     fn bytes(&self) -> anyhow::Result<&[u8]> {
@@ -275,14 +277,15 @@ impl<'a> ModelFile<'a> {
     /// The sha256 of its bytes.
     fn digest(&self) -> anyhow::Result<[u8; 32]> {
         use sha2::{Digest, Sha256};
-        type Digests = std::collections::HashMap<(PathBuf, u64, Option<std::time::SystemTime>), [u8; 32]>;
+        type Digests = std::collections::HashMap<PathBuf, (Stamp, [u8; 32])>;
         static DIGESTS: OnceLock<Mutex<Digests>> = OnceLock::new();
         let digests = DIGESTS.get_or_init(Default::default);
-        if let Some(digest) = digests.lock().expect("digests lock").get(&self.identity) {
-            return Ok(*digest);
+        match digests.lock().expect("digests lock").get(self.path) {
+            Some((stamp, digest)) if *stamp == self.stamp => return Ok(*digest),
+            _ => {}
         }
         let digest: [u8; 32] = Sha256::digest(self.bytes()?).into();
-        digests.lock().expect("digests lock").insert(self.identity.clone(), digest);
+        digests.lock().expect("digests lock").insert(self.path.to_path_buf(), (self.stamp, digest));
         Ok(digest)
     }
 }
