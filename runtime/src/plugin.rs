@@ -104,11 +104,11 @@ pub struct PluginHost {
     cache: Option<PathBuf>,
     /// The plugins compiled and still held by a loaded model, by the sha256 of their bytes
     /// and whether they meter fuel: models whose plugin files hold the same bytes share one.
-    compiled: Mutex<std::collections::HashMap<CompiledKey, std::sync::Weak<Compiled>>>,
+    compiled: Mutex<Held>,
 }
 
-/// Whether a compiled plugin meters fuel, and the sha256 of its bytes.
-type CompiledKey = (bool, [u8; 32]);
+/// Compiled plugins by whether they meter fuel and the sha256 of their bytes.
+type Held = std::collections::HashMap<(bool, [u8; 32]), std::sync::Weak<Compiled>>;
 
 /// A plugin compiled and linked: its code is in memory once, however many loaded models run
 /// it, and a model whose plugin another loaded model already runs compiles nothing.
@@ -179,15 +179,18 @@ impl PluginHost {
         let bytes = std::fs::read(&file).with_context(|| format!("cannot read plugin {}", file.display()))?;
         use sha2::Digest;
         let key = (config.fuel != 0, sha2::Sha256::digest(&bytes).into());
-        let held = || self.compiled.lock().expect("compiled plugins lock").get(&key)?.upgrade();
-        let compiled = match held() {
+        let all = || self.compiled.lock().expect("compiled plugins lock");
+        let held = |all: &Held| all.get(&key)?.upgrade();
+        // (Bound first: a guard made in the match's head would be held through its arms.)
+        let found = held(&all());
+        let compiled = match found {
             Some(compiled) => compiled,
             None => {
                 let compiled = std::sync::Arc::new(self.compile(&file, &bytes, config.fuel)?);
-                let mut all = self.compiled.lock().expect("compiled plugins lock");
+                let mut all = all();
                 all.retain(|_, held| held.strong_count() > 0);
                 // Another load of the same bytes may have finished first: one copy is kept.
-                match all.get(&key).and_then(std::sync::Weak::upgrade) {
+                match held(&all) {
                     Some(first) => first,
                     None => {
                         all.insert(key, std::sync::Arc::downgrade(&compiled));
