@@ -167,9 +167,25 @@ def settings_match_the_binary(tmp):
     serve_args_are_accepted(args[:at] + args[at + 2:], "kubernetes/batch/indexed-job.yaml",
                             env={"JOB_COMPLETION_INDEX": "3"})
 
+def chart_settings_match_the_binary(charts, tmp):
+    """Each rendered chart's server.toml (its ConfigMap), with its Deployment's args, is
+    accepted by the binary: a values knob that renders a key the server does not know, or a
+    value it refuses, fails here and not in the pod."""
+    for path in charts:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        config = next(d for d in docs if d["kind"] == "ConfigMap" and "server.toml" in d.get("data", {}))
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        server_toml = Path(tmp) / f"{path.stem}-server.toml"
+        server_toml.write_text(config["data"]["server.toml"])
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        serve_args_are_accepted([a.replace("/etc/wasmserve/server.toml", str(server_toml)) for a in args],
+                                f"{path.stem}: the chart's Deployment with its ConfigMap")
+        print(f"{path.stem}: server.toml accepted ({len(config['data']['server.toml'].splitlines())} settings)")
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         charts = chart(tmp)
+        chart_settings_match_the_binary(charts, tmp)
         validate(resources() + rendered(tmp) + charts)
         config_maps_fit()
         image_has_what_the_binary_embeds()
