@@ -135,14 +135,17 @@ def serve_args_are_accepted(args, label, env=None):
     if "cannot read model repository /nonexistent/models" not in result.stderr:
         sys.exit(f"{label}: wasmserve did not accept {args}:\n{result.stderr}")
 
+def config_map_is_accepted(config, deployment, path, label):
+    """A Deployment's args with its ConfigMap's server.toml (written to `path`, where the pod
+    mounts it at /etc/wasmserve/server.toml) are accepted."""
+    path.write_text(config["data"]["server.toml"])
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    serve_args_are_accepted([a.replace("/etc/wasmserve/server.toml", str(path)) for a in args], label)
+
 def settings_match_the_binary(tmp):
     deployment = yaml.safe_load((DEPLOY / "kubernetes/base/deployment.yaml").read_text())
     config = yaml.safe_load((DEPLOY / "kubernetes/base/config.yaml").read_text())
-    server_toml = Path(tmp) / "server.toml"
-    server_toml.write_text(config["data"]["server.toml"])
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    serve_args_are_accepted([a.replace("/etc/wasmserve/server.toml", str(server_toml)) for a in args],
-                            "deployment.yaml with config.yaml")
+    config_map_is_accepted(config, deployment, Path(tmp) / "server.toml", "deployment.yaml with config.yaml")
     runtime = yaml.safe_load((DEPLOY / "kserve/servingruntime.yaml").read_text())
     container = runtime["spec"]["containers"][0]
     args = [a for a in container["args"] if not a.startswith("--repository")]
@@ -175,11 +178,8 @@ def chart_settings_match_the_binary(charts, tmp):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         config = next(d for d in docs if d["kind"] == "ConfigMap" and "server.toml" in d.get("data", {}))
         deployment = next(d for d in docs if d["kind"] == "Deployment")
-        server_toml = Path(tmp) / f"{path.stem}-server.toml"
-        server_toml.write_text(config["data"]["server.toml"])
-        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        serve_args_are_accepted([a.replace("/etc/wasmserve/server.toml", str(server_toml)) for a in args],
-                                f"{path.stem}: the chart's Deployment with its ConfigMap")
+        config_map_is_accepted(config, deployment, Path(tmp) / f"{path.stem}-server.toml",
+                               f"{path.stem}: the chart's Deployment with its ConfigMap")
         print(f"{path.stem}: server.toml accepted ({len(config['data']['server.toml'].splitlines())} settings)")
 
 def main():
