@@ -18,7 +18,7 @@
 //! | `wasmserve_inference_exec_count_total` | counter: graph runs (a batch is one) | model, version |
 //! | `wasmserve_batch_rows` | histogram: rows in the graph run that served a request (with `[batching]`, the whole batch's) | model, version |
 //! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model, version |
-//! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included | model, version |
+//! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included when it runs | model, version |
 //! | `wasmserve_route_requests_total` | counter: requests a route sent on | route, variant, role (`served` or `shadow`), code |
 //! | `wasmserve_connections_open` | gauge: client connections open now | |
 //! | `wasmserve_connections_refused_total` | counter: connections closed at accept, `--max-connections` being open | |

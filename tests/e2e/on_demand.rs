@@ -191,52 +191,82 @@ fn concurrent_first_requests_share_one_load() {
     assert!(metric(&server, "wasmserve_model_load_wait_seconds_sum") > 20.0 * 0.5);
 }
 
-#[test]
-fn a_first_load_runs_alone_and_loads_of_a_measured_model_run_at_once() {
-    // Copies of one model, each load at least 800 ms (its warm-up sleeps), no declared cost:
-    // what each load adds to memory is measured.
-    let names = ["a", "b", "c", "d", "e", "f"];
-    let repo = copies(&names, |_, t| {
+/// Copies `names` of the test model, on demand, whose warm-up request sleeps 800 ms; `extra`
+/// added to each `[load]`.
+fn slow_warm_up_copies(names: &[&str], extra: &str) -> tempfile::TempDir {
+    copies(names, |_, t| {
         format!(
-            "{t}\n[load]\npolicy = \"on_demand\"\n\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"800\" }}\n"
+            "{t}\n[load]\npolicy = \"on_demand\"\n{extra}\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"800\" }}\n"
         )
+    })
+}
+
+/// Requests to every one of `names` at once, each answered correctly; how long they took.
+fn all_at_once(server: &Server, names: &[&str]) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let threads: Vec<_> =
+            names.iter().map(|m| s.spawn(move || infer_params(server, m, json!({})))).collect();
+        for t in threads {
+            let (status, y, r) = t.join().unwrap();
+            assert_eq!((status, y), (200, Some(Y.to_vec())), "{}", String::from_utf8_lossy(&r.body));
+        }
     });
+    started.elapsed()
+}
+
+#[test]
+fn a_first_load_runs_alone_and_a_measured_model_reloads_for_a_request_without_its_warm_up() {
+    // Copies of one model, each warm-up 800 ms, no declared cost: what each load adds to
+    // memory is measured.
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let repo = slow_warm_up_copies(&names, "");
     let token = "a-control-token-of-some-length";
     let server = Server::start_with(repo.path(), &["--concurrent-loads", "2"], |cmd| {
         cmd.env("WASMSERVE_CONTROL_TOKEN", token);
     });
-    let server = &server;
-    let all_at_once = || {
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            let threads: Vec<_> =
-                names.iter().map(|m| s.spawn(move || infer_params(server, m, json!({})))).collect();
-            for t in threads {
-                let (status, y, r) = t.join().unwrap();
-                assert_eq!((status, y), (200, Some(Y.to_vec())), "{}", String::from_utf8_lossy(&r.body));
-            }
-        });
-        started.elapsed()
-    };
-    // Never measured: each load runs alone until five are (the sixth is charged their
-    // median, and may run beside another).
-    let first = all_at_once();
+    let warm_ups = |server: &Server| server.log().matches("warm-up done").count();
+    // Never measured: each load runs alone, with its warm-up, until five are; the sixth is
+    // charged their median, and its request waits for no warm-up these files passed.
+    let first = all_at_once(&server, &names);
     assert!(first >= Duration::from_millis(5 * 800), "{first:?}");
+    assert_eq!(warm_ups(&server), 5, "{}", server.log());
     let (_, index) = server.get_json("/v2/repository/index");
     let charged: Vec<u64> =
         index.as_array().unwrap().iter().map(|m| m["resident_bytes"].as_u64().unwrap()).collect();
     assert!(charged.iter().all(|&c| c > 0), "{index}");
-    // Evicted, then asked for again: their cost is known, so two load at a time
-    // (--concurrent-loads 2): three rounds of 800 ms, not six.
+    // Evicted, then asked for again: their cost is known, their files passed the warm-up, so
+    // the requests wait for loads without it, and nobody for 800 ms.
+    let auth = format!("Bearer {token}");
     for name in names {
-        let auth = format!("Bearer {token}");
         let r =
             server.post(&format!("/v2/repository/models/{name}/unload"), &[("Authorization", &auth)], b"");
         assert_eq!(r.status, 200);
     }
-    let again = all_at_once();
-    assert!(again >= Duration::from_millis(3 * 800) && again < Duration::from_millis(4 * 800), "{again:?}");
-    assert_eq!(metric(server, "wasmserve_model_loads_total{"), 12.0);
+    let again = all_at_once(&server, &names);
+    assert!(again < Duration::from_millis(800), "{again:?}");
+    assert_eq!(warm_ups(&server), 5, "{}", server.log());
+    assert_eq!(server.log().matches("warmed_up=false").count(), 7, "{}", server.log());
+    assert_eq!(metric(&server, "wasmserve_model_loads_total{"), 12.0);
+    // A load nobody waits for (the repository API's) warms up as at start-up.
+    let r = server.post("/v2/repository/models/a/load", &[("Authorization", &auth)], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(warm_ups(&server), 6, "{}", server.log());
+}
+
+#[test]
+fn loads_of_a_known_cost_run_up_to_concurrent_loads_at_once() {
+    // A declared cost: nothing to measure, so loads run beside each other from the first.
+    // Six first requests at once, two loads at a time (--concurrent-loads 2): the first two
+    // warm up together (800 ms, not 1600); the four after them skip the warm-up their files
+    // have passed.
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let repo = slow_warm_up_copies(&names, "memory_mib = 1");
+    let server = Server::start(repo.path(), &["--concurrent-loads", "2"]);
+    let took = all_at_once(&server, &names);
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(1600), "{took:?}");
+    assert_eq!(server.log().matches("warm-up done").count(), 2, "{}", server.log());
+    assert_eq!(metric(&server, "wasmserve_model_loads_total{"), 6.0);
 }
 
 #[test]

@@ -113,6 +113,11 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Whether a request waits for loads of this cause.
+    fn waited_for(self) -> bool {
+        matches!(self, Cause::Request | Cause::Dependency)
+    }
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -204,6 +209,9 @@ pub struct Repository {
     /// each. Once there are that many, a version loaded again, or a copy of the same files
     /// and config, is charged their median and loads beside others.
     measured: Mutex<HashMap<u64, Vec<Measured>>>,
+    /// What has passed its warm-up in this process ([`content_key`]): a load a request waits
+    /// for skips the warm-up of files and config that passed it, once their cost is known.
+    warmed: Mutex<HashSet<u64>>,
     /// The clock of `last_used`.
     started: Instant,
     /// The server's own resident memory, measured when start-up loading ended (what it
@@ -530,6 +538,7 @@ impl Repository {
             evicting: Mutex::new(()),
             measuring: RwLock::new(()),
             measured: Mutex::new(HashMap::new()),
+            warmed: Mutex::new(HashSet::new()),
             started: Instant::now(),
             base: AtomicU64::new(0),
             metrics: LoadMetrics::default(),
@@ -859,8 +868,19 @@ impl Repository {
             let meter = grew.is_some().then(resident::Meter::start);
             let declared = config.load.memory_mib.map(|mib| mib << 20);
             let floor = file_size(&version.dir.join(&config.graph.file));
-            match bring_up(host, name, &version.dir, config, graph, &registry, spent) {
-                Ok(model) => {
+            // A request waiting for this load would wait for the warm-up too, and its own run
+            // warms the model as well: files and config that passed the warm-up in this
+            // process skip it, once measured (a measured load runs it, as every load did).
+            let warm = alone.is_some()
+                || !cause.waited_for()
+                || !key.is_some_and(|key| self.warmed.lock().expect("warmed lock").contains(&key));
+            let started = Instant::now();
+            match bring_up(host, name, &version.dir, config, graph, &registry, warm) {
+                Ok(mut model) => {
+                    model.load_duration = spent + started.elapsed();
+                    if let Some(key) = key.filter(|_| warm) {
+                        self.warmed.lock().expect("warmed lock").insert(key);
+                    }
                     // Its heap: the median of what loads of the same files and config
                     // measured alone, this one's too if it ran alone; its plugin's code and
                     // idle instances are counted as they are. Sessions its graph makes
@@ -887,7 +907,7 @@ impl Repository {
                         resident = %resident::mib(version.charged_as(&model)),
                         heap_grew = grew.map(|(_, all)| tracing::field::display(resident::mib(all.heap))),
                         rss_grew = grew.map(|(_, all)| tracing::field::display(resident::mib(all.rss))),
-                        declared = declared.is_some(), measured_alone = alone.is_some(), "loaded");
+                        declared = declared.is_some(), measured_alone = alone.is_some(), warmed_up = warm, "loaded");
                     version.set(name, State::Ready(Arc::new(model)));
                 }
                 Err(e) => self.failed(&item, cause, format!("{e:#}")),
@@ -1294,8 +1314,8 @@ fn configs(
     tokio::runtime::Handle::current().block_on(configs)
 }
 
-/// Compile the plugin and run the warm-up requests: a model that passes is ready.
-/// `spent`: the time its fetch and graph took, for [`Model::load_duration`].
+/// Compile the plugin and, when `warm`, call its warm-up and run the warm-up requests: a
+/// model that passes is ready (its `load_duration` for the caller to set).
 fn bring_up(
     host: &PluginHost,
     name: &str,
@@ -1303,7 +1323,7 @@ fn bring_up(
     config: ModelConfig,
     (graph, sessions_made_later): (wasmtime_wasi_nn::Graph, infer::SessionsMadeLater),
     graphs: &Graphs,
-    spent: Duration,
+    warm: bool,
 ) -> anyhow::Result<Model> {
     let started = Instant::now();
     // Through wasi:nn a plugin reaches its own model's graph and those its config grants.
@@ -1316,13 +1336,13 @@ fn bring_up(
             tracing::info!(model = %name, elapsed_ms, others, "plugin shared: loaded models run the same bytes")
         }
     }
-    if plugin.has_warm_up() {
+    if warm && plugin.has_warm_up() {
         let started = Instant::now();
         plugin.warm_up().context("the plugin's warm-up failed")?;
         tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "plugin warmed up");
     }
     let executions = config.executions();
-    let mut model = Model {
+    let model = Model {
         name: name.to_string(),
         slots: schedule::Slots::new(&config.scheduling, config.batching.as_ref(), executions),
         executions: schedule::Executions::start(name, &graph, config.batching.as_ref(), executions)?,
@@ -1332,13 +1352,12 @@ fn bring_up(
         load_duration: Default::default(),
         sessions_made_later,
     };
-    for (i, warmup) in model.config.warmup.iter().enumerate() {
+    for (i, warmup) in model.config.warmup.iter().enumerate().filter(|_| warm) {
         let started = Instant::now();
         warm_up(&model, dir, warmup).with_context(|| format!("warm-up {} failed", i + 1))?;
         tracing::info!(model = %name, warmup = i + 1, count = warmup.count,
             elapsed_ms = started.elapsed().as_millis() as u64, "warm-up done");
     }
-    model.load_duration = spent + started.elapsed();
     Ok(model)
 }
 
