@@ -400,7 +400,7 @@ fn versions_routes_and_shadows_load_on_demand_each_version_on_its_own() {
     std::fs::create_dir(repo.path().join("r")).unwrap();
     std::fs::write(
         repo.path().join("r/route.toml"),
-        "[[variants]]\nmodel = \"v\"\nversion = \"1\"\nweight = 1\n[shadow]\nmodel = \"v\"\nversion = \"2\"\n",
+        "[[variants]]\nmodel = \"v\"\nversion = \"1\"\n[shadow]\nmodel = \"v\"\nversion = \"2\"\n",
     )
     .unwrap();
     let server = Server::start(repo.path(), &[]);

@@ -43,8 +43,14 @@ pub struct Variant {
     /// Its version; default: the model's default version.
     #[serde(default)]
     pub version: Option<String>,
-    /// Its share of the requests, relative to the other variants' weights.
+    /// Its share of the requests, relative to the other variants' weights; default 1 (equal
+    /// shares, and a route of one variant needs none).
+    #[serde(default = "one")]
     pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The model a route copies requests to.
@@ -72,17 +78,14 @@ impl RouteConfig {
         let path = dir.join(ROUTE_FILE);
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let route: Self = toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-        anyhow::ensure!(
-            !route.variants.is_empty(),
-            "invalid {}: `variants`: a route needs one",
-            path.display()
-        );
-        anyhow::ensure!(
-            route.variants.iter().all(|v| v.weight > 0),
-            "invalid {}: every variant's `weight` must be > 0",
-            path.display()
-        );
+        Self::parse(&text).with_context(|| format!("invalid {}", path.display()))
+    }
+
+    /// Parse and check the text of a `route.toml`.
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let route: Self = toml::from_str(text)?;
+        anyhow::ensure!(!route.variants.is_empty(), "`variants`: a route needs one");
+        anyhow::ensure!(route.variants.iter().all(|v| v.weight > 0), "every variant's `weight` must be > 0");
         Ok(route)
     }
 
@@ -97,5 +100,32 @@ impl RouteConfig {
             point -= u64::from(variant.weight);
         }
         unreachable!("the point falls within the total weight")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_default_to_equal_shares_and_are_checked() {
+        let route = RouteConfig::parse("[[variants]]\nmodel = \"a\"\n[[variants]]\nmodel = \"b\"\n").unwrap();
+        let picked: Vec<&str> = (0..4).map(|draw| route.pick(draw).model.as_str()).collect();
+        assert_eq!(picked, ["a", "b", "a", "b"]);
+        let one = RouteConfig::parse("[[variants]]\nmodel = \"a\"\n[shadow]\nmodel = \"c\"\n").unwrap();
+        assert_eq!((one.pick(7).model.as_str(), one.variants[0].weight), ("a", 1));
+        let weighted =
+            RouteConfig::parse("[[variants]]\nmodel = \"a\"\nweight = 3\n[[variants]]\nmodel = \"b\"\n")
+                .unwrap();
+        let picked: Vec<&str> = (0..4).map(|draw| weighted.pick(draw).model.as_str()).collect();
+        assert_eq!(picked, ["a", "a", "a", "b"]);
+        for (text, error) in [
+            ("[[variants]]\nmodel = \"a\"\nweight = 0\n", "every variant's `weight` must be > 0"),
+            ("variants = []\n", "a route needs one"),
+            ("[[variants]]\nmodel = \"a\"\nweigth = 2\n", "unknown field `weigth`"),
+        ] {
+            let err = format!("{:#}", RouteConfig::parse(text).unwrap_err());
+            assert!(err.contains(error), "{text}: {err}");
+        }
     }
 }
