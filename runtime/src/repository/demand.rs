@@ -6,7 +6,8 @@
 //! blocking threads, never on the threads that serve requests. A load first reads its
 //! config and fetches (several at once), loads the on-demand models whose graphs its plugin
 //! calls (and keeps them from eviction while it runs), makes room under the budget (see
-//! `resident`), then loads graph and plugin and warms them up as at start-up: up to
+//! `resident`), then loads graph and plugin and warms them up as at start-up (unless these
+//! files and config passed the warm-up before and their cost is known): up to
 //! `--concurrent-loads` at once, but a model's first five loads alone, so that the memory
 //! each is measured to add is its own (later loads of the same files are charged their
 //! median).

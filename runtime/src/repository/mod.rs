@@ -78,7 +78,8 @@ impl Model {
 pub enum State {
     /// Its load runs (or, at start-up, has not started yet).
     Loading,
-    /// Loaded and warmed up.
+    /// Loaded and warmed up (a reload a request waits for skips a warm-up its files and
+    /// config passed before).
     Ready(Arc<Model>),
     /// Loaded on demand and not in memory now: never loaded yet, evicted or unloaded. Its
     /// config was checked; its next request loads it.
@@ -207,11 +208,10 @@ pub struct Repository {
     measuring: RwLock<()>,
     /// What loads alone measured, by what was loaded ([`content_key`]): up to [`SAMPLES`]
     /// each. Once there are that many, a version loaded again, or a copy of the same files
-    /// and config, is charged their median and loads beside others.
+    /// and config, is charged their median and loads beside others. Every load that
+    /// succeeds leaves an entry (empty if it was not measured), and the first load of a key
+    /// runs its warm-up: a key here has passed its warm-up in this process.
     measured: Mutex<HashMap<u64, Vec<Measured>>>,
-    /// What has passed its warm-up in this process ([`content_key`]): a load a request waits
-    /// for skips the warm-up of files and config that passed it, once their cost is known.
-    warmed: Mutex<HashSet<u64>>,
     /// The clock of `last_used`.
     started: Instant,
     /// The server's own resident memory, measured when start-up loading ended (what it
@@ -538,7 +538,6 @@ impl Repository {
             evicting: Mutex::new(()),
             measuring: RwLock::new(()),
             measured: Mutex::new(HashMap::new()),
-            warmed: Mutex::new(HashSet::new()),
             started: Instant::now(),
             base: AtomicU64::new(0),
             metrics: LoadMetrics::default(),
@@ -870,17 +869,15 @@ impl Repository {
             let floor = file_size(&version.dir.join(&config.graph.file));
             // A request waiting for this load would wait for the warm-up too, and its own run
             // warms the model as well: files and config that passed the warm-up in this
-            // process skip it, once measured (a measured load runs it, as every load did).
+            // process (that loaded before) skip it, once measured (a measured load runs it,
+            // as every load did).
             let warm = alone.is_some()
                 || !cause.waited_for()
-                || !key.is_some_and(|key| self.warmed.lock().expect("warmed lock").contains(&key));
+                || !key.is_some_and(|key| self.measured.lock().expect("measured lock").contains_key(&key));
             let started = Instant::now();
             match bring_up(host, name, &version.dir, config, graph, &registry, warm) {
                 Ok(mut model) => {
                     model.load_duration = spent + started.elapsed();
-                    if let Some(key) = key.filter(|_| warm) {
-                        self.warmed.lock().expect("warmed lock").insert(key);
-                    }
                     // Its heap: the median of what loads of the same files and config
                     // measured alone, this one's too if it ran alone; its plugin's code and
                     // idle instances are counted as they are. Sessions its graph makes
