@@ -158,14 +158,20 @@ fn a_load_with_no_room_while_every_model_is_in_use_answers_503_with_why_then_loa
     assert_eq!(metric(server, "wasmserve_model_load_failures_total{"), 0.0);
 }
 
+/// Copies `names` of the test model, on demand, whose warm-up request sleeps `sleep_ms`;
+/// `extra` added to each `[load]`.
+fn slow_warm_up_copies(names: &[&str], extra: &str, sleep_ms: u64) -> tempfile::TempDir {
+    copies(names, |_, t| {
+        format!(
+            "{t}\n[load]\npolicy = \"on_demand\"\n{extra}\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"{sleep_ms}\" }}\n"
+        )
+    })
+}
+
 #[test]
 fn concurrent_first_requests_share_one_load() {
     // A warm-up that takes a while makes the load long enough for all 20 to find it running.
-    let repo = copies(&["m"], |_, t| {
-        format!(
-            "{t}\n[load]\npolicy = \"on_demand\"\n\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"800\" }}\n"
-        )
-    });
+    let repo = slow_warm_up_copies(&["m"], "", 800);
     let server = Server::start(repo.path(), &[]);
     let answers: Vec<_> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..20).map(|_| s.spawn(|| infer_params(&server, "m", json!({})))).collect();
@@ -191,16 +197,6 @@ fn concurrent_first_requests_share_one_load() {
     assert!(metric(&server, "wasmserve_model_load_wait_seconds_sum") > 20.0 * 0.5);
 }
 
-/// Copies `names` of the test model, on demand, whose warm-up request sleeps 800 ms; `extra`
-/// added to each `[load]`.
-fn slow_warm_up_copies(names: &[&str], extra: &str) -> tempfile::TempDir {
-    copies(names, |_, t| {
-        format!(
-            "{t}\n[load]\npolicy = \"on_demand\"\n{extra}\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"800\" }}\n"
-        )
-    })
-}
-
 /// Requests to every one of `names` at once, each answered correctly; how long they took.
 fn all_at_once(server: &Server, names: &[&str]) -> Duration {
     let started = Instant::now();
@@ -220,7 +216,7 @@ fn a_first_load_runs_alone_and_a_measured_model_reloads_for_a_request_without_it
     // Copies of one model, each warm-up 800 ms, no declared cost: what each load adds to
     // memory is measured.
     let names = ["a", "b", "c", "d", "e", "f"];
-    let repo = slow_warm_up_copies(&names, "");
+    let repo = slow_warm_up_copies(&names, "", 800);
     let token = "a-control-token-of-some-length";
     let server = Server::start_with(repo.path(), &["--concurrent-loads", "2"], |cmd| {
         cmd.env("WASMSERVE_CONTROL_TOKEN", token);
@@ -261,7 +257,7 @@ fn loads_of_a_known_cost_run_up_to_concurrent_loads_at_once() {
     // warm up together (800 ms, not 1600); the four after them skip the warm-up their files
     // have passed.
     let names = ["a", "b", "c", "d", "e", "f"];
-    let repo = slow_warm_up_copies(&names, "memory_mib = 1");
+    let repo = slow_warm_up_copies(&names, "memory_mib = 1", 800);
     let server = Server::start(repo.path(), &["--concurrent-loads", "2"]);
     let took = all_at_once(&server, &names);
     assert!(took >= Duration::from_millis(800) && took < Duration::from_millis(1600), "{took:?}");
@@ -362,11 +358,7 @@ fn eager_models_are_never_evicted_and_ensembles_load_and_stay_together() {
 
 #[test]
 fn sigterm_while_a_load_runs_exits_cleanly() {
-    let repo = copies(&["slow"], |_, t| {
-        format!(
-            "{t}\n[load]\npolicy = \"on_demand\"\n\n[[warmup]]\ninputs = [{{ name = \"x\", shape = [3, 2], datatype = \"FP32\", data = [1, 1, 1, 1, 1, 1] }}]\nparameters = {{ sleep_ms = \"3000\" }}\n"
-        )
-    });
+    let repo = slow_warm_up_copies(&["slow"], "", 3000);
     let mut server = Server::start(repo.path(), &["--drain-timeout-secs", "10"]);
     let started = std::thread::scope(|s| {
         let waiting = s.spawn(|| infer_params(&server, "slow", json!({})).0);
