@@ -29,7 +29,7 @@
 //! | `wasmserve_model_load_failures_total` | counter: loads that failed | model, version, cause |
 //! | `wasmserve_model_evictions_total` | counter: versions taken out of memory, by reason (`budget`, `unload`) | model, version, reason |
 //! | `wasmserve_model_load_seconds` | histogram: one load, config to ready | cause |
-//! | `wasmserve_model_load_wait_seconds` | histogram: how long requests waited for an on-demand load | |
+//! | `wasmserve_model_load_wait_seconds` | histogram: how long requests waited for an on-demand load, however the wait ended (loaded, failed, timed out, client gone) | |
 //! | `wasmserve_model_resident_bytes` | gauge: what a loaded version is charged against the model memory budget | model, version |
 //! | `wasmserve_models_resident_bytes` | gauge: all loaded versions together | |
 //! | `wasmserve_model_memory_budget_bytes` | gauge: `--model-memory-mib` (0: none) | |
@@ -303,7 +303,7 @@ impl Metrics {
         r.register("model_load_seconds", "One model version's load, config to ready", loads.duration.clone());
         r.register(
             "model_load_wait_seconds",
-            "How long requests waited for their model's on-demand load",
+            "How long requests waited for their model's on-demand load (however the wait ended)",
             loads.wait.clone(),
         );
         r.register(

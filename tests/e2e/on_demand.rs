@@ -197,6 +197,45 @@ fn concurrent_first_requests_share_one_load() {
     assert!(metric(&server, "wasmserve_model_load_wait_seconds_sum") > 20.0 * 0.5);
 }
 
+#[test]
+fn clients_that_leave_while_a_load_runs_neither_stop_it_nor_keep_the_model_from_eviction() {
+    // A budget for one: m's load warms up for 800 ms, n then needs m's room.
+    let repo = slow_warm_up_copies(&["m", "n"], "memory_mib = 40", 800);
+    let server = Server::start(repo.path(), &["--model-memory-mib", "50"]);
+    let body = json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": X}]}).to_string();
+    let request = format!(
+        "POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Five clients ask for m and hang up while its load runs.
+    let gone: Vec<_> = (0..5)
+        .map(|_| {
+            use std::io::Write;
+            let mut stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(states(&server)["m"], "LOADING");
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(100));
+    // The load goes on for the one that stays, which waits for what is left of it.
+    let (status, y, r) = infer_params(&server, "m", json!({}));
+    assert_eq!((status, y), (200, Some(Y.to_vec())), "{}", String::from_utf8_lossy(&r.body));
+    let waited = server_timing(r.server_timing.as_deref().unwrap(), "load");
+    assert!((100.0..800.0).contains(&waited), "{waited}");
+    assert_eq!(metric(&server, "wasmserve_model_loads_total{model=\"m\""), 1.0);
+    // Every wait is counted, those that ended with the client gone too.
+    assert_eq!(metric(&server, "wasmserve_model_load_wait_seconds_count"), 6.0);
+    // Nothing the gone requests held keeps m in memory: it is idle, and goes for n.
+    assert_eq!(infer_params(&server, "n", json!({})).1, Some(Y.to_vec()));
+    let now = states(&server);
+    assert_eq!((now["m"].as_str(), now["n"].as_str()), ("UNLOADED", "READY"));
+    assert_eq!(metric(&server, "wasmserve_model_evictions_total{model=\"m\""), 1.0);
+}
+
 /// Requests to every one of `names` at once, each answered correctly; how long they took.
 fn all_at_once(server: &Server, names: &[&str]) -> Duration {
     let started = Instant::now();
@@ -299,6 +338,9 @@ fn a_broken_on_demand_model_answers_503_with_its_reason_and_the_others_serve() {
     assert_eq!(server.get("/v2/models/good/ready").0, 200);
     assert_eq!(server.get("/v2/models/broken/ready").0, 503);
     assert_eq!(infer_params(&server, "good", json!({})).1, Some(Y.to_vec()));
+    // The requests that waited for a load count in the wait's metric, whether it failed or not:
+    // broken's first, huge's, good's first.
+    assert_eq!(metric(&server, "wasmserve_model_load_wait_seconds_count"), 3.0);
 }
 
 #[test]

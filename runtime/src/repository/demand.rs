@@ -30,17 +30,15 @@ impl Repository {
         let entry = self.entry(name)?;
         let index = entry.index(name, version)?;
         let slot = &entry.versions[index];
-        let mut waiting: Option<Instant> = None;
+        // Observed however the wait ends: the model ready, the load failed, the wait's limit,
+        // or the client gone (this future dropped).
+        let mut waiting: Option<Waiting> = None;
         loop {
             let retry = retry_in(slot);
             match slot.state() {
                 State::Ready(model) => {
                     slot.last_used.store(self.clock(), Ordering::Relaxed);
-                    let waited = waiting.map(|since| since.elapsed());
-                    if let Some(waited) = waited {
-                        self.metrics.waited(waited);
-                    }
-                    return Ok((model, waited));
+                    return Ok((model, waiting.map(|w| w.since.elapsed())));
                 }
                 State::Loading if slot.on_demand() => {}
                 State::Unloaded => {
@@ -63,10 +61,10 @@ impl Repository {
                 // Eager models, and on-demand ones whose config failed its check: as they are.
                 _ => return self.get(name, version).map(|model| (model, None)),
             }
-            let since = *waiting.get_or_insert_with(Instant::now);
+            let since =
+                waiting.get_or_insert_with(|| Waiting { since: Instant::now(), repository: self }).since;
             let limit = self.wait();
             if !slot.settled(limit.saturating_sub(since.elapsed())).await {
-                self.metrics.waited(since.elapsed());
                 return Err(Error::NotLoaded {
                     message: format!(
                         "{} is still loading after {} s (--load-wait-secs); try again shortly",
@@ -206,6 +204,18 @@ impl Repository {
     /// How long a request waits for a load.
     fn wait(&self) -> Duration {
         self.loaded.get().map_or(super::LoadSettings::default().wait, |l| l.loader.settings.wait)
+    }
+}
+
+/// A request's wait for a load, observed in `wasmserve_model_load_wait_seconds` when it ends.
+struct Waiting<'a> {
+    since: Instant,
+    repository: &'a Repository,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.repository.metrics.waited(self.since.elapsed());
     }
 }
 
