@@ -5,7 +5,9 @@
 //! It shares the REST path's pipeline: the same input checks, schedule, metrics and spans.
 //! Tensors arrive in `raw_input_contents` (what `tritonclient.grpc` sends) or as typed
 //! `contents`; outputs always leave in `raw_output_contents`, so their bytes are moved into
-//! the response, never re-encoded.
+//! the response, never re-encoded. Of Triton's additions it serves the model configuration,
+//! the statistics and the model repository's calls (load and unload behind the control
+//! token, where the REST control endpoints are served).
 
 use crate::config::{InputLimits, TensorSpec};
 use crate::decode::{self, InferRequest, RequestedOutput};
@@ -28,10 +30,30 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// The path prefix gRPC calls arrive under.
 pub const PATH: &str = "/inference.GRPCInferenceService/{*method}";
 
+/// The repository's control calls, each served where the REST control endpoints are (see
+/// [`crate::server::control_router`]) and behind the same token.
+pub const CONTROL_PATHS: [&str; 2] = [
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
+];
+
+/// Whether a service answers the repository's control calls ([`CONTROL_PATHS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Yes, to a caller with the control token.
+    Here,
+    /// No: they are served on the control port (`--control-port`) only.
+    Elsewhere,
+}
+
 /// The service over the server's state; messages up to `max_message_bytes` (the REST body
 /// limit) either way.
-pub fn service(state: AppState, max_message_bytes: usize) -> GrpcInferenceServiceServer<Grpc> {
-    GrpcInferenceServiceServer::new(Grpc(state))
+pub fn service(
+    state: AppState,
+    max_message_bytes: usize,
+    control: Control,
+) -> GrpcInferenceServiceServer<Grpc> {
+    GrpcInferenceServiceServer::new(Grpc(state, control))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(usize::MAX)
 }
@@ -107,8 +129,45 @@ impl tonic_health::pb::health_server::Health for Health {
     }
 }
 
-/// The gRPC handlers.
-pub struct Grpc(AppState);
+/// The gRPC handlers: the server's state, and whether the control calls are served here.
+pub struct Grpc(AppState, Control);
+
+impl Grpc {
+    /// A control call may run here: this is where they are served, and the caller has the
+    /// token.
+    fn control<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        if self.1 == Control::Elsewhere {
+            let elsewhere = format!("{call} is served on the control port (--control-port) only");
+            return Err(status(Error::Forbidden(elsewhere)));
+        }
+        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        crate::server::control_allowed(&self.0, authorization, call).map_err(status)
+    }
+}
+
+/// A load or unload's parameters: none is taken but `allowed` ones that are false.
+fn no_parameters(
+    parameters: &HashMap<String, ModelRepositoryParameter>,
+    allowed: &[&str],
+) -> Result<(), Status> {
+    use model_repository_parameter::ParameterChoice;
+    for (name, value) in parameters {
+        let known = allowed.contains(&name.as_str());
+        if known && matches!(value.parameter_choice, Some(ParameterChoice::BoolParam(false)) | None) {
+            continue;
+        }
+        let why = match known {
+            true => {
+                "only false: the models a model's plugin calls are models of their own, unload each by its name"
+            }
+            false => {
+                "a model loads from its directory in the repository as it is there: change its files, then load it"
+            }
+        };
+        return Err(status(Error::bad_request(format!("parameter '{name}' is not supported ({why})"))));
+    }
+    Ok(())
+}
 
 fn ok<T>(message: T) -> Result<Response<T>, Status> {
     Ok(Response::new(message))
@@ -198,6 +257,53 @@ impl GrpcInferenceService for Grpc {
         ok(ModelStatisticsResponse {
             model_stats: crate::triton::statistics(&self.0, path.as_ref()).map_err(status)?,
         })
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let ready_only = request.into_inner().ready;
+        let models = self
+            .0
+            .repository()
+            .statuses()
+            .into_iter()
+            .filter(|s| !ready_only || matches!(s.state, crate::repository::State::Ready(_)))
+            .map(|s| repository_index_response::ModelIndex {
+                reason: match &s.state {
+                    crate::repository::State::Unavailable(reason) => reason.clone(),
+                    _ => String::new(),
+                },
+                state: s.state.name().into(),
+                version: s.version.unwrap_or_default(),
+                name: s.name,
+            })
+            .collect();
+        ok(RepositoryIndexResponse { models })
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.control(&request, "RepositoryModelLoad")?;
+        let r = request.into_inner();
+        no_parameters(&r.parameters, &[])?;
+        crate::server::load(&self.0, r.model_name).await.map_err(status)?;
+        ok(RepositoryModelLoadResponse {})
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.control(&request, "RepositoryModelUnload")?;
+        let r = request.into_inner();
+        // tritonclient always sends unload_dependents (false unless asked).
+        no_parameters(&r.parameters, &["unload_dependents"])?;
+        self.0.repository().unload(&r.model_name).map_err(status)?;
+        ok(RepositoryModelUnloadResponse {})
     }
 
     async fn model_infer(

@@ -41,6 +41,9 @@ use serde_json::json;
 
 /// The router with every OIP endpoint.
 pub fn router(state: AppState) -> Router {
+    // gRPC's control calls reach this service only when --control-port serves them elsewhere
+    // (else control_router's routes for them, merged in, come first).
+    use crate::grpc::Control::Elsewhere;
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { axum::Json(json!({ "live": true })) }))
@@ -59,7 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .merge(crate::openai::routes())
-        .route_service(crate::grpc::PATH, crate::grpc::service(state.clone(), state.max_body_bytes()))
+        .route_service(
+            crate::grpc::PATH,
+            crate::grpc::service(state.clone(), state.max_body_bytes(), Elsewhere),
+        )
         .route_service(crate::grpc::HEALTH_PATH, crate::grpc::health(state.clone()))
         .fallback(|| async { Error::NotFound("no such endpoint; see /v2".into()) })
         // The infer handler applies its own limit, answering 413 in the OIP error format.
@@ -68,49 +74,72 @@ pub fn router(state: AppState) -> Router {
         .layer(catch_panics())
 }
 
-/// The repository extension's endpoints that change what is served, each behind the
-/// control token (`Authorization: Bearer ...`; 401 without it, 403 when the server has none).
-/// Merge into [`router`], or serve on a port of their own.
+/// The repository extension's endpoints that change what is served (REST's load and unload,
+/// gRPC's RepositoryModelLoad and RepositoryModelUnload), each behind the control token
+/// (`Authorization: Bearer ...`; 401 / UNAUTHENTICATED without it, 403 / PERMISSION_DENIED
+/// when the server has none). Merge into [`router`], or serve on a port of their own.
 pub fn control_router(state: AppState) -> Router {
-    Router::new()
+    use crate::grpc::{CONTROL_PATHS, Control::Here};
+    let router = Router::new()
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authorized))
-        .with_state(state)
+        .with_state(state.clone());
+    // gRPC's control calls check the token themselves, to answer in gRPC's terms.
+    let grpc = crate::grpc::service(state.clone(), state.max_body_bytes(), Here);
+    CONTROL_PATHS
+        .iter()
+        .fold(router, |router, path| router.route_service(path, grpc.clone()))
         .layer(catch_panics())
 }
 
-/// Let a control request through only with the server's token (compared in constant time).
+/// Let a control request through only with the server's token.
 async fn authorized(
     State(state): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match control_allowed(&state, given, request.uri().path()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether a control call (REST's load and unload, gRPC's RepositoryModelLoad and
+/// RepositoryModelUnload) at `path` may run: `authorization` (the header, or gRPC's metadata)
+/// must be `Bearer <the server's token>`, compared in constant time. Forbidden when the
+/// server has no token, Unauthorized when it is missing or wrong.
+pub(crate) fn control_allowed(state: &AppState, authorization: Option<&str>, path: &str) -> Result<()> {
     use subtle::ConstantTimeEq;
     let Some(token) = state.control_token() else {
         let off = "repository control is off: start the server with --control-token-file FILE or WASMSERVE_CONTROL_TOKEN";
-        return Error::Forbidden(off.into()).into_response();
+        return Err(Error::Forbidden(off.into()));
     };
-    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match given.and_then(|v| v.strip_prefix("Bearer ")) {
-        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
+    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
         _ => {
-            tracing::warn!(path = %request.uri().path(), "control request refused: no valid bearer token");
-            Error::Unauthorized(
-                "this endpoint needs the header Authorization: Bearer <the server's control token>".into(),
-            )
-            .into_response()
+            tracing::warn!(%path, "control request refused: no valid bearer token");
+            Err(Error::Unauthorized(
+                "this call needs the header (gRPC: metadata) Authorization: Bearer <the server's control token>"
+                    .into(),
+            ))
         }
     }
 }
 
 /// Load a model (again) from its directory; answers once it serves, or why it does not.
 async fn load_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+    load(&state, model).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Load `model` (again) from its directory, off the serving threads (REST and gRPC).
+pub(crate) async fn load(state: &AppState, model: String) -> Result<()> {
     let repository = state.repository().clone();
     tokio::task::spawn_blocking(move || repository.reload(&model))
         .await
-        .map_err(|e| Error::Internal(format!("loading panicked: {e}")))??;
-    Ok(StatusCode::OK)
+        .map_err(|e| Error::Internal(format!("loading panicked: {e}")))?
 }
 
 async fn unload_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {

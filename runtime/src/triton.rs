@@ -37,8 +37,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-/// The protocol extensions the server metadata names: binary tensors, and these two.
-pub(crate) const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "model_configuration", "statistics"];
+/// The protocol extensions the server metadata names: binary tensors, these two, and the
+/// model repository's index, load and unload (REST and gRPC).
+pub(crate) const EXTENSIONS: [&str; 4] =
+    ["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
 
 /// Triton's configuration of a loaded model version.
 pub(crate) fn config(model: &Model) -> ModelConfig {

@@ -178,3 +178,110 @@ def test_a_route_has_metadata_over_grpc_as_over_rest(tmp_path):
             grpcclient.InferenceServerClient(server.address).get_model_metadata("ab", model_version="1")
     finally:
         server.stop()
+
+
+def on_demand_copies(into, names):
+    """Copies of the test model named `names`, loaded on demand."""
+    from conftest import ROOT
+
+    for name in names:
+        model = into / name
+        model.mkdir()
+        for f in (ROOT / "tests/models/faulty").iterdir():
+            if f.name != "model.toml":
+                (model / f.name).symlink_to(f)
+        toml = (ROOT / "tests/models/faulty/model.toml").read_text()
+        (model / "model.toml").write_text(toml + '\n[load]\npolicy = "on_demand"\n')
+
+
+def states(client):
+    index = client.get_model_repository_index(as_json=True).get("models", [])
+    return {m["name"]: m.get("state") for m in index}
+
+
+def ready_models(address):
+    """The index with `ready` set (tritonclient has no argument for it)."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+    return [m.name for m in stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True)).models]
+
+
+def test_the_repository_calls_load_unload_and_index_on_demand_models(tmp_path):
+    """tritonclient.grpc's get_model_repository_index, load_model and unload_model: the index
+    shows each version's state, load and unload take the control token from the metadata."""
+    from conftest import Server
+
+    on_demand_copies(tmp_path, ["a", "b"])
+    token = "t" * 32
+    server = Server(tmp_path, env={"WASMSERVE_CONTROL_TOKEN": token})
+    try:
+        server.wait_ready()
+        client = grpcclient.InferenceServerClient(server.address)
+        auth = {"authorization": f"Bearer {token}"}
+        assert "model_repository" in client.get_server_metadata().extensions
+        assert states(client) == {"a": "UNLOADED", "b": "UNLOADED"}
+        assert ready_models(server.address) == []
+        # Without the token, or with a wrong one: UNAUTHENTICATED, nothing loaded.
+        for headers in (None, {"authorization": "Bearer wrong"}):
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model("a", headers=headers)
+            assert e.value.status() == "StatusCode.UNAUTHENTICATED", e.value
+        assert states(client)["a"] == "UNLOADED"
+        client.load_model("a", headers=auth)
+        assert states(client) == {"a": "READY", "b": "UNLOADED"}
+        assert ready_models(server.address) == ["a"]
+        assert client.is_model_ready("a")
+        # An override of the config is refused, not silently ignored.
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("b", headers=auth, config='{"max_batch_size": 8}')
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value
+        assert "parameter 'config' is not supported" in e.value.message()
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("no-such-model", headers=auth)
+        assert e.value.status() == "StatusCode.NOT_FOUND", e.value
+        with pytest.raises(InferenceServerException) as e:
+            client.unload_model("a", headers=auth, unload_dependents=True)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value
+        assert "parameter 'unload_dependents' is not supported (only false" in e.value.message()
+        client.unload_model("a", headers=auth)
+        assert states(client)["a"] == "UNLOADED"
+        # Its next request loads it again.
+        x = grpcclient.InferInput("x", [3, 2], "FP32")
+        x.set_data_from_numpy(np.ones((3, 2), np.float32))
+        assert client.infer("a", [x]).as_numpy("y").tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+        assert states(client)["a"] == "READY"
+    finally:
+        server.stop()
+
+
+def test_the_repository_control_calls_follow_the_control_endpoints(tmp_path):
+    """No token: PERMISSION_DENIED. --control-port: served there only, as REST's are."""
+    from conftest import Server, free_port
+
+    on_demand_copies(tmp_path, ["a"])
+    server = Server(tmp_path)
+    try:
+        server.wait_ready()
+        client = grpcclient.InferenceServerClient(server.address)
+        with pytest.raises(InferenceServerException) as e:
+            client.unload_model("a")
+        assert e.value.status() == "StatusCode.PERMISSION_DENIED", e.value
+        assert e.value.message().startswith("repository control is off")
+    finally:
+        server.stop()
+    token, port = "t" * 32, free_port()
+    server = Server(tmp_path, args=["--control-port", str(port)], env={"WASMSERVE_CONTROL_TOKEN": token})
+    try:
+        server.wait_ready()
+        auth = {"authorization": f"Bearer {token}"}
+        main = grpcclient.InferenceServerClient(server.address)
+        with pytest.raises(InferenceServerException) as e:
+            main.load_model("a", headers=auth)
+        assert e.value.status() == "StatusCode.PERMISSION_DENIED", e.value
+        assert "control port" in e.value.message()
+        control = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        control.load_model("a", headers=auth)
+        assert states(main)["a"] == "READY"
+        control.unload_model("a", headers=auth)
+        assert states(main)["a"] == "UNLOADED"
+    finally:
+        server.stop()
