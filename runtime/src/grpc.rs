@@ -145,28 +145,19 @@ impl Grpc {
     }
 }
 
-/// A load or unload's parameters: none is taken but `allowed` ones that are false.
-fn no_parameters(
+/// A load's or unload's parameters, as [`crate::server::refuse_parameters`] takes them.
+fn parameters(
     parameters: &HashMap<String, ModelRepositoryParameter>,
-    allowed: &[&str],
-) -> Result<(), Status> {
+) -> impl Iterator<Item = (&str, Option<bool>)> {
     use model_repository_parameter::ParameterChoice;
-    for (name, value) in parameters {
-        let known = allowed.contains(&name.as_str());
-        if known && matches!(value.parameter_choice, Some(ParameterChoice::BoolParam(false)) | None) {
-            continue;
-        }
-        let why = match known {
-            true => {
-                "only false: the models a model's plugin calls are models of their own, unload each by its name"
-            }
-            false => {
-                "a model loads from its directory in the repository as it is there: change its files, then load it"
-            }
+    parameters.iter().map(|(name, value)| {
+        let value = match value.parameter_choice {
+            Some(ParameterChoice::BoolParam(b)) => Some(b),
+            None => Some(false),
+            Some(_) => None,
         };
-        return Err(status(Error::bad_request(format!("parameter '{name}' is not supported ({why})"))));
-    }
-    Ok(())
+        (name.as_str(), value)
+    })
 }
 
 fn ok<T>(message: T) -> Result<Response<T>, Status> {
@@ -289,7 +280,7 @@ impl GrpcInferenceService for Grpc {
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         self.control(&request, "RepositoryModelLoad")?;
         let r = request.into_inner();
-        no_parameters(&r.parameters, &[])?;
+        crate::server::refuse_parameters(parameters(&r.parameters), &[]).map_err(status)?;
         crate::server::load(&self.0, r.model_name).await.map_err(status)?;
         ok(RepositoryModelLoadResponse {})
     }
@@ -301,7 +292,8 @@ impl GrpcInferenceService for Grpc {
         self.control(&request, "RepositoryModelUnload")?;
         let r = request.into_inner();
         // tritonclient always sends unload_dependents (false unless asked).
-        no_parameters(&r.parameters, &["unload_dependents"])?;
+        crate::server::refuse_parameters(parameters(&r.parameters), &["unload_dependents"])
+            .map_err(status)?;
         self.0.repository().unload(&r.model_name).map_err(status)?;
         ok(RepositoryModelUnloadResponse {})
     }

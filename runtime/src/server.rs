@@ -129,9 +129,58 @@ pub(crate) fn control_allowed(state: &AppState, authorization: Option<&str>, pat
 }
 
 /// Load a model (again) from its directory; answers once it serves, or why it does not.
-async fn load_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+async fn load_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: bytes::Bytes,
+) -> Result<StatusCode> {
+    refuse_parameters(body_parameters(&body)?.iter().map(|(k, v)| (k.as_str(), v.as_bool())), &[])?;
     load(&state, model).await?;
     Ok(StatusCode::OK)
+}
+
+/// A REST control call's body, Triton's `{"parameters": {...}}`: its parameters (none when
+/// there is no body).
+fn body_parameters(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Default::default());
+    }
+    let body: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        Error::bad_request(format!("the body is not JSON ({e}): send none, or {{\"parameters\": {{}}}}"))
+    })?;
+    match body {
+        serde_json::Value::Object(mut body) => match body.remove("parameters") {
+            Some(serde_json::Value::Object(parameters)) => Ok(parameters),
+            None => Ok(Default::default()),
+            Some(_) => Err(Error::bad_request("\"parameters\" is not an object")),
+        },
+        _ => Err(Error::bad_request("the body is not a JSON object: send none, or {\"parameters\": {}}")),
+    }
+}
+
+/// A load's or unload's parameters (Triton's `config` and `file:` overrides on load,
+/// `unload_dependents` on unload), each a name and its value if a bool: none is taken but
+/// `allowed` ones that are false (REST and gRPC).
+pub(crate) fn refuse_parameters<'a>(
+    parameters: impl IntoIterator<Item = (&'a str, Option<bool>)>,
+    allowed: &[&str],
+) -> Result<()> {
+    for (name, value) in parameters {
+        let known = allowed.contains(&name);
+        if known && value == Some(false) {
+            continue;
+        }
+        let why = match known {
+            true => {
+                "only false: the models a model's plugin calls are models of their own, unload each by its name"
+            }
+            false => {
+                "a model loads from its directory in the repository as it is there: change its files, then load it"
+            }
+        };
+        return Err(Error::bad_request(format!("parameter '{name}' is not supported ({why})")));
+    }
+    Ok(())
 }
 
 /// Load `model` (again) from its directory, off the serving threads (REST and gRPC).
@@ -142,7 +191,13 @@ pub(crate) async fn load(state: &AppState, model: String) -> Result<()> {
         .map_err(|e| Error::Internal(format!("loading panicked: {e}")))?
 }
 
-async fn unload_model(State(state): State<AppState>, Path(model): Path<String>) -> Result<StatusCode> {
+async fn unload_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: bytes::Bytes,
+) -> Result<StatusCode> {
+    let parameters = body_parameters(&body)?;
+    refuse_parameters(parameters.iter().map(|(k, v)| (k.as_str(), v.as_bool())), &["unload_dependents"])?;
     state.repository().unload(&model)?;
     Ok(StatusCode::OK)
 }

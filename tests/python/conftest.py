@@ -79,6 +79,18 @@ def assert_magika_fixtures(client, score_atol=None):
         assert np.allclose(result.as_numpy("score"), [expected[n]["score"] for n in names], atol=score_atol)
 
 
+def on_demand_copies(into, names):
+    """Copies of the test model named `names`, loaded on demand."""
+    for name in names:
+        model = into / name
+        model.mkdir()
+        for f in (ROOT / "tests/models/faulty").iterdir():
+            if f.name != "model.toml":
+                (model / f.name).symlink_to(f)
+        toml = (ROOT / "tests/models/faulty/model.toml").read_text()
+        (model / "model.toml").write_text(toml + '\n[load]\npolicy = "on_demand"\n')
+
+
 class Server:
     """`wasmserve serve` on a free port; `args` and `env` are added to its command and
     environment, `binary` is the command that runs the server (an emulator and a binary)."""

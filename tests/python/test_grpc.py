@@ -180,20 +180,6 @@ def test_a_route_has_metadata_over_grpc_as_over_rest(tmp_path):
         server.stop()
 
 
-def on_demand_copies(into, names):
-    """Copies of the test model named `names`, loaded on demand."""
-    from conftest import ROOT
-
-    for name in names:
-        model = into / name
-        model.mkdir()
-        for f in (ROOT / "tests/models/faulty").iterdir():
-            if f.name != "model.toml":
-                (model / f.name).symlink_to(f)
-        toml = (ROOT / "tests/models/faulty/model.toml").read_text()
-        (model / "model.toml").write_text(toml + '\n[load]\npolicy = "on_demand"\n')
-
-
 def states(client):
     index = client.get_model_repository_index(as_json=True).get("models", [])
     return {m["name"]: m.get("state") for m in index}
@@ -208,7 +194,7 @@ def ready_models(address):
 def test_the_repository_calls_load_unload_and_index_on_demand_models(tmp_path):
     """tritonclient.grpc's get_model_repository_index, load_model and unload_model: the index
     shows each version's state, load and unload take the control token from the metadata."""
-    from conftest import Server
+    from conftest import Server, on_demand_copies
 
     on_demand_copies(tmp_path, ["a", "b"])
     token = "t" * 32
@@ -255,7 +241,7 @@ def test_the_repository_calls_load_unload_and_index_on_demand_models(tmp_path):
 
 def test_the_repository_control_calls_follow_the_control_endpoints(tmp_path):
     """No token: PERMISSION_DENIED. --control-port: served there only, as REST's are."""
-    from conftest import Server, free_port
+    from conftest import Server, free_port, on_demand_copies
 
     on_demand_copies(tmp_path, ["a"])
     server = Server(tmp_path)

@@ -78,3 +78,29 @@ def test_errors_reach_the_client(client):
     assert err.value.status() == "400"
     # The server keeps serving.
     assert client.infer("minilm", [text]).as_numpy("embedding").shape == (1, 384)
+
+
+def test_load_and_unload_through_tritonclient_take_no_overrides(tmp_path):
+    """tritonclient.http's load_model and unload_model send Triton's body: an override of
+    the config is refused (400), not ignored; unload_dependents=False, always sent, is taken."""
+    from conftest import Server, on_demand_copies
+
+    on_demand_copies(tmp_path, ["a"])
+    token = "t" * 32
+    server = Server(tmp_path, env={"WASMSERVE_CONTROL_TOKEN": token})
+    try:
+        client = server.wait_ready()
+        auth = {"Authorization": f"Bearer {token}"}
+        with pytest.raises(InferenceServerException) as e:
+            client.load_model("a", headers=auth, config='{"max_batch_size": 8}')
+        assert e.value.status() == "400" and "parameter 'config' is not supported" in e.value.message()
+        assert {m["name"]: m["state"] for m in client.get_model_repository_index()} == {"a": "UNLOADED"}
+        client.load_model("a", headers=auth)
+        assert client.is_model_ready("a")
+        with pytest.raises(InferenceServerException) as e:
+            client.unload_model("a", headers=auth, unload_dependents=True)
+        assert e.value.status() == "400", e.value
+        client.unload_model("a", headers=auth)
+        assert {m["name"]: m["state"] for m in client.get_model_repository_index()} == {"a": "UNLOADED"}
+    finally:
+        server.stop()
