@@ -134,9 +134,16 @@ async fn load_model(
     Path(model): Path<String>,
     body: bytes::Bytes,
 ) -> Result<StatusCode> {
-    refuse_parameters(body_parameters(&body)?.iter().map(|(k, v)| (k.as_str(), v.as_bool())), &[])?;
+    refuse_body_parameters(&body, &[])?;
     load(&state, model).await?;
     Ok(StatusCode::OK)
+}
+
+/// A REST control call's body, Triton's `{"parameters": {...}}` (or none), through
+/// [`refuse_parameters`].
+fn refuse_body_parameters(body: &[u8], allowed: &[&str]) -> Result<()> {
+    let parameters = body_parameters(body)?;
+    refuse_parameters(parameters.iter().map(|(k, v)| (k.as_str(), v.as_bool())), allowed)
 }
 
 /// A REST control call's body, Triton's `{"parameters": {...}}`: its parameters (none when
@@ -196,8 +203,7 @@ async fn unload_model(
     Path(model): Path<String>,
     body: bytes::Bytes,
 ) -> Result<StatusCode> {
-    let parameters = body_parameters(&body)?;
-    refuse_parameters(parameters.iter().map(|(k, v)| (k.as_str(), v.as_bool())), &["unload_dependents"])?;
+    refuse_body_parameters(&body, &["unload_dependents"])?;
     state.repository().unload(&model)?;
     Ok(StatusCode::OK)
 }
