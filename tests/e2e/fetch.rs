@@ -362,3 +362,30 @@ fn a_full_or_read_only_cache_fails_only_the_models_that_fetch_and_says_why() {
         files.script.lock().unwrap().hits = 0;
     }
 }
+
+#[test]
+fn a_server_of_on_demand_models_is_ready_only_once_their_files_are_fetched() {
+    let graph = test_file("model.onnx");
+    let files = FileServer::start(&[("/mul.onnx", graph.clone())]);
+    // 130 bytes, 16 at a time, 150 ms apart: over a second of download.
+    files.fail_next(Fault::Trickle(Duration::from_millis(150)));
+    let repo = fetching_graph(&format!("{}/mul.onnx", files.base), &sha256(&graph));
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap(), "--load-policy", "on_demand"];
+
+    let mut server = Server::start_listening(repo.path(), &args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while partial_files(cache.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no download started:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its config is read and its policy known, but its file is still on the way: a pod
+    // that took traffic now would make the first request wait for the download.
+    assert_eq!(server.get("/v2/health/ready").0, 503, "ready during the prefetch:\n{}", server.log());
+    server.wait_ready();
+    assert!(partial_files(cache.path()).is_empty());
+    let (_, index) = server.get_json("/v2/repository/index");
+    assert_eq!(index[0]["state"], "UNLOADED", "{index}");
+    assert_model_serves(&server, "faulty");
+    assert_eq!(files.hits(), 1, "one download, at start-up:\n{}", server.log());
+}

@@ -217,6 +217,9 @@ pub struct Repository {
     /// The server's own resident memory, measured when start-up loading ended (what it
     /// held then less what its models were charged).
     base: AtomicU64,
+    /// Start-up loading has ended: on-demand versions' files are fetched (a version is
+    /// `Loading` until then) and eager ones loaded.
+    up: AtomicBool,
     metrics: LoadMetrics,
 }
 
@@ -315,8 +318,9 @@ impl Version {
         drop(self.state.send_replace(state));
     }
 
-    /// Counts toward the server's readiness: an eager version once ready; an on-demand one
-    /// unless its config failed its check (a later failed load is its requests' business).
+    /// Counts toward the server's readiness, once start-up loading has ended: an eager
+    /// version once ready; an on-demand one unless its config failed its check (a later
+    /// failed load is its requests' business).
     fn counts_ready(&self) -> bool {
         match *self.state.borrow() {
             State::Ready(_) => true,
@@ -540,6 +544,7 @@ impl Repository {
             measured: Mutex::new(HashMap::new()),
             started: Instant::now(),
             base: AtomicU64::new(0),
+            up: AtomicBool::new(false),
             metrics: LoadMetrics::default(),
         })
     }
@@ -604,6 +609,7 @@ impl Repository {
         self.graphs.lock().expect("graphs lock").extend(graphs);
         let held: u64 = self.residents(None).0.iter().map(|r| r.cost).sum();
         self.base.store(resident::rss().saturating_sub(held), Ordering::Relaxed);
+        self.up.store(true, Ordering::Release);
         if let Some(budget) = settings.budget.filter(|&budget| held > budget) {
             tracing::warn!(held = %resident::mib(held), budget = %resident::mib(budget),
                 "the models loaded at start-up already hold more than --model-memory-mib: no on-demand model will fit");
@@ -1104,9 +1110,14 @@ impl Repository {
         self.loaded.get().and_then(|l| l.loader.settings.budget)
     }
 
-    /// True when every model version counts as ready (`all`; true for none), or at least
-    /// one does. On-demand versions count unless their config failed its check.
+    /// True once start-up loading has ended (every file fetched, on-demand models' too, and
+    /// eager models loaded) when every model version counts as ready (`all`; true for
+    /// none), or at least one does. On-demand versions count unless their config failed
+    /// its check.
     pub fn ready(&self, all: bool) -> bool {
+        if !self.up.load(Ordering::Acquire) {
+            return false;
+        }
         let models = self.models.read().expect("models lock");
         let mut ready = models.values().flat_map(|m| {
             let broken = m.problem.is_some().then_some(false);
