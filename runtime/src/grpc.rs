@@ -210,7 +210,7 @@ impl GrpcInferenceService for Grpc {
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
         // As REST's: a route answers with the metadata of a variant it picks.
-        let model = self.0.target(&path(r.name, r.version), &Default::default()).await.map_err(status)?.model;
+        let (name, config) = self.0.declared(&path(r.name, r.version)).map_err(status)?;
         let tensors = |specs: &[TensorSpec]| {
             specs
                 .iter()
@@ -222,11 +222,11 @@ impl GrpcInferenceService for Grpc {
                 .collect()
         };
         ok(ModelMetadataResponse {
-            name: model.name.clone(),
-            versions: self.0.repository().versions(&model.name),
-            platform: model.platform(),
-            inputs: tensors(&model.config.inputs),
-            outputs: tensors(&model.config.outputs),
+            versions: self.0.repository().versions(&name),
+            platform: config.platform(),
+            inputs: tensors(&config.inputs),
+            outputs: tensors(&config.outputs),
+            name,
         })
     }
 
@@ -235,8 +235,8 @@ impl GrpcInferenceService for Grpc {
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let target = self.0.target(&path(r.name, r.version), &Default::default()).await.map_err(status)?;
-        ok(ModelConfigResponse { config: Some(crate::triton::config(&target.model)) })
+        let (name, config) = self.0.declared(&path(r.name, r.version)).map_err(status)?;
+        ok(ModelConfigResponse { config: Some(crate::triton::config(&name, &config)) })
     }
 
     async fn model_statistics(
@@ -310,7 +310,7 @@ impl GrpcInferenceService for Grpc {
             .0
             .observed(&path, &id, &headers, async |target| {
                 let model = &target.model;
-                let mut decoded = decode(request, &model.config.inputs, self.0.input_limits(model))?;
+                let mut decoded = decode(request, &model.config.inputs, self.0.input_limits(&model.config))?;
                 target.shadow(&self.0, &decoded);
                 let (outputs, timings, rows) = crate::pipeline::run(model, &mut decoded).await?;
                 let mut response = encode(&model.name, &model.config.version, &decoded, outputs)?;

@@ -179,7 +179,7 @@ fn oip_request(state: &AppState, model: &Model, spec: &Embeddings, texts: &[Stri
         shape: vec![texts.len() as i64],
         data,
     }];
-    decode::check_inputs(&inputs, &model.config.inputs, state.input_limits(model))?;
+    decode::check_inputs(&inputs, &model.config.inputs, state.input_limits(&model.config))?;
     let outputs = std::iter::once(&spec.output)
         .chain(&spec.tokens)
         .map(|name| RequestedOutput { name: name.clone(), binary: None })

@@ -4,6 +4,7 @@
 //! and logged failure (`AppState::observed`), and the run itself (`run`: output
 //! selection checked, then schedule).
 
+use crate::config::{ModelConfig, RouteConfig, Variant};
 use crate::decode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -98,9 +99,9 @@ impl AppState {
         self.0.max_body_bytes
     }
 
-    /// The limits on one request's inputs to `model`.
-    pub(crate) fn input_limits(&self, model: &Model) -> crate::config::InputLimits {
-        model.config.input_limits(self.0.max_bytes_element)
+    /// The limits on one request's inputs to a model with `config`.
+    pub(crate) fn input_limits(&self, config: &ModelConfig) -> crate::config::InputLimits {
+        config.input_limits(self.0.max_bytes_element)
     }
 
     /// The bearer token the control endpoints require; none: control is off.
@@ -120,7 +121,7 @@ impl AppState {
     }
 
     /// The route a request's path names, if it names one (a route has no versions).
-    pub(crate) fn route(&self, path: &ModelPath) -> Result<Option<Arc<crate::config::RouteConfig>>> {
+    pub(crate) fn route(&self, path: &ModelPath) -> Result<Option<Arc<RouteConfig>>> {
         match self.0.repository.route(&path.model) {
             Some(_) if path.version.is_some() => {
                 Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)))
@@ -139,6 +140,21 @@ impl AppState {
         route.variants.iter().try_for_each(|v| repository.servable(&v.model, v.version.as_deref()))
     }
 
+    /// What the model a request's path names declares (a route: the variant it picks, as
+    /// for a request without headers), and that model's name. Loads nothing (see
+    /// [`Repository::declared`]): metadata and configuration answer from it.
+    pub(crate) fn declared(&self, path: &ModelPath) -> Result<(String, Arc<ModelConfig>)> {
+        let (name, version) = match self.route(path)? {
+            Some(route) => {
+                let variant = pick(&path.model, &route, &HeaderMap::new());
+                (variant.model.clone(), variant.version.clone())
+            }
+            None => (path.model.clone(), path.version.clone()),
+        };
+        let config = self.0.repository.declared(&name, version.as_deref())?;
+        Ok((name, config))
+    }
+
     /// Where an inference request goes: the model its path names or, when the name is a
     /// route, the variant the route picks (by the sticky header's value, else at random by
     /// weight) and the shadow that gets a copy. A model loaded on demand is loaded first
@@ -149,23 +165,28 @@ impl AppState {
             let (model, waited) = repository.acquire(&path.model, path.version.as_deref()).await?;
             return Ok(Target { model, waited, routed: None });
         };
-        let sticky = route.sticky_header.as_deref().and_then(|h| headers.get(h));
-        let draw = match sticky {
-            // The same value picks the same variant on every replica and after restarts.
-            Some(value) => {
-                use sha2::Digest;
-                let digest =
-                    sha2::Sha256::new().chain_update(&path.model).chain_update([0]).chain_update(value);
-                u64::from_le_bytes(digest.finalize()[..8].try_into().expect("8 bytes"))
-            }
-            None => fastrand::u64(..),
-        };
-        let variant = route.pick(draw);
+        let variant = pick(&path.model, &route, headers);
         let (model, waited) = repository.acquire(&variant.model, variant.version.as_deref()).await?;
         let shadow = route.shadow.clone();
         let variant = crate::config::target_label(&variant.model, variant.version.as_deref());
         Ok(Target { model, waited, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
     }
+}
+
+/// The variant of `route` (called `name`) a request goes to: by the sticky header's value
+/// when the request carries it, else at random by weight.
+fn pick<'a>(name: &str, route: &'a RouteConfig, headers: &HeaderMap) -> &'a Variant {
+    let sticky = route.sticky_header.as_deref().and_then(|h| headers.get(h));
+    let draw = match sticky {
+        // The same value picks the same variant on every replica and after restarts.
+        Some(value) => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::new().chain_update(name).chain_update([0]).chain_update(value);
+            u64::from_le_bytes(digest.finalize()[..8].try_into().expect("8 bytes"))
+        }
+        None => fastrand::u64(..),
+    };
+    route.pick(draw)
 }
 
 /// The model that answers a request, and the route that chose it, if one did.

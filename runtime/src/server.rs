@@ -264,21 +264,22 @@ async fn repository_index(State(state): State<AppState>) -> Response {
 }
 
 /// A route answers with one of its variants' metadata (its variants take the same inputs).
+/// From the model's config: an on-demand model out of memory is not loaded for it.
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
-    let model = state.target(&path, &HeaderMap::new()).await?.model;
-    let versions = state.repository().versions(&model.name);
+    let (name, config) = state.declared(&path)?;
+    let versions = state.repository().versions(&name);
     let mut body = json!({
-        "name": model.name,
+        "name": name,
         "versions": versions,
-        "platform": model.platform(),
-        "inputs": model.config.inputs,
-        "outputs": model.config.outputs,
+        "platform": config.platform(),
+        "inputs": config.inputs,
+        "outputs": config.outputs,
     });
     // What the plugin may do: its limits and grants, as its config states them.
-    let plugin = &model.config.plugin;
+    let plugin = &config.plugin;
     body["parameters"] = json!({
         "plugin_data_dir": plugin.data.as_ref().map(|_| format!("{} (read-only)", crate::plugin::DATA_DIR)),
-        "plugin_graphs": plugin.allowed_graphs(&model.name).join(","),
+        "plugin_graphs": plugin.allowed_graphs(&name).join(","),
         "plugin_network": false,
         "plugin_environment": false,
         "plugin_memory_limit_mib": plugin.memory_limit_mib,
@@ -290,22 +291,22 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
     });
     // What one request may bring (413 past it), in KiB as `[limits]` sets it; no
     // `max_input_kib`: no limit but the body's.
-    let limits = state.input_limits(&model);
+    let limits = state.input_limits(&config);
     body["parameters"]["max_bytes_element_kib"] = json!(limits.max_element >> 10);
     if limits.max_total != usize::MAX {
         body["parameters"]["max_input_kib"] = json!(limits.max_total >> 10);
     }
-    if let Some(description) = &model.config.description {
+    if let Some(description) = &config.description {
         body["parameters"]["description"] = json!(description);
     }
     Ok(axum::Json(body).into_response())
 }
 
 /// Triton's model configuration extension (see `triton`); a route answers with one of its
-/// variants', as for metadata.
+/// variants', and an on-demand model is not loaded for it, as for metadata.
 async fn model_config(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Response> {
-    let model = state.target(&path, &HeaderMap::new()).await?.model;
-    Ok(axum::Json(crate::triton::config(&model)).into_response())
+    let (name, config) = state.declared(&path)?;
+    Ok(axum::Json(crate::triton::config(&name, &config)).into_response())
 }
 
 /// Triton's statistics extension (see `triton`): every model's, a model's, or a version's.
@@ -387,7 +388,7 @@ async fn decode_and_run(
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text")))
         .transpose()?;
-    let limits = state.input_limits(&target.model);
+    let limits = state.input_limits(&target.model.config);
     let mut request = decode::decode(&body, header_length, &target.model.config.inputs, limits)?;
     drop(body);
     target.shadow(state, &request);

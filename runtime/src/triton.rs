@@ -30,7 +30,6 @@ use crate::grpc::proto::{
     ModelOutput, ModelStatistics, StatisticDuration,
 };
 use crate::pipeline::{AppState, ModelPath};
-use crate::repository::Model;
 use crate::schedule::Timings;
 use crate::tensor::Datatype;
 use std::collections::BTreeMap;
@@ -42,12 +41,11 @@ use std::time::{Duration, SystemTime};
 pub(crate) const EXTENSIONS: [&str; 4] =
     ["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
 
-/// Triton's configuration of a loaded model version.
-pub(crate) fn config(model: &Model) -> ModelConfig {
-    let config = &model.config;
+/// Triton's configuration of the model version `name` with `config` (its `model.toml`).
+pub(crate) fn config(name: &str, config: &crate::config::ModelConfig) -> ModelConfig {
     ModelConfig {
-        name: model.name.clone(),
-        platform: model.platform(),
+        name: name.to_string(),
+        platform: config.platform(),
         backend: config.graph.backend.name().to_string(),
         max_batch_size: 0,
         input: config

@@ -463,6 +463,42 @@ fn versions_routes_and_shadows_load_on_demand_each_version_on_its_own() {
     assert_eq!((r.json()["model_version"].as_str(), r.server_timing), (Some("2"), None));
 }
 
+#[test]
+fn metadata_and_configuration_answer_from_the_config_and_load_nothing() {
+    // a and b on demand, room for one; r: a route to a.
+    let repo = copies(&["a", "b"], load_table("on_demand", 40));
+    std::fs::create_dir(repo.path().join("r")).unwrap();
+    std::fs::write(repo.path().join("r/route.toml"), "[[variants]]\nmodel = \"a\"\n").unwrap();
+    let server = Server::start(repo.path(), &["--model-memory-mib", "50"]);
+    let described = || {
+        ["/v2/models/a", "/v2/models/a/versions/1", "/v2/models/a/config", "/v2/models/r"].map(|path| {
+            let (status, body) = server.get_json(path);
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        })
+    };
+    // What a client library asks before its first request, or a dashboard of every model.
+    let unloaded = described();
+    assert_eq!(unloaded[0]["inputs"][0]["name"], "x", "{}", unloaded[0]);
+    assert_eq!(unloaded[0]["versions"], json!(["1"]));
+    assert_eq!(unloaded[2]["input"][0]["name"], "x", "{}", unloaded[2]);
+    assert_eq!(unloaded[3]["name"], "a", "a route answers with its variant's: {}", unloaded[3]);
+    assert_eq!(states(&server).values().collect::<Vec<_>>(), ["UNLOADED"; 2]);
+    assert_eq!(metric(&server, "wasmserve_model_loads_total{"), 0.0);
+    // Loaded, it says the same.
+    assert_eq!(infer_params(&server, "a", json!({})).0, 200);
+    assert_eq!(described(), unloaded);
+    // Evicted for b, the same again, and asking neither loads a nor evicts b.
+    assert_eq!(infer_params(&server, "b", json!({})).0, 200);
+    assert_eq!(states(&server)["a"], "UNLOADED");
+    assert_eq!(described(), unloaded);
+    assert_eq!(states(&server)["b"], "READY");
+    assert_eq!(metric(&server, "wasmserve_model_loads_total{"), 2.0);
+    assert_eq!(metric(&server, "wasmserve_model_evictions_total{"), 1.0);
+    assert_eq!(server.get("/v2/models/a/versions/2").0, 404);
+    assert_eq!(server.get("/v2/models/nope/config").0, 404);
+}
+
 /// The duration of metric `name` in a `Server-Timing` header (`load;dur=412.3, model-load;dur=61.0`).
 fn server_timing(header: &str, name: &str) -> f64 {
     let metric = header.split(", ").find_map(|m| m.strip_prefix(name)?.strip_prefix(";dur="));

@@ -206,6 +206,10 @@ def test_the_repository_calls_load_unload_and_index_on_demand_models(tmp_path):
         assert "model_repository" in client.get_server_metadata().extensions
         assert states(client) == {"a": "UNLOADED", "b": "UNLOADED"}
         assert ready_models(server.address) == []
+        # What a client asks before its first request comes from the config: nothing loads.
+        assert [t.name for t in client.get_model_metadata("a").inputs] == ["x"]
+        assert [t.name for t in client.get_model_config("b").config.input] == ["x"]
+        assert states(client) == {"a": "UNLOADED", "b": "UNLOADED"}
         # Without the token, or with a wrong one: UNAUTHENTICATED, nothing loaded.
         for headers in (None, {"authorization": "Bearer wrong"}):
             with pytest.raises(InferenceServerException) as e:

@@ -13,6 +13,7 @@
 //! median).
 
 use super::{Cause, Entry, Item, Model, Repository, State, Version, resident};
+use crate::config::ModelConfig;
 use crate::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -91,6 +92,23 @@ impl Repository {
             State::Unavailable(_) if retry_in(slot) == Some(Duration::ZERO) => Ok(()),
             _ => self.get(name, version).map(drop),
         }
+    }
+
+    /// What `name` at `version` declares (its config: inputs, outputs, plugin limits), without
+    /// loading it: the loaded model's config, or an on-demand version's as last read while it
+    /// is out of memory or loading. Not a use for eviction: a client that reads metadata (a
+    /// dashboard, a client library before its first request) loads and evicts nothing.
+    pub fn declared(&self, name: &str, version: Option<&str>) -> Result<Arc<ModelConfig>, Error> {
+        let entry = self.entry(name)?;
+        let slot = &entry.versions[entry.index(name, version)?];
+        let declared = match slot.state() {
+            State::Ready(model) => return Ok(model.config.clone()),
+            State::Unloaded | State::Loading if slot.on_demand() => {
+                slot.declared.lock().expect("declared lock").clone()
+            }
+            _ => None,
+        };
+        declared.map_or_else(|| self.get(name, version).map(|model| model.config.clone()), Ok)
     }
 
     /// Start loading `item` on a blocking thread, unless another request did first.

@@ -50,7 +50,7 @@ pub struct Model {
     /// The public name (its directory name).
     pub name: String,
     /// Its `model.toml`.
-    pub config: ModelConfig,
+    pub config: Arc<ModelConfig>,
     /// The loaded graph.
     pub graph: wasmtime_wasi_nn::Graph,
     /// The compiled plugin.
@@ -64,13 +64,6 @@ pub struct Model {
     /// The ONNX Runtime sessions its graph made after the load (loaded on demand, it makes
     /// one at load and the others when its runs need them), each charged as the first.
     pub sessions_made_later: infer::SessionsMadeLater,
-}
-
-impl Model {
-    /// `backend` for metadata, e.g. `onnx/tract`.
-    pub fn platform(&self) -> String {
-        format!("onnx/{}", self.config.graph.backend.name())
-    }
 }
 
 /// Where a model version is: loading, in memory, not in memory (on demand), or failed.
@@ -250,6 +243,9 @@ struct Version {
     last_used: AtomicU64,
     /// After a failed on-demand load: when the next may start, and the failures in a row.
     retry: Mutex<Option<(Instant, u32)>>,
+    /// Its config as last read (at start-up, and by each load): what an on-demand version
+    /// out of memory declares, for metadata that loads nothing.
+    declared: Mutex<Option<Arc<ModelConfig>>>,
 }
 
 impl Version {
@@ -263,6 +259,7 @@ impl Version {
             session_cost: AtomicU64::new(0),
             last_used: AtomicU64::new(0),
             retry: Mutex::new(None),
+            declared: Mutex::new(None),
         }
     }
 
@@ -491,7 +488,7 @@ impl Item {
 /// An item with its config read and the files it lists fetched, and the time that took.
 struct Configured {
     item: Item,
-    config: anyhow::Result<ModelConfig>,
+    config: anyhow::Result<Arc<ModelConfig>>,
     spent: Duration,
 }
 
@@ -1312,6 +1309,8 @@ fn configs(
                 if !on_demand || fetch_on_demand {
                     fetcher.fetch(&item.name, dir, &mut config).await?;
                 }
+                let config = Arc::new(config);
+                *version.declared.lock().expect("declared lock") = Some(config.clone());
                 Ok(config)
             }
             .await;
@@ -1328,7 +1327,7 @@ fn bring_up(
     host: &PluginHost,
     name: &str,
     dir: &Path,
-    config: ModelConfig,
+    config: Arc<ModelConfig>,
     (graph, sessions_made_later): (wasmtime_wasi_nn::Graph, infer::SessionsMadeLater),
     graphs: &Graphs,
     warm: bool,

@@ -148,6 +148,11 @@ pub struct TensorSpec {
 }
 
 impl ModelConfig {
+    /// The model's platform in metadata: `onnx/` and its backend, e.g. `onnx/tract`.
+    pub fn platform(&self) -> String {
+        format!("onnx/{}", self.graph.backend.name())
+    }
+
     /// Graph runs at once: `[scheduling] executions`, or its default for the backend.
     pub fn executions(&self) -> usize {
         match (self.scheduling.executions, self.graph.backend) {
