@@ -315,13 +315,14 @@ impl Version {
         drop(self.state.send_replace(state));
     }
 
-    /// Counts toward the server's readiness, once start-up loading has ended: an eager
-    /// version once ready; an on-demand one unless its config failed its check (a later
-    /// failed load is its requests' business).
-    fn counts_ready(&self) -> bool {
+    /// Counts toward the server's readiness: an eager version once ready; an on-demand one
+    /// unless its config failed its check (a later failed load is its requests' business),
+    /// but not while start-up loading runs (`up` false): its files are being fetched.
+    fn counts_ready(&self, up: bool) -> bool {
         match *self.state.borrow() {
             State::Ready(_) => true,
-            State::Loading | State::Unloaded => self.on_demand(),
+            State::Unloaded => self.on_demand(),
+            State::Loading => self.on_demand() && up,
             State::Unavailable(_) => self.on_demand() && self.retry.lock().expect("retry lock").is_some(),
         }
     }
@@ -1107,18 +1108,15 @@ impl Repository {
         self.loaded.get().and_then(|l| l.loader.settings.budget)
     }
 
-    /// True once start-up loading has ended (every file fetched, on-demand models' too, and
-    /// eager models loaded) when every model version counts as ready (`all`; true for
-    /// none), or at least one does. On-demand versions count unless their config failed
-    /// its check.
+    /// True when every model version counts as ready (`all`; true for none), or at least
+    /// one does. On-demand versions count unless their config failed its check, once their
+    /// files are fetched.
     pub fn ready(&self, all: bool) -> bool {
-        if !self.up.load(Ordering::Acquire) {
-            return false;
-        }
+        let up = self.up.load(Ordering::Acquire);
         let models = self.models.read().expect("models lock");
         let mut ready = models.values().flat_map(|m| {
             let broken = m.problem.is_some().then_some(false);
-            broken.into_iter().chain(m.versions.iter().map(Version::counts_ready))
+            broken.into_iter().chain(m.versions.iter().map(|v| v.counts_ready(up)))
         });
         if all { ready.all(|r| r) } else { ready.any(|r| r) }
     }
