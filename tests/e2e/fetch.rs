@@ -219,25 +219,43 @@ fn a_wrong_digest_or_a_missing_file_keeps_the_model_unavailable() {
     assert!(body.contains("sha256 mismatch"), "{body}");
 }
 
+/// A server of the test model (its own cache, and `args`) caught while it downloads the
+/// model's graph from a file server that trickles it, 16 bytes every `pause` (130 bytes).
+struct MidDownload {
+    files: FileServer,
+    repo: tempfile::TempDir,
+    cache: tempfile::TempDir,
+    server: Server,
+}
+
+impl MidDownload {
+    fn start(pause: Duration, args: &[&str]) -> Self {
+        let graph = test_file("model.onnx");
+        let files = FileServer::start(&[("/mul.onnx", graph.clone())]);
+        files.fail_next(Fault::Trickle(pause));
+        let repo = fetching_graph(&format!("{}/mul.onnx", files.base), &sha256(&graph));
+        let cache = tempfile::tempdir().unwrap();
+        let server = Server::start_listening(
+            repo.path(),
+            &[&["--cache-dir", cache.path().to_str().unwrap()], args].concat(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while partial_files(cache.path()).is_empty() {
+            assert!(Instant::now() < deadline, "no download started:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { files, repo, cache, server }
+    }
+}
+
 #[test]
 fn a_download_killed_midway_is_never_trusted() {
-    let graph = test_file("model.onnx");
-    let files = FileServer::start(&[("/mul.onnx", graph.clone())]);
-    files.fail_next(Fault::Trickle(Duration::from_millis(300)));
-    let repo = fetching_graph(&format!("{}/mul.onnx", files.base), &sha256(&graph));
-    let cache = tempfile::tempdir().unwrap();
-    let args = ["--cache-dir", cache.path().to_str().unwrap()];
-
-    let server = Server::start_listening(repo.path(), &args);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while partial_files(cache.path()).is_empty() {
-        assert!(Instant::now() < deadline, "no download started:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let MidDownload { files, repo, cache, server } = MidDownload::start(Duration::from_millis(300), &[]);
     drop(server); // SIGKILL, mid-download
+    let graph = test_file("model.onnx");
     assert!(!cache.path().join("models/blobs/sha256").join(sha256(&graph)).exists());
 
-    let server = Server::start(repo.path(), &args);
+    let server = Server::start(repo.path(), &["--cache-dir", cache.path().to_str().unwrap()]);
     assert_model_serves(&server, "faulty");
     assert_eq!(files.hits(), 2, "the restart downloads again:\n{}", server.log());
 }
@@ -365,20 +383,9 @@ fn a_full_or_read_only_cache_fails_only_the_models_that_fetch_and_says_why() {
 
 #[test]
 fn a_server_of_on_demand_models_is_ready_only_once_their_files_are_fetched() {
-    let graph = test_file("model.onnx");
-    let files = FileServer::start(&[("/mul.onnx", graph.clone())]);
-    // 130 bytes, 16 at a time, 150 ms apart: over a second of download.
-    files.fail_next(Fault::Trickle(Duration::from_millis(150)));
-    let repo = fetching_graph(&format!("{}/mul.onnx", files.base), &sha256(&graph));
-    let cache = tempfile::tempdir().unwrap();
-    let args = ["--cache-dir", cache.path().to_str().unwrap(), "--load-policy", "on_demand"];
-
-    let mut server = Server::start_listening(repo.path(), &args);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while partial_files(cache.path()).is_empty() {
-        assert!(Instant::now() < deadline, "no download started:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Over a second of download.
+    let MidDownload { files, repo: _repo, cache, mut server } =
+        MidDownload::start(Duration::from_millis(150), &["--load-policy", "on_demand"]);
     // Its config is read and its policy known, but its file is still on the way: a pod
     // that took traffic now would make the first request wait for the download.
     assert_eq!(server.get("/v2/health/ready").0, 503, "ready during the prefetch:\n{}", server.log());
