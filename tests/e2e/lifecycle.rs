@@ -93,12 +93,8 @@ fn ready_only_after_warm_up_and_never_after_a_failed_one() {
     let repo = edited_repository(&test_models(), &["faulty"], |t| t.to_string());
     let late = edited_repository(&test_models(), &["faulty"], with_warmup(r#"sleep_ms = "3000""#));
     std::fs::rename(late.path().join("faulty"), repo.path().join("late")).unwrap();
-    let server = Server::start_listening(repo.path(), &["--ready-when", "any"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while server.get("/v2/health/ready").0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "never ready:\n{}", server.log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut server = Server::start_listening(repo.path(), &["--ready-when", "any"]);
+    server.wait_ready();
     let (_, index) = server.get_json("/v2/repository/index");
     assert_eq!((&index[0]["state"], &index[1]["state"]), (&json!("READY"), &json!("LOADING")), "{index}");
 }

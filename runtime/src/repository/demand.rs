@@ -86,9 +86,7 @@ impl Repository {
         let slot = &entry.versions[index];
         match slot.state() {
             State::Ready(_) => Ok(()),
-            State::Unloaded if slot.on_demand() => Ok(()),
-            // At start-up, until its files are fetched, it is not.
-            State::Loading if slot.on_demand() && self.up.load(Ordering::Acquire) => Ok(()),
+            state if slot.loadable(&state, self.up.load(Ordering::Acquire)) => Ok(()),
             State::Unavailable(_) if retry_in(slot) == Some(Duration::ZERO) => Ok(()),
             _ => self.get(name, version).map(drop),
         }

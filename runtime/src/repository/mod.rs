@@ -316,15 +316,25 @@ impl Version {
     }
 
     /// Counts toward the server's readiness: an eager version once ready; an on-demand one
-    /// unless its config failed its check (a later failed load is its requests' business),
-    /// but not while start-up loading runs (`up` false): its files are being fetched.
+    /// once loadable (a later failed load is its requests' business).
     fn counts_ready(&self, up: bool) -> bool {
-        match *self.state.borrow() {
+        match &*self.state.borrow() {
             State::Ready(_) => true,
-            State::Unloaded => self.on_demand(),
-            State::Loading => self.on_demand() && up,
             State::Unavailable(_) => self.on_demand() && self.retry.lock().expect("retry lock").is_some(),
+            state => self.loadable(state, up),
         }
+    }
+
+    /// On demand, in `state`, and able to serve once a request loads it: out of memory, or
+    /// loading for a request; not while start-up loading runs (`up` false), when its files
+    /// are being fetched.
+    fn loadable(&self, state: &State, up: bool) -> bool {
+        self.on_demand()
+            && match state {
+                State::Unloaded => true,
+                State::Loading => up,
+                State::Ready(_) | State::Unavailable(_) => false,
+            }
     }
 }
 
