@@ -2,7 +2,7 @@
 at concurrency 16 (oha, the same body, one run after the other on one machine) with logging
 off, to a sink that answers at once, to one that answers after 5 s, and to a dead one. Prints
 a table: throughput, p50 and p99 against logging off, failed requests, and the events sent,
-failed and dropped. Not a test; run it after changing `runtime/src/payloads.rs`:
+failed and dropped. Not a test; run it after changing `runtime/src/observe/payloads.rs`:
 
     .venv-bench/bin/python bench/payload_logging.py [--duration 20]
 """

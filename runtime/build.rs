@@ -25,11 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Data types by name (`TYPE_FP32`), as Triton's JSON has them.
         .field_attribute(
             ".inference.ModelInput.data_type",
-            r#"#[serde(serialize_with = "crate::triton::data_type")]"#,
+            r#"#[serde(serialize_with = "crate::proto::data_type")]"#,
         )
         .field_attribute(
             ".inference.ModelOutput.data_type",
-            r#"#[serde(serialize_with = "crate::triton::data_type")]"#,
+            r#"#[serde(serialize_with = "crate::proto::data_type")]"#,
         )
         .field_attribute(
             ".inference.ModelConfig.dynamic_batching",

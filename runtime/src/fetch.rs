@@ -525,7 +525,7 @@ fn resolve(config: &mut ModelConfig, view: &Path) {
 struct Progress<'a> {
     model: &'a str,
     url: &'a str,
-    counter: crate::telemetry::Progress,
+    counter: crate::observe::telemetry::Progress,
 }
 
 impl<'a> Progress<'a> {
@@ -540,7 +540,7 @@ impl<'a> Progress<'a> {
             bar.set_message(format!("{model}: {}", url.rsplit('/').next().unwrap_or(url)));
             bar
         });
-        Self { model, url, counter: crate::telemetry::Progress::new(total, 0, bar) }
+        Self { model, url, counter: crate::observe::telemetry::Progress::new(total, 0, bar) }
     }
 
     fn add(&mut self, n: u64) {

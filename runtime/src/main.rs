@@ -4,7 +4,7 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use wasmserve::commands::{self, SchemaOf, batch::BatchArgs, check::CheckArgs, serve::ServeArgs};
-use wasmserve::telemetry::{self, LogFormat};
+use wasmserve::observe::telemetry::{self, LogFormat};
 
 /// A model server: WebAssembly plugins pre- and post-process, tract or ONNX Runtime infers,
 /// clients speak the Open Inference Protocol (KServe v2) over HTTP.

@@ -1,5 +1,5 @@
 //! batch: `wasmserve batch`, offline inference over files with one model (and the models
-//! whose graphs its plugin uses); the work itself is [`crate::offline`].
+//! whose graphs its plugin uses); the work itself is [`crate::front::offline`].
 //!
 //! Input and output may be in object storage (`s3://`, `gs://`, `az://`, the stores and
 //! credentials `[[fetch]]` uses): the shard's input objects are downloaded to a scratch
@@ -8,8 +8,8 @@
 //! started again continues after the last upload.
 
 use super::Caches;
+use crate::front::offline::Shard;
 use crate::infer::BackendOptions;
-use crate::offline::Shard;
 use crate::repository::{LoadSettings, Repository};
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
@@ -98,7 +98,7 @@ async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     .await
     .context("model loading panicked")?;
     let model = repository.get(&args.model, args.version.as_deref())?;
-    let concurrency = args.concurrency.unwrap_or_else(|| model.slots.max_in_flight());
+    let concurrency = args.concurrency.unwrap_or_else(|| model.runner.slots.max_in_flight());
     let shard = args.shard.unwrap_or(Shard::ALL);
     let staging =
         tempfile::Builder::new().prefix("wasmserve-batch-").tempdir().context("no scratch directory")?;
@@ -109,14 +109,15 @@ async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     let output = part(&args.output, shard);
     match Place::of(&output)? {
         Place::Local(path) => {
-            crate::offline::run(model, &input, shard, &path, concurrency, progress_bars).await?;
+            crate::front::offline::run(model, &input, shard, &path, concurrency, progress_bars).await?;
         }
         Place::Remote(remote) => {
             let local = staging.path().join("output.jsonl");
             remote.download_output(&local).await?;
             let every = Duration::from_secs(args.checkpoint_secs.max(1));
             let checkpoints = tokio::spawn(remote.clone().checkpoint(local.clone(), every));
-            let done = crate::offline::run(model, &input, shard, &local, concurrency, progress_bars).await;
+            let done =
+                crate::front::offline::run(model, &input, shard, &local, concurrency, progress_bars).await;
             checkpoints.abort();
             // What was answered is kept, even when the run stopped on an error.
             remote.upload(&local).await?;

@@ -3,11 +3,11 @@
 
 use super::Caches;
 use crate::config::{LoadPolicy, LogMode, Logger};
+use crate::front::{control_router, router};
 use crate::infer::BackendOptions;
-use crate::listen::{self, Limits};
+use crate::net::listen::{self, Limits};
 use crate::pipeline::{AppState, ReadyWhen};
 use crate::repository::{LoadSettings, Repository};
-use crate::server::{control_router, router};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -309,7 +309,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     );
     // Read the certificate before listening: a bad one stops the start, not the first client.
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::config(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::net::tls::config(cert, key)?),
         (None, None) => None,
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
@@ -334,7 +334,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
     Logger { url: args.payload_log_url.clone(), mode: None, sample_rate: Some(args.payload_log_sample_rate) }
         .check()
         .context("--payload-log-url / --payload-log-sample-rate")?;
-    let payloads = crate::payloads::Settings {
+    let payloads = crate::observe::payloads::Settings {
         url: args.payload_log_url.clone(),
         mode: args.payload_log_mode,
         sample_rate: args.payload_log_sample_rate,

@@ -20,10 +20,11 @@
 
 pub mod batch;
 
-use crate::config::{Batching, Scheduling};
+use crate::config::{Batching, ModelConfig, Scheduling, TensorSpec};
 use crate::error::Error;
 use crate::infer;
-use crate::repository::Model;
+use crate::observe::Timings;
+use crate::plugin::Plugin;
 use crate::tensor::Tensor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,27 +158,44 @@ impl Drop for Abandon {
     }
 }
 
-/// How long one request spent in each step.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Timings {
-    /// Waiting for a slot, a worker thread and a free execution (with batching, also for
-    /// the batch to form).
-    pub queue: std::time::Duration,
-    /// Plugin instance and preprocess.
-    pub preprocess: std::time::Duration,
-    /// The graph (with batching: the whole batch's run).
-    pub compute: std::time::Duration,
-    /// Plugin postprocess and the output check.
-    pub postprocess: std::time::Duration,
-    /// Rows in the graph run (with batching: the whole batch's).
-    pub batch_rows: usize,
-    /// Graph runs this request accounts for: 1, or with batching 1 for one request of each
-    /// batch and 0 for the others.
-    pub graph_runs: u64,
+/// A loaded model as schedule runs its requests: its plugin and graph, its slots, and the
+/// threads its work runs on. The repository's model holds one; schedule knows nothing else
+/// of it.
+pub struct Runner {
+    name: String,
+    /// What the plugin must return: the config's `[[outputs]]`.
+    outputs: Vec<TensorSpec>,
+    graph: wasmtime_wasi_nn::Graph,
+    /// The compiled plugin.
+    pub plugin: Plugin,
+    /// How many of its requests run and wait.
+    pub slots: Slots,
+    executions: Executions,
+}
+
+impl Runner {
+    /// Slots and execution threads for the model `name` with `config`, over its loaded
+    /// `graph` and compiled `plugin`.
+    pub fn start(
+        name: &str,
+        config: &ModelConfig,
+        graph: wasmtime_wasi_nn::Graph,
+        plugin: Plugin,
+    ) -> anyhow::Result<Self> {
+        let executions = config.executions();
+        Ok(Self {
+            name: name.to_string(),
+            outputs: config.outputs.clone(),
+            slots: Slots::new(&config.scheduling, config.batching.as_ref(), executions),
+            executions: Executions::start(name, &graph, config.batching.as_ref(), executions)?,
+            graph,
+            plugin,
+        })
+    }
 }
 
 /// Where a model's requests run.
-pub enum Executions {
+enum Executions {
     /// Without `[batching]`: threads that each run whole requests.
     Whole(Workers),
     /// With `[batching]`: requests on tokio's blocking pool, graph runs joined by the batcher.
@@ -186,7 +204,7 @@ pub enum Executions {
 
 impl Executions {
     /// Start `executions` threads for `model`'s requests (with `batching`: for its batches).
-    pub fn start(
+    fn start(
         model: &str,
         graph: &wasmtime_wasi_nn::Graph,
         batching: Option<&Batching>,
@@ -202,7 +220,7 @@ impl Executions {
 
     /// Run the graph on one request's inputs: on this thread, or with batching in a batch
     /// (left out of it if `ticket` is abandoned or late by the time the batch forms).
-    fn infer(&self, model: &Model, inputs: Vec<Tensor>, ticket: &Ticket) -> Result<batch::Answer, Error> {
+    fn infer(&self, model: &Runner, inputs: Vec<Tensor>, ticket: &Ticket) -> Result<batch::Answer, Error> {
         match self {
             Self::Batched(batcher) => batcher.infer(&model.name, inputs, ticket.clone()),
             Self::Whole(_) => {
@@ -219,7 +237,7 @@ impl Executions {
 /// A model's request threads: each takes the next queued request and runs it whole. They end
 /// when the last handle is dropped.
 #[derive(Clone)]
-pub struct Workers {
+struct Workers {
     queue: crossbeam_channel::Sender<Work>,
 }
 
@@ -253,9 +271,9 @@ impl Workers {
     }
 }
 
-/// Run one request through `model`: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
+/// Run one request through `model`'s runner: preprocess (plugin) -> infer (graph) -> postprocess (plugin).
 pub async fn run(
-    model: Arc<Model>,
+    model: Arc<Runner>,
     inputs: Vec<Tensor>,
     params: Vec<(String, String)>,
 ) -> Result<(Vec<Tensor>, Timings), Error> {
@@ -289,7 +307,7 @@ pub async fn run(
 /// The steps of one request, on the calling thread (start-up warm-up uses it directly, with
 /// a default `ticket`), each started only while `ticket` says the request is still wanted.
 pub fn run_blocking(
-    model: &Model,
+    model: &Runner,
     inputs: Vec<Tensor>,
     params: &Vec<(String, String)>,
     ticket: &Ticket,
@@ -327,9 +345,9 @@ pub fn run_blocking(
 }
 
 /// The plugin must return what the model's config promises clients.
-fn check_outputs(model: &Model, outputs: &[Tensor]) -> Result<(), Error> {
+fn check_outputs(model: &Runner, outputs: &[Tensor]) -> Result<(), Error> {
     let failed = |message: String| Error::PluginFailed { plugin: model.name.clone(), message };
-    for spec in &model.config.outputs {
+    for spec in &model.outputs {
         let output = outputs
             .iter()
             .find(|o| o.name == spec.name)

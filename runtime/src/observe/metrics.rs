@@ -38,8 +38,9 @@
 //!
 //! Warm-up requests are not counted.
 
-use crate::repository::{Repository, State};
-use crate::schedule::Timings;
+use super::Timings;
+use super::payloads::PayloadMetrics;
+use super::statistics::Statistics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -131,18 +132,16 @@ impl Default for LoadMetrics {
 }
 
 impl LoadMetrics {
-    /// A version loaded, for `cause`, in `took`.
-    pub fn loaded(&self, model: &str, version: &str, cause: crate::repository::Cause, took: Duration) {
-        let labels =
-            LoadLabels { model: model.to_string(), version: version.to_string(), cause: cause.label() };
+    /// A version loaded, for `cause` (`startup`, `request`, `reload`, `dependency`), in `took`.
+    pub fn loaded(&self, model: &str, version: &str, cause: &'static str, took: Duration) {
+        let labels = LoadLabels { model: model.to_string(), version: version.to_string(), cause };
         self.loads.get_or_create(&labels).inc();
-        self.duration.get_or_create(&CauseLabels { cause: cause.label() }).observe(took.as_secs_f64());
+        self.duration.get_or_create(&CauseLabels { cause }).observe(took.as_secs_f64());
     }
 
-    /// A version's load failed.
-    pub fn failed(&self, model: &str, version: &str, cause: crate::repository::Cause) {
-        let labels =
-            LoadLabels { model: model.to_string(), version: version.to_string(), cause: cause.label() };
+    /// A version's load, for `cause`, failed.
+    pub fn failed(&self, model: &str, version: &str, cause: &'static str) {
+        let labels = LoadLabels { model: model.to_string(), version: version.to_string(), cause };
         self.failures.get_or_create(&labels).inc();
     }
 
@@ -199,8 +198,8 @@ pub struct Metrics {
     resident: Family<ModelLabels, Gauge>,
     resident_total: Gauge,
     budget: Gauge,
-    statistics: crate::triton::Statistics,
-    payloads: crate::payloads::PayloadMetrics,
+    statistics: Statistics,
+    payloads: PayloadMetrics,
 }
 
 impl Metrics {
@@ -326,6 +325,18 @@ impl Metrics {
     }
 }
 
+/// One model version's gauges, as `/metrics` reads them.
+pub struct VersionGauges {
+    /// The model's name.
+    pub model: String,
+    /// Its version (empty for a model directory that cannot be served at all).
+    pub version: String,
+    /// Ready to serve: how long its load took (config to ready); none while not ready.
+    pub loaded: Option<Duration>,
+    /// What it is charged against the model memory budget now.
+    pub resident_bytes: u64,
+}
+
 /// Tracks one inference request from its start; records when finished, or as cancelled
 /// when dropped unfinished (its client went away).
 pub struct RequestTimer<'m> {
@@ -353,12 +364,12 @@ impl Metrics {
     }
 
     /// The same requests as Triton's statistics extension counts them.
-    pub(crate) fn statistics(&self) -> &crate::triton::Statistics {
+    pub fn statistics(&self) -> &Statistics {
         &self.statistics
     }
 
     /// The payload logger's counters.
-    pub(crate) fn payloads(&self) -> crate::payloads::PayloadMetrics {
+    pub fn payloads(&self) -> PayloadMetrics {
         self.payloads.clone()
     }
 
@@ -367,20 +378,21 @@ impl Metrics {
         self.connections.clone()
     }
 
-    /// The text exposition, with the model gauges read from the repository now.
-    pub fn encode(&self, repository: &Repository) -> String {
+    /// The text exposition, with the model gauges set from `models` (every version the
+    /// repository has now) and the model memory `budget` in bytes (0: none).
+    pub fn encode(&self, models: impl IntoIterator<Item = VersionGauges>, budget: u64) -> String {
         let mut total = 0;
-        for status in repository.statuses() {
-            let label = ModelLabels { model: status.name, version: status.version.unwrap_or_default() };
-            self.ready.get_or_create(&label).set(i64::from(matches!(status.state, State::Ready(_))));
-            if let State::Ready(model) = &status.state {
-                self.load.get_or_create(&label).set(model.load_duration.as_secs_f64());
+        for version in models {
+            let label = ModelLabels { model: version.model, version: version.version };
+            self.ready.get_or_create(&label).set(i64::from(version.loaded.is_some()));
+            if let Some(load) = version.loaded {
+                self.load.get_or_create(&label).set(load.as_secs_f64());
             }
-            self.resident.get_or_create(&label).set(status.resident_bytes as i64);
-            total += status.resident_bytes;
+            self.resident.get_or_create(&label).set(version.resident_bytes as i64);
+            total += version.resident_bytes;
         }
         self.resident_total.set(total as i64);
-        self.budget.set(repository.budget().unwrap_or(0) as i64);
+        self.budget.set(budget as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out

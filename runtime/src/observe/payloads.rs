@@ -17,7 +17,6 @@
 //! after 0.5, 1 and 2 s, then counted as `failed`.
 
 use crate::config::{LogMode, Logger};
-use crate::repository::Model;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::Response;
@@ -30,6 +29,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
+
+/// Who a request is, as its events name it: the name the client asked for (a model or a
+/// route), the route's choice (the variant that answers), the request's id.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    /// The model or route the client named.
+    pub requested: &'a str,
+    /// The route's variant that answers, if a route chose.
+    pub variant: Option<&'a str>,
+    /// The request's id.
+    pub id: &'a str,
+}
 
 /// The server-wide payload logging settings (`--payload-log-*`), which a model's `[logger]`
 /// overrides.
@@ -135,20 +146,20 @@ impl Payloads {
         }
     }
 
-    /// Whether this request to `model` is logged; if so, its request event (`body` as the
-    /// client sent it) is queued now, and what is returned logs the response
-    /// ([`respond`]). `requested` is the name the client asked for (a model or a route),
-    /// `variant` the route's choice, `id` the request's id.
-    pub(crate) fn request(
+    /// Whether this request to `model` at `version`, whose config has `logger`, is logged;
+    /// if so, its request event (`body` as the client sent it) is queued now, and what is
+    /// returned logs the response ([`respond`]). `call` names the request: the name the
+    /// client asked for (a model or a route), the route's choice, the request's id.
+    pub fn request(
         &self,
-        model: &Model,
-        requested: &str,
-        variant: Option<&str>,
-        id: &str,
+        logger: &Logger,
+        (model, version): (&str, &str),
+        call: Call<'_>,
         headers: &HeaderMap,
         body: Bytes,
     ) -> Option<Logged<'_>> {
-        let Logger { url, mode, sample_rate } = &model.config.logger;
+        let Call { requested, variant, id } = call;
+        let Logger { url, mode, sample_rate } = logger;
         let url = url.as_deref().or(self.settings.url.as_deref())?;
         let mode = mode.unwrap_or(self.settings.mode);
         let rate = sample_rate.unwrap_or(self.settings.sample_rate);
@@ -164,8 +175,8 @@ impl Payloads {
         set("ce-specversion", "1.0");
         set("ce-id", id);
         set("ce-inferenceservicename", requested);
-        set("ce-modelname", &model.name);
-        set("ce-modelversion", &model.config.version);
+        set("ce-modelname", model);
+        set("ce-modelversion", version);
         set("ce-endpoint", variant.unwrap_or("default"));
         set("ce-component", "predictor");
         set("ce-metadata", &self.metadata(headers));
@@ -231,7 +242,7 @@ impl Payloads {
 }
 
 /// One logged request's events.
-pub(crate) struct Logged<'a> {
+pub struct Logged<'a> {
     payloads: &'a Payloads,
     url: Arc<str>,
     mode: LogMode,
@@ -240,7 +251,7 @@ pub(crate) struct Logged<'a> {
 
 /// The response as the client receives it (an error's too), logged if its request was,
 /// and handed back unchanged.
-pub(crate) async fn respond(logged: Option<Logged<'_>>, response: Response) -> Response {
+pub async fn respond(logged: Option<Logged<'_>>, response: Response) -> Response {
     match logged {
         Some(log) => log.response(response).await,
         None => response,

@@ -9,20 +9,18 @@
 //! the statistics and the model repository's calls (load and unload behind the control
 //! token, where the REST control endpoints are served).
 
-use crate::config::{InputLimits, TensorSpec};
+use super::control;
+use super::http::request_id;
+use crate::config::TensorSpec;
 use crate::decode::{self, InferRequest, RequestedOutput};
 use crate::error::{Error, Result};
-use crate::pipeline::{AppState, ModelPath};
+use crate::pipeline::{Answer, AppState, Inference, ModelPath, Payload};
 use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
-#[allow(missing_docs, clippy::all)]
-pub(crate) mod proto {
-    tonic::include_proto!("inference");
-}
-use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
-use proto::*;
+use crate::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::proto::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -31,7 +29,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 pub const PATH: &str = "/inference.GRPCInferenceService/{*method}";
 
 /// The repository's control calls, each served where the REST control endpoints are (see
-/// [`crate::server::control_router`]) and behind the same token.
+/// [`crate::front::control_router`]) and behind the same token.
 pub const CONTROL_PATHS: [&str; 2] = [
     "/inference.GRPCInferenceService/RepositoryModelLoad",
     "/inference.GRPCInferenceService/RepositoryModelUnload",
@@ -141,11 +139,11 @@ impl Grpc {
             return Err(status(Error::Forbidden(elsewhere)));
         }
         let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        crate::server::control_allowed(&self.0, authorization, call).map_err(status)
+        control::allowed(&self.0, authorization, call).map_err(status)
     }
 }
 
-/// A load's or unload's parameters, as [`crate::server::refuse_parameters`] takes them.
+/// A load's or unload's parameters, as [`control::refuse_parameters`] takes them.
 fn parameters(
     parameters: &HashMap<String, ModelRepositoryParameter>,
 ) -> impl Iterator<Item = (&str, Option<bool>)> {
@@ -200,7 +198,7 @@ impl GrpcInferenceService for Grpc {
         ok(ServerMetadataResponse {
             name: "wasmserve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::triton::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+            extensions: crate::front::triton::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         })
     }
 
@@ -236,7 +234,7 @@ impl GrpcInferenceService for Grpc {
     ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = request.into_inner();
         let (name, config) = self.0.declared(&path(r.name, r.version)).map_err(status)?;
-        ok(ModelConfigResponse { config: Some(crate::triton::config(&name, &config)) })
+        ok(ModelConfigResponse { config: Some(crate::front::triton::config(&name, &config)) })
     }
 
     async fn model_statistics(
@@ -246,7 +244,7 @@ impl GrpcInferenceService for Grpc {
         let r = request.into_inner();
         let path = (!r.name.is_empty()).then(|| path(r.name, r.version));
         ok(ModelStatisticsResponse {
-            model_stats: crate::triton::statistics(&self.0, path.as_ref()).map_err(status)?,
+            model_stats: crate::front::triton::statistics(&self.0, path.as_ref()).map_err(status)?,
         })
     }
 
@@ -280,8 +278,8 @@ impl GrpcInferenceService for Grpc {
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         self.control(&request, "RepositoryModelLoad")?;
         let r = request.into_inner();
-        crate::server::refuse_parameters(parameters(&r.parameters), &[]).map_err(status)?;
-        crate::server::load(&self.0, r.model_name).await.map_err(status)?;
+        control::refuse_parameters(parameters(&r.parameters), &[]).map_err(status)?;
+        control::load(&self.0, r.model_name).await.map_err(status)?;
         ok(RepositoryModelLoadResponse {})
     }
 
@@ -292,9 +290,8 @@ impl GrpcInferenceService for Grpc {
         self.control(&request, "RepositoryModelUnload")?;
         let r = request.into_inner();
         // tritonclient always sends unload_dependents (false unless asked).
-        crate::server::refuse_parameters(parameters(&r.parameters), &["unload_dependents"])
-            .map_err(status)?;
-        self.0.repository().unload(&r.model_name).map_err(status)?;
+        control::refuse_parameters(parameters(&r.parameters), &["unload_dependents"]).map_err(status)?;
+        control::unload(&self.0, &r.model_name).map_err(status)?;
         ok(RepositoryModelUnloadResponse {})
     }
 
@@ -304,27 +301,20 @@ impl GrpcInferenceService for Grpc {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let headers = request.metadata().clone().into_headers();
         let request = request.into_inner();
-        let id = crate::pipeline::request_id(Some(&request.id), &headers);
+        let id = request_id(Some(&request.id), &headers);
         let path = path(request.model_name.clone(), request.model_version.clone());
-        let answer = self
-            .0
-            .observed(&path, &id, &headers, async |target| {
-                let model = &target.model;
-                let mut decoded = decode(request, &model.config.inputs, self.0.input_limits(&model.config))?;
-                target.shadow(&self.0, &decoded);
-                let (outputs, timings, rows) = crate::pipeline::run(model, &mut decoded).await?;
-                let mut response = encode(&model.name, &model.config.version, &decoded, outputs)?;
-                if let Some(variant) = target.variant() {
-                    let variant = infer_parameter::ParameterChoice::StringParam(variant.to_string());
-                    response
-                        .parameters
-                        .insert("variant".into(), InferParameter { parameter_choice: Some(variant) });
-                }
-                Ok((response, timings, rows))
-            })
-            .await
-            .map_err(status)?;
-        ok(answer)
+        let payload = Payload::Tensors(decode(request));
+        let inference = Inference { path, id: &id, headers: &headers, payload, logged_body: None };
+        let Answer { model, variant, request, outputs, observation, .. } =
+            self.0.infer(inference).await.answer.map_err(status)?;
+        let response = encode(&model.name, &model.config.version, &request, outputs);
+        observation.close(response.as_ref().map(|_| ()));
+        let mut response = response.map_err(status)?;
+        if let Some(variant) = variant {
+            let variant = infer_parameter::ParameterChoice::StringParam(variant);
+            response.parameters.insert("variant".into(), InferParameter { parameter_choice: Some(variant) });
+        }
+        ok(response)
     }
 }
 
@@ -332,8 +322,9 @@ fn path(model: String, version: String) -> ModelPath {
     ModelPath { model, version: Some(version).filter(|v| !v.is_empty()) }
 }
 
-/// A protobuf request into the form the pipeline takes, checked as REST requests are.
-fn decode(request: ModelInferRequest, declared: &[TensorSpec], limits: InputLimits) -> Result<InferRequest> {
+/// A protobuf request into the form the pipeline takes (which checks it against the model as
+/// it checks REST's).
+fn decode(request: ModelInferRequest) -> Result<InferRequest> {
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(Error::bad_request(format!(
@@ -364,7 +355,6 @@ fn decode(request: ModelInferRequest, declared: &[TensorSpec], limits: InputLimi
         tensor.validate()?;
         inputs.push(tensor);
     }
-    decode::check_inputs(&inputs, declared, limits)?;
     Ok(InferRequest {
         id: Some(request.id).filter(|id| !id.is_empty()),
         params: params(request.parameters),

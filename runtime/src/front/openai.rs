@@ -18,11 +18,11 @@
 //! Not supported: token arrays as `input` (400: send text), `dimensions` other than the
 //! model's own (400). `user` is accepted and ignored.
 
-use crate::config::Embeddings;
-use crate::decode::{self, InferRequest, RequestedOutput};
+use super::http::{read_body, request_id};
+use crate::config::{Embeddings, ModelConfig};
+use crate::decode::{InferRequest, RequestedOutput};
 use crate::error::{Error, Result};
-use crate::pipeline::{AppState, ModelPath, request_id, run};
-use crate::repository::Model;
+use crate::pipeline::{Answer, AppState, Inference, ModelPath, Payload};
 use crate::tensor::{Datatype, Tensor, push_bytes_element};
 use axum::Router;
 use axum::body::Body;
@@ -129,48 +129,50 @@ struct Usage {
 async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut logged = None;
     let answer = async {
-        let body = crate::pipeline::read_body(&state, &headers, body).await?;
+        let body = read_body(state.max_body_bytes(), &headers, body).await?;
         let EmbeddingsRequest { input, model, encoding_format, dimensions, .. } =
             serde_json::from_slice(&body)
                 .map_err(|e| Error::bad_request(format!("invalid embeddings request: {e}")))?;
         let texts = input.texts()?;
         let path = ModelPath { model, version: None };
-        let asked = Asked { model: &path.model, format: encoding_format, dimensions };
+        let requested = path.model.clone();
+        // The request is built from what the model declares (loading nothing), then checked
+        // against the model that answers.
+        let (name, declared) = state.declared(&path)?;
+        let spec = embeddings_of(&name, &declared)?;
+        let payload = Payload::Tensors(Ok(oip_request(spec, &texts)));
         let id = request_id(None, &headers);
-        state
-            .observed(&path, &id, &headers, async |target| {
-                let model = &target.model;
-                logged = state.payloads().request(model, &path.model, target.variant(), &id, &headers, body);
-                let spec = embeddings_of(model)?;
-                let mut oip = oip_request(&state, model, spec, &texts)?;
-                target.shadow(&state, &oip);
-                let (outputs, timings, rows) = run(model, &mut oip).await?;
-                let answer = answer(spec, &outputs, &asked)?;
-                Ok((answer, timings, rows))
-            })
-            .await
+        let inference = Inference { path, id: &id, headers: &headers, payload, logged_body: Some(body) };
+        let reply = state.infer(inference).await;
+        logged = reply.logged;
+        let Answer { model, outputs, observation, .. } = reply.answer?;
+        let asked = Asked { model: &requested, format: encoding_format, dimensions };
+        let answer =
+            embeddings_of(&model.name, &model.config).and_then(|spec| answer(spec, &outputs, &asked));
+        observation.close(answer.as_ref().map(|_| ()));
+        answer
     }
     .await;
     let response = match answer {
         Ok(answer) => axum::Json(answer).into_response(),
         Err(e) => error(e),
     };
-    crate::payloads::respond(logged, response).await
+    crate::observe::payloads::respond(logged, response).await
 }
 
-/// The model's `[embeddings]`, or why it does not answer `/v1/embeddings`.
-fn embeddings_of(model: &Model) -> Result<&Embeddings> {
-    model.config.embeddings.as_ref().ok_or_else(|| {
+/// The `[embeddings]` of the model `name` with `config`, or why it does not answer
+/// `/v1/embeddings`.
+fn embeddings_of<'c>(name: &str, config: &'c ModelConfig) -> Result<&'c Embeddings> {
+    config.embeddings.as_ref().ok_or_else(|| {
         Error::bad_request(format!(
-            "model '{}' is not an embedding model (its model.toml has no [embeddings])",
-            model.name
+            "model '{name}' is not an embedding model (its model.toml has no [embeddings])"
         ))
     })
 }
 
-/// The texts as the OIP request the model takes: one BYTES element each, checked against
-/// the model's inputs and limits as a `/v2` request is.
-fn oip_request(state: &AppState, model: &Model, spec: &Embeddings, texts: &[String]) -> Result<InferRequest> {
+/// The texts as the OIP request the model takes: one BYTES element each (the pipeline
+/// checks it against the model's inputs and limits as it checks a `/v2` request).
+fn oip_request(spec: &Embeddings, texts: &[String]) -> InferRequest {
     let mut data = Vec::with_capacity(texts.iter().map(|t| t.len() + 4).sum());
     texts.iter().for_each(|t| push_bytes_element(&mut data, t.as_bytes()));
     let inputs = vec![Tensor {
@@ -179,12 +181,11 @@ fn oip_request(state: &AppState, model: &Model, spec: &Embeddings, texts: &[Stri
         shape: vec![texts.len() as i64],
         data,
     }];
-    decode::check_inputs(&inputs, &model.config.inputs, state.input_limits(&model.config))?;
     let outputs = std::iter::once(&spec.output)
         .chain(&spec.tokens)
         .map(|name| RequestedOutput { name: name.clone(), binary: None })
         .collect();
-    Ok(InferRequest { id: None, params: Vec::new(), inputs, outputs, binary_outputs: false })
+    InferRequest { id: None, params: Vec::new(), inputs, outputs, binary_outputs: false }
 }
 
 /// How the client wants its answer.
@@ -268,21 +269,19 @@ fn model_object(name: &str, created: u64) -> serde_json::Value {
 }
 
 /// When `name`'s default version's config was last written (OpenAI's `created`), if it has
-/// `[embeddings]`, whether or not it is in memory (an on-demand model's config is read from
-/// its directory; nothing is loaded).
+/// `[embeddings]`, whether or not it is in memory (from its declared config: nothing is
+/// loaded or read again).
 fn embedding_model(state: &AppState, name: &str) -> Option<u64> {
     let repository = state.repository();
+    let config = repository.declared(name, None).ok()?;
+    config.embeddings.as_ref()?;
     let dir = repository.dir(name, None).ok()?;
-    let embeddings = match repository.get(name, None) {
-        Ok(model) => model.config.embeddings.is_some(),
-        Err(_) => crate::config::ModelConfig::load(&dir).ok()?.embeddings.is_some(),
-    };
     let created = std::fs::metadata(dir.join(crate::config::FILE_NAME))
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    embeddings.then_some(created)
+    Some(created)
 }
 
 /// `GET /v1/models`: the models that answer `/v1/embeddings`.

@@ -14,7 +14,7 @@ use crate::config::{InputLimits, TensorSpec};
 use crate::error::{Error, Result};
 use crate::tensor::{Datatype, Tensor, bytes_elements, element_count, push_bytes_element};
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::de;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -29,6 +29,11 @@ pub const MAX_TENSORS: usize = 1024;
 pub const MAX_RANK: usize = 64;
 /// Most parameters on a request, an input or an output.
 pub const MAX_PARAMETERS: usize = 64;
+
+/// What a request is refused for past one of the limits above, in every protocol's words.
+fn too_many(max: usize, what: &str) -> String {
+    format!("more than {max} {what}")
+}
 
 /// A decoded inference request.
 #[derive(Debug)]
@@ -54,157 +59,15 @@ pub struct RequestedOutput {
     pub binary: Option<bool>,
 }
 
-// The request as parsed: every list bounded as it is read and every value that could be
-// large (tensor data, parameter values) left as text in the body, so what a request makes the
-// server hold stays a small multiple of its body, whatever its shape.
-#[derive(Deserialize)]
-struct RequestJson<'a> {
-    id: Option<String>,
-    #[serde(default, borrow)]
-    parameters: Parameters<'a>,
-    #[serde(borrow, deserialize_with = "inputs")]
-    inputs: Vec<InputJson<'a>>,
-    #[serde(default, borrow, deserialize_with = "outputs")]
-    outputs: Vec<OutputJson<'a>>,
-}
+mod check;
+mod data;
+mod json;
 
-#[derive(Deserialize)]
-struct InputJson<'a> {
-    name: String,
-    #[serde(deserialize_with = "shape")]
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default, borrow)]
-    parameters: Parameters<'a>,
-    /// Left as text until the datatype is known (it may come after `data`), then decoded
-    /// straight into bytes: no JSON value per element.
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct OutputJson<'a> {
-    name: String,
-    #[serde(default, borrow)]
-    parameters: Parameters<'a>,
-}
-
-fn inputs<'de, D: de::Deserializer<'de>>(d: D) -> std::result::Result<Vec<InputJson<'de>>, D::Error> {
-    d.deserialize_seq(AtMost { max: MAX_TENSORS, what: "inputs", items: std::marker::PhantomData })
-}
-
-fn outputs<'de, D: de::Deserializer<'de>>(d: D) -> std::result::Result<Vec<OutputJson<'de>>, D::Error> {
-    d.deserialize_seq(AtMost { max: MAX_TENSORS, what: "outputs", items: std::marker::PhantomData })
-}
-
-fn shape<'de, D: de::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>, D::Error> {
-    d.deserialize_seq(AtMost { max: MAX_RANK, what: "dimensions", items: std::marker::PhantomData })
-}
-
-/// A JSON array of at most `max` items, refused as soon as it holds more.
-struct AtMost<T> {
-    max: usize,
-    what: &'static str,
-    items: std::marker::PhantomData<T>,
-}
-
-impl<'de, T: Deserialize<'de>> Visitor<'de> for AtMost<T> {
-    type Value = Vec<T>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "an array of at most {} {}", self.max, self.what)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<T>, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            if items.len() == self.max {
-                return Err(de::Error::custom(format!("more than {} {}", self.max, self.what)));
-            }
-            items.push(item);
-        }
-        Ok(items)
-    }
-}
-
-/// `parameters`: at most `MAX_PARAMETERS`, each named once, each a string, number or boolean
-/// (as the protocol has them), kept as their JSON text.
-#[derive(Default)]
-struct Parameters<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Parameters<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Entries<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Entries<'a> {
-            type Value = Parameters<'a>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                write!(f, "an object of at most {MAX_PARAMETERS} parameters")
-            }
-
-            fn visit_map<A: de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                let mut entries: Vec<(String, &'a RawValue)> = Vec::new();
-                while let Some((name, value)) = map.next_entry::<String, &'a RawValue>()? {
-                    if entries.len() == MAX_PARAMETERS {
-                        return Err(de::Error::custom(format!("more than {MAX_PARAMETERS} parameters")));
-                    }
-                    if entries.iter().any(|(n, _)| *n == name) {
-                        return Err(de::Error::custom(format!("parameter '{name}' is given twice")));
-                    }
-                    if !value
-                        .get()
-                        .starts_with(['"', 't', 'f', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
-                    {
-                        return Err(de::Error::custom(format!(
-                            "parameter '{name}' must be a string, a number or a boolean"
-                        )));
-                    }
-                    entries.push((name, value));
-                }
-                Ok(Parameters(entries))
-            }
-        }
-        d.deserialize_map(Entries(std::marker::PhantomData))
-    }
-}
-
-/// Parameters given as a JSON object elsewhere (a warm-up request's, in model.toml), checked
-/// and rendered as a request's are.
-pub fn parameters(json: &str) -> Result<Vec<(String, String)>> {
-    let parameters: Parameters =
-        serde_json::from_str(json).map_err(|e| Error::bad_request(format!("parameters: {e}")))?;
-    Ok(parameters.render())
-}
-
-impl Parameters<'_> {
-    fn get(&self, name: &str) -> Option<&RawValue> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-    }
-
-    /// A boolean parameter, if given.
-    fn flag(&self, name: &str) -> Result<Option<bool>> {
-        self.get(name)
-            .map(|v| {
-                serde_json::from_str(v.get())
-                    .map_err(|_| Error::bad_request(format!("parameter '{name}' must be true or false")))
-            })
-            .transpose()
-    }
-
-    /// As the plugin gets them: strings as they are, numbers and booleans as written.
-    fn render(self) -> Vec<(String, String)> {
-        self.0
-            .into_iter()
-            .map(|(name, v)| {
-                let text = serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_string());
-                (name, text)
-            })
-            .collect()
-    }
-}
+use check::check_element;
+pub use check::check_inputs;
+use data::json_data;
+use json::from_json;
+pub use json::parameters;
 
 /// Decode a request body; `header_length` is the `Inference-Header-Content-Length` value.
 /// The inputs are checked against the model's `declared` inputs and its `limits`.
@@ -286,62 +149,6 @@ fn raw(body: &[u8], declared: &[TensorSpec], limits: InputLimits) -> Result<Infe
     })
 }
 
-fn from_json(json: &[u8], mut binary: &[u8]) -> Result<InferRequest> {
-    let request: RequestJson = serde_json::from_slice(json)
-        .map_err(|e| Error::bad_request(format!("malformed inference request: {e}")))?;
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
-        let datatype = datatype(&input.name, &input.datatype)?;
-        let count = element_count(&input.name, &input.shape)?;
-        let data = match (input.parameters.get("binary_data_size"), input.data) {
-            (Some(size), None) => {
-                let size = serde_json::from_str::<u64>(size.get()).map_err(|_| {
-                    Error::bad_request(format!(
-                        "input '{}': binary_data_size must be a byte count",
-                        input.name
-                    ))
-                })? as usize;
-                if size > binary.len() {
-                    return Err(Error::bad_request(format!(
-                        "input '{}': binary_data_size is {size} but only {} bytes of binary data remain",
-                        input.name,
-                        binary.len()
-                    )));
-                }
-                let (data, rest) = binary.split_at(size);
-                binary = rest;
-                data.to_vec()
-            }
-            (None, Some(data)) => json_data(&input.name, datatype, count, data)?,
-            (Some(_), Some(_)) => {
-                return Err(Error::bad_request(format!(
-                    "input '{}' has both binary_data_size and data",
-                    input.name
-                )));
-            }
-            (None, None) => {
-                return Err(Error::bad_request(format!("input '{}' has no data", input.name)));
-            }
-        };
-        let tensor = Tensor { name: input.name, datatype, shape: input.shape, data };
-        tensor.validate()?;
-        inputs.push(tensor);
-    }
-    if !binary.is_empty() {
-        return Err(Error::bad_request(format!(
-            "{} bytes of binary data follow the inputs that no input's binary_data_size accounts for",
-            binary.len()
-        )));
-    }
-    let binary_outputs = request.parameters.flag("binary_data_output")?.unwrap_or(false);
-    let outputs = request
-        .outputs
-        .into_iter()
-        .map(|o| Ok(RequestedOutput { binary: o.parameters.flag("binary_data")?, name: o.name }))
-        .collect::<Result<_>>()?;
-    Ok(InferRequest { id: request.id, params: request.parameters.render(), inputs, outputs, binary_outputs })
-}
-
 /// An input's datatype from its protocol name.
 pub fn datatype(input: &str, name: &str) -> Result<Datatype> {
     serde_json::from_value(Value::String(name.to_string())).map_err(|_| {
@@ -369,243 +176,6 @@ impl InferRequest {
         }
         Ok(())
     }
-}
-
-/// A BYTES element of `len` bytes fits `limits`.
-fn check_element(input: &str, index: usize, len: usize, limits: InputLimits) -> Result<()> {
-    if len > limits.max_element {
-        return Err(Error::InputTooLarge(format!(
-            "input '{input}': element {index} is {len} bytes; this model takes BYTES elements of at most {} bytes \
-             ([limits] max_bytes_element_kib in its model.toml, else the server's --max-bytes-element-kib)",
-            limits.max_element
-        )));
-    }
-    Ok(())
-}
-
-/// The inputs' data fits `limits`: each BYTES element, and all of it together.
-fn check_sizes(inputs: &[Tensor], limits: InputLimits) -> Result<()> {
-    for input in inputs.iter().filter(|i| i.datatype == Datatype::Bytes) {
-        for (index, element) in bytes_elements(&input.name, &input.data)?.into_iter().enumerate() {
-            check_element(&input.name, index, element.len(), limits)?;
-        }
-    }
-    let total: usize = inputs.iter().map(|i| i.data.len()).sum();
-    if total > limits.max_total {
-        let each: Vec<String> = inputs.iter().map(|i| format!("'{}' {}", i.name, i.data.len())).collect();
-        return Err(Error::InputTooLarge(format!(
-            "the inputs hold {total} bytes of data ({}); this model takes at most {} per request \
-             ([limits] max_input_kib in its model.toml)",
-            each.join(", "),
-            limits.max_total
-        )));
-    }
-    Ok(())
-}
-
-/// Every input the model declares is present, with its datatype, a fitting shape, and data
-/// within `limits`.
-pub fn check_inputs(inputs: &[Tensor], declared: &[TensorSpec], limits: InputLimits) -> Result<()> {
-    for input in inputs {
-        let Some(spec) = declared.iter().find(|s| s.name == input.name) else {
-            let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::bad_request(format!(
-                "unknown input '{}': the model's inputs are {names:?}",
-                input.name
-            )));
-        };
-        if input.datatype != spec.datatype {
-            return Err(Error::bad_request(format!(
-                "input '{}' must be {}, got {}",
-                input.name, spec.datatype, input.datatype
-            )));
-        }
-        let fits = input.shape.len() == spec.shape.len()
-            && input.shape.iter().zip(&spec.shape).all(|(&got, &want)| want < 0 || got == want);
-        if !fits {
-            return Err(Error::bad_request(format!(
-                "input '{}' has shape {:?}; the model takes {:?} (-1: any size)",
-                input.name, input.shape, spec.shape
-            )));
-        }
-        if inputs.iter().filter(|i| i.name == input.name).count() > 1 {
-            return Err(Error::bad_request(format!("input '{}' appears twice", input.name)));
-        }
-    }
-    if let Some(missing) = declared.iter().find(|s| !inputs.iter().any(|i| i.name == s.name)) {
-        return Err(Error::bad_request(format!("missing input '{}'", missing.name)));
-    }
-    check_sizes(inputs, limits)
-}
-
-/// JSON `data` (flat or nested, row-major) into wire bytes, element by element as the
-/// parser meets them: a request's memory is its body and its tensors, whatever the nesting.
-fn json_data(name: &str, datatype: Datatype, count: usize, data: &RawValue) -> Result<Vec<u8>> {
-    let text = data.get();
-    // Not `count`: a shape may claim far more elements than the body holds.
-    let mut out = Vec::with_capacity(count.min(text.len() / 2 + 1) * datatype.size().unwrap_or(8));
-    let mut state = Elements { datatype, count, seen: 0, out: &mut out, problem: None };
-    let mut parser = serde_json::Deserializer::from_str(text);
-    if let Err(e) = (Nested { state: &mut state, depth: 0 }).deserialize(&mut parser) {
-        let problem = state.problem.take().unwrap_or_else(|| e.to_string());
-        return Err(Error::bad_request(format!("input '{name}': {problem}")));
-    }
-    if state.seen != count {
-        return Err(Error::bad_request(format!(
-            "input '{name}': its shape holds {count} elements but data has {}",
-            state.seen
-        )));
-    }
-    Ok(out)
-}
-
-/// Where `json_data` writes: elements seen so far, and the first problem in words.
-struct Elements<'a> {
-    datatype: Datatype,
-    count: usize,
-    seen: usize,
-    out: &'a mut Vec<u8>,
-    problem: Option<String>,
-}
-
-/// A JSON element as the parser gives it.
-enum Element<'a> {
-    Bool(bool),
-    Int(i64),
-    Uint(u64),
-    Float(f64),
-    Str(&'a str),
-    /// null, an object: never a tensor element.
-    Other,
-}
-
-impl Elements<'_> {
-    /// Append one element; past `count` only count it (the error will say how many).
-    fn push<E: de::Error>(&mut self, element: Element) -> std::result::Result<(), E> {
-        let index = self.seen;
-        self.seen += 1;
-        if index >= self.count {
-            return Ok(());
-        }
-        if encode_element(self.out, self.datatype, element).is_none() {
-            return Err(self.fail(format!("data[{index}] is not a valid {} value", self.datatype)));
-        }
-        Ok(())
-    }
-
-    fn fail<E: de::Error>(&mut self, problem: String) -> E {
-        let e = E::custom(&problem);
-        self.problem = Some(problem);
-        e
-    }
-}
-
-/// One level of `data`: an array of levels, or an element.
-struct Nested<'s, 'a> {
-    state: &'s mut Elements<'a>,
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for Nested<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> std::result::Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Nested<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{} values, in arrays nested as the shape is", self.state.datatype)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> std::result::Result<(), A::Error> {
-        if self.depth >= MAX_NESTING {
-            return Err(self.state.fail("data is nested too deeply".into()));
-        }
-        while items.next_element_seed(Nested { state: &mut *self.state, depth: self.depth + 1 })?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
-        self.state.push(Element::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<(), E> {
-        self.state.push(Element::Int(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<(), E> {
-        self.state.push(Element::Uint(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<(), E> {
-        self.state.push(Element::Float(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<(), E> {
-        self.state.push(Element::Str(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.state.push(Element::Other)
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> std::result::Result<(), A::Error> {
-        self.state.push(Element::Other)
-    }
-}
-
-/// Append one JSON element as `datatype`; `None` if it does not fit. Floats out of range
-/// (1e39 as FP32) are refused like integers out of range: JSON has no infinity to answer with.
-fn encode_element(out: &mut Vec<u8>, datatype: Datatype, v: Element) -> Option<()> {
-    fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Element) -> Option<T> {
-        match *v {
-            Element::Int(i) => T::try_from(i).ok(),
-            Element::Uint(u) => T::try_from(u).ok(),
-            _ => None,
-        }
-    }
-    fn float(v: &Element) -> Option<f64> {
-        match *v {
-            Element::Int(i) => Some(i as f64),
-            Element::Uint(u) => Some(u as f64),
-            Element::Float(f) => Some(f),
-            _ => None,
-        }
-    }
-    fn finite<T: Copy>(value: T, is_finite: impl Fn(T) -> bool) -> Option<T> {
-        is_finite(value).then_some(value)
-    }
-    match datatype {
-        Datatype::Bool => match v {
-            Element::Bool(b) => out.push(u8::from(b)),
-            _ => return None,
-        },
-        Datatype::Uint8 => out.push(int::<u8>(&v)?),
-        Datatype::Int8 => out.extend(int::<i8>(&v)?.to_le_bytes()),
-        Datatype::Uint16 => out.extend(int::<u16>(&v)?.to_le_bytes()),
-        Datatype::Int16 => out.extend(int::<i16>(&v)?.to_le_bytes()),
-        Datatype::Uint32 => out.extend(int::<u32>(&v)?.to_le_bytes()),
-        Datatype::Int32 => out.extend(int::<i32>(&v)?.to_le_bytes()),
-        Datatype::Uint64 => out.extend(int::<u64>(&v)?.to_le_bytes()),
-        Datatype::Int64 => out.extend(int::<i64>(&v)?.to_le_bytes()),
-        Datatype::Fp16 => {
-            out.extend(finite(half::f16::from_f64(float(&v)?), half::f16::is_finite)?.to_le_bytes())
-        }
-        Datatype::Bf16 => {
-            out.extend(finite(half::bf16::from_f64(float(&v)?), half::bf16::is_finite)?.to_le_bytes())
-        }
-        Datatype::Fp32 => out.extend(finite(float(&v)? as f32, f32::is_finite)?.to_le_bytes()),
-        Datatype::Fp64 => out.extend(float(&v)?.to_le_bytes()),
-        Datatype::Bytes => match v {
-            Element::Str(s) => push_bytes_element(out, s.as_bytes()),
-            _ => return None,
-        },
-    }
-    Some(())
 }
 
 #[cfg(test)]

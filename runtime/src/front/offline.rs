@@ -20,7 +20,6 @@
 //! every record exactly once between them, each in an output of its own, and `record` in
 //! each line is the number in the whole input (sort the union by it to join them).
 
-use crate::decode;
 use crate::encode;
 use crate::error::Error;
 use crate::repository::Model;
@@ -86,7 +85,7 @@ impl std::str::FromStr for Shard {
 struct Record {
     index: u64,
     source: String,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     /// `Inference-Header-Content-Length`: `Some("0")` for a raw file, `None` for JSON.
     header_length: Option<&'static str>,
 }
@@ -197,11 +196,11 @@ pub async fn run(
 async fn infer(model: &Arc<Model>, record: &Record) -> Result<Box<RawValue>, Error> {
     // The server's default limits: a record the server would refuse is refused here too.
     let limits = model.config.input_limits((crate::config::DEFAULT_MAX_BYTES_ELEMENT_KIB << 10) as usize);
-    let mut request = decode::decode(&record.body, record.header_length, &model.config.inputs, limits)?;
+    let (mut request, outputs) =
+        crate::pipeline::run_alone(model, record.body.clone(), record.header_length, limits).await?;
     // A line of JSON holds JSON: outputs asked for in binary come as JSON here.
     request.binary_outputs = false;
     request.outputs.iter_mut().for_each(|o| o.binary = None);
-    let (outputs, _, _) = crate::pipeline::run(model, &mut request).await?;
     let encoded = encode::encode(&model.name, &model.config.version, None, &request, outputs)?;
     let text = String::from_utf8(encoded.body).map_err(|e| Error::Internal(e.to_string()))?;
     RawValue::from_string(text).map_err(|e| Error::Internal(e.to_string()))
@@ -333,7 +332,7 @@ impl Records {
                 contents.with_context(|| format!("cannot read {}", path.display())).map(|body| Record {
                     index,
                     source,
-                    body,
+                    body: body.into(),
                     header_length: Some("0"),
                 })
             }
@@ -344,7 +343,12 @@ impl Records {
                     Ok(line) if line.trim().is_empty() => continue,
                     Ok(line) => {
                         let source = format!("{name}:{number}");
-                        break Ok(Record { index, source, body: line.into_bytes(), header_length: None });
+                        break Ok(Record {
+                            index,
+                            source,
+                            body: line.into_bytes().into(),
+                            header_length: None,
+                        });
                     }
                     Err(e) => break Err(e).context(format!("cannot read {name}")),
                 }
@@ -366,7 +370,7 @@ impl Iterator for Records {
 /// Records done, on a bar at a terminal, else in the log every few seconds.
 struct Progress<'a> {
     model: &'a str,
-    counter: crate::telemetry::Progress,
+    counter: crate::observe::telemetry::Progress,
     /// Records an earlier run wrote.
     skipped: u64,
 }
@@ -379,7 +383,7 @@ impl<'a> Progress<'a> {
                 .expect("a valid template");
             ProgressBar::new(total).with_style(style).with_message(model.to_string())
         });
-        Self { model, counter: crate::telemetry::Progress::new(total, done, bar), skipped: done }
+        Self { model, counter: crate::observe::telemetry::Progress::new(total, done, bar), skipped: done }
     }
 
     fn advance(&mut self, failed: u64) {
@@ -460,7 +464,7 @@ mod tests {
         }
         let records: Vec<_> =
             Records::open(&files, Shard { index: 1, count: 2 }).unwrap().map(|r| r.unwrap()).collect();
-        let got: Vec<_> = records.iter().map(|r| (r.index, r.source.as_str(), r.body.clone())).collect();
+        let got: Vec<_> = records.iter().map(|r| (r.index, r.source.as_str(), r.body.to_vec())).collect();
         assert_eq!(got, [(1, "1.bin", vec![1]), (3, "3.bin", vec![3])]);
     }
 

@@ -1,6 +1,6 @@
 //! listen: the serving port's connections, from accept to close, before any request reaches
-//! [`crate::server`]: HTTP/1.1 and HTTP/2 on one port (h2c, or TLS with both by ALPN, see
-//! [`crate::tls`]), the limits that keep careless and hostile clients from holding the
+//! [`crate::front::rest`]: HTTP/1.1 and HTTP/2 on one port (h2c, or TLS with both by ALPN, see
+//! [`crate::net::tls`]), the limits that keep careless and hostile clients from holding the
 //! server's connections, and the drain at shutdown.
 //!
 //! | limit | default | past it |
@@ -10,7 +10,7 @@
 //! | pause while a request body arrives | 60 s | 408, the connection closed |
 //! | open connections | 4096, kept under the process's file limit | new connections closed at once, counted |
 //! | HTTP/2 streams at once per connection | 100 | the client waits (SETTINGS) |
-//! | request bodies in flight, 3 times their size ([`crate::budget`]) | 1 GiB | 503 with `Retry-After`, the body unread |
+//! | request bodies in flight, 3 times their size ([`crate::net::budget`]) | 1 GiB | 503 with `Retry-After`, the body unread |
 //!
 //! The defaults are Envoy's edge guidance for the header deadline (10 s, where nginx waits
 //! 60 s), nginx's for the idle keep-alive (75 s: longer than the 60 s after which the usual
@@ -21,9 +21,9 @@
 //! and 1024 reset by the server for protocol errors, a 16 KiB header list, and a ping every
 //! 20 s that closes a connection whose peer stopped answering.
 
-use crate::budget::{Budget, Charged, Refused};
 use crate::error::Error;
-use crate::metrics::ConnectionMetrics;
+use crate::net::budget::{Budget, Charged, Refused};
+use crate::observe::metrics::ConnectionMetrics;
 use axum::Router;
 use axum::response::IntoResponse;
 use hyper::body::Incoming;
@@ -57,7 +57,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// HTTP/2 streams (requests) at once on one connection.
     pub http2_max_streams: u32,
-    /// What request bodies in flight may hold, all together (see [`crate::budget`]).
+    /// What request bodies in flight may hold, all together (see [`crate::net::budget`]).
     pub request_memory: usize,
 }
 

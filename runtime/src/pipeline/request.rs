@@ -1,0 +1,206 @@
+//! request: one inference through the pipeline, from what a front end hands over to the
+//! answer it encodes.
+
+use super::target::rows;
+use super::{AppState, ModelPath};
+use crate::config::InputLimits;
+use crate::decode::{self, HEADER_LENGTH, InferRequest};
+use crate::error::{Error, Result};
+use crate::observe::Timings;
+use crate::observe::metrics::RequestTimer;
+use crate::observe::payloads::{Call, Logged};
+use crate::repository::Model;
+use crate::schedule;
+use crate::tensor::Tensor;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// One inference request as a front end hands it over.
+pub(crate) struct Inference<'a> {
+    /// The model (or route) and version it names.
+    pub(crate) path: ModelPath,
+    /// Its id (see `front::http::request_id`).
+    pub(crate) id: &'a str,
+    /// Its headers (gRPC: metadata): a route's sticky header, the caller's trace, REST's
+    /// `Inference-Header-Content-Length`.
+    pub(crate) headers: &'a HeaderMap,
+    /// What it carries.
+    pub(crate) payload: Payload,
+    /// The body as the client sent it, for payload logging; none: not logged.
+    pub(crate) logged_body: Option<Bytes>,
+}
+
+/// What a request carries, before it meets its model.
+pub(crate) enum Payload {
+    /// A REST body: JSON, JSON and binary tensors, or raw data (by its
+    /// `Inference-Header-Content-Length`); or why it could not be read.
+    Body(Result<Bytes>),
+    /// Tensors already (gRPC, OpenAI), checked against the model's inputs here as a body's
+    /// are; or why the request could not be made into them.
+    Tensors(Result<InferRequest>),
+}
+
+/// What the pipeline gives back: the answer, or why there is none (counted, logged and in
+/// the request's span already).
+pub(crate) struct Reply<'s> {
+    pub(crate) answer: Result<Answer<'s>>,
+    /// The request's payload log, if it is logged: the front end hands it its response
+    /// (`observe::payloads::respond`).
+    pub(crate) logged: Option<Logged<'s>>,
+}
+
+/// A request's outputs and what its response names. The front end encodes them, then
+/// closes the [`Observation`] with how that went.
+pub(crate) struct Answer<'s> {
+    /// The model that answered.
+    pub(crate) model: Arc<Model>,
+    /// The route's variant that answered, if a route chose.
+    pub(crate) variant: Option<String>,
+    /// How long the request waited for its model's on-demand load, if it did.
+    pub(crate) waited: Option<Duration>,
+    /// The request as decoded: its id, the outputs it asked for and how.
+    pub(crate) request: InferRequest,
+    /// Every output the plugin returned, checked against the model's config.
+    pub(crate) outputs: Vec<Tensor>,
+    /// The request's span, metrics and route count, open until the response is made.
+    pub(crate) observation: Observation<'s>,
+}
+
+/// One request's span, metrics and route count, from its target to its response. Closed
+/// with the response's outcome ([`Observation::close`]); dropped open, the request counts
+/// as cancelled (its client went away).
+pub(crate) struct Observation<'s> {
+    state: &'s AppState,
+    span: tracing::Span,
+    /// Once the target is known: its timer, and the route's variant if a route chose.
+    counted: Option<(RequestTimer<'s>, Option<(String, String)>)>,
+    /// The stage timings and rows, once scheduled.
+    done: Option<(Timings, u64)>,
+}
+
+impl Observation<'_> {
+    /// The response is made (`Ok`) or the request failed: counted, its status in the span,
+    /// a failure logged.
+    pub(crate) fn close(self, outcome: Result<(), &Error>) {
+        if let Some((timer, routed)) = self.counted {
+            // An answer exists only once scheduled: `done` is there whenever it succeeds.
+            let (timings, rows) = self.done.unwrap_or_default();
+            let code = timer.finish(outcome.map(|()| (&timings, rows)));
+            if let Some((route, variant)) = routed {
+                self.state.metrics().routed(&route, &variant, false, code);
+            }
+        }
+        let status = match outcome {
+            Ok(()) => StatusCode::OK,
+            Err(e) => {
+                self.span.in_scope(|| e.log());
+                e.status()
+            }
+        };
+        self.span.record("http.response.status_code", i64::from(status.as_u16()));
+    }
+}
+
+impl AppState {
+    /// One inference request, whatever its protocol: the target resolved (a model loaded
+    /// on demand is loaded first), in its span (joined to the caller's trace), counted,
+    /// logged to the payload sink if its model says so, decoded against the model, copied
+    /// to the route's shadow, and scheduled.
+    pub(crate) async fn infer(&self, inference: Inference<'_>) -> Reply<'_> {
+        let Inference { path, id, headers, payload, logged_body } = inference;
+        let span = tracing::info_span!("request", id = %id, model = %path.model,
+            otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
+            http.response.status_code = tracing::field::Empty);
+        crate::observe::telemetry::join_remote_trace(&span, headers);
+        let mut observation = Observation { state: self, span: span.clone(), counted: None, done: None };
+        let mut logged = None;
+        let answer = async {
+            let target = self.target(&path, headers).await?;
+            let model = target.model.clone();
+            let routed = target.routed.as_ref().map(|r| (r.route.clone(), r.variant.clone()));
+            observation.counted = Some((self.metrics().start(&model.name, &model.config.version), routed));
+            let payload = match payload {
+                Payload::Body(body) => Payload::Body(Ok(body?)),
+                Payload::Tensors(request) => Payload::Tensors(Ok(request?)),
+            };
+            if let Some(body) = logged_body {
+                let call = Call { requested: &path.model, variant: target.variant(), id };
+                let names = (model.name.as_str(), model.config.version.as_str());
+                logged = self.0.payloads.request(&model.config.logger, names, call, headers, body);
+            }
+            let header_length = match (&payload, headers.get(HEADER_LENGTH)) {
+                (Payload::Body(_), Some(value)) => Some(
+                    value
+                        .to_str()
+                        .map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text"))?,
+                ),
+                _ => None,
+            };
+            let limits = self.input_limits(&model.config);
+            let mut request = decode_for(&model, payload, header_length, limits)?;
+            target.shadow(self, &request);
+            let (outputs, timings, rows) = run(&model, &mut request).await?;
+            observation.done = Some((timings, rows));
+            let variant = target.variant().map(str::to_string);
+            Ok::<_, Error>((model, variant, target.waited, request, outputs))
+        }
+        .instrument(span)
+        .await;
+        let answer = match answer {
+            Ok((model, variant, waited, request, outputs)) => {
+                Ok(Answer { model, variant, waited, request, outputs, observation })
+            }
+            Err(e) => {
+                observation.close(Err(&e));
+                Err(e)
+            }
+        };
+        Reply { answer, logged }
+    }
+}
+
+/// The request `payload` carries, checked against `model`'s inputs and `limits`.
+fn decode_for(
+    model: &Model,
+    payload: Payload,
+    header_length: Option<&str>,
+    limits: InputLimits,
+) -> Result<InferRequest> {
+    let declared = &model.config.inputs;
+    match payload {
+        Payload::Body(body) => decode::decode(&body?, header_length, declared, limits),
+        Payload::Tensors(request) => {
+            let request = request?;
+            decode::check_inputs(&request.inputs, declared, limits)?;
+            Ok(request)
+        }
+    }
+}
+
+/// The request's checked outputs, then schedule (plugin, graph, plugin); with the stage
+/// timings and the number of inferences (rows of the first input) for the metrics.
+async fn run(model: &Arc<Model>, request: &mut InferRequest) -> Result<(Vec<Tensor>, Timings, u64)> {
+    request.check_outputs(&model.config.outputs)?;
+    let inputs = std::mem::take(&mut request.inputs);
+    let rows = rows(&inputs);
+    let params = std::mem::take(&mut request.params);
+    let (outputs, timings) = schedule::run(model.runner.clone(), inputs, params).await?;
+    Ok((outputs, timings, rows))
+}
+
+/// One request through `model` with no server around it (offline inference): `body` with
+/// its `header_length` decoded as the server would within `limits`, then scheduled; no
+/// span, metrics, payload log or shadow. Returns the decoded request and the outputs.
+pub(crate) async fn run_alone(
+    model: &Arc<Model>,
+    body: Bytes,
+    header_length: Option<&str>,
+    limits: InputLimits,
+) -> Result<(InferRequest, Vec<Tensor>)> {
+    let mut request = decode_for(model, Payload::Body(Ok(body)), header_length, limits)?;
+    let (outputs, ..) = run(model, &mut request).await?;
+    Ok((request, outputs))
+}
