@@ -275,3 +275,45 @@ def test_the_repository_control_calls_follow_the_control_endpoints(tmp_path):
         assert states(main)["a"] == "UNLOADED"
     finally:
         server.stop()
+
+
+def test_a_hostile_client_meets_the_limits_rest_has(server, grpc_client):
+    """Raw protobuf messages (tritonclient's own stubs) past each limit REST's parser holds a
+    body to: refused by the limit, INVALID_ARGUMENT with REST's words, the server still live."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+
+    def text_input(name="text", shape=(1,)):
+        tensor = service_pb2.ModelInferRequest().InferInputTensor(name=name, datatype="BYTES", shape=list(shape))
+        tensor.contents.bytes_contents.append(b"hi")
+        return tensor
+
+    def refused(request, words):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert words in err.value.details(), err.value.details()
+
+    many_params = service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input()])
+    for i in range(5000):
+        many_params.parameters[f"p{i}"].string_param = "x"
+    refused(many_params, "more than 64 parameters")
+
+    refused(service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input(f"t{i}") for i in range(5001)]),
+            "more than 1024 inputs")
+
+    refused(service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input(shape=[1] * 500)]),
+            "more than 64 dimensions")
+
+    many_outputs = service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input()])
+    for i in range(5000):
+        many_outputs.outputs.add(name=f"o{i}")
+    refused(many_outputs, "more than 1024 outputs")
+
+    one_input = service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input()])
+    one_input.inputs[0].parameters["binary_data_size"].int64_param = 1
+    for i in range(100):
+        one_input.inputs[0].parameters[f"p{i}"].bool_param = True
+    refused(one_input, "more than 64 parameters")
+
+    assert grpc_client.is_server_live()
+    assert stub.ModelInfer(service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input()])).outputs

@@ -325,6 +325,7 @@ fn path(model: String, version: String) -> ModelPath {
 /// A protobuf request into the form the pipeline takes (which checks it against the model as
 /// it checks REST's).
 fn decode(request: ModelInferRequest) -> Result<InferRequest> {
+    within_limits(&request)?;
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(Error::bad_request(format!(
@@ -366,6 +367,22 @@ fn decode(request: ModelInferRequest) -> Result<InferRequest> {
             .collect(),
         binary_outputs: true,
     })
+}
+
+/// The limits REST's parser holds a body to, on a request protobuf already parsed: inputs
+/// and outputs, dimensions, parameters (the request's, each input's and output's), with
+/// REST's words. The elements a shape holds are counted (and capped) as each input is read.
+fn within_limits(request: &ModelInferRequest) -> Result<()> {
+    use decode::{MAX_PARAMETERS, MAX_RANK, MAX_TENSORS, at_most};
+    at_most(request.inputs.len(), MAX_TENSORS, "inputs")?;
+    at_most(request.outputs.len(), MAX_TENSORS, "outputs")?;
+    at_most(request.raw_input_contents.len(), MAX_TENSORS, "raw_input_contents")?;
+    at_most(request.parameters.len(), MAX_PARAMETERS, "parameters")?;
+    for input in &request.inputs {
+        at_most(input.shape.len(), MAX_RANK, "dimensions")?;
+        at_most(input.parameters.len(), MAX_PARAMETERS, "parameters")?;
+    }
+    request.outputs.iter().try_for_each(|o| at_most(o.parameters.len(), MAX_PARAMETERS, "parameters"))
 }
 
 /// Request parameters as the plugin gets them: strings as they are, others as JSON text.

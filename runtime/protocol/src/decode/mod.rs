@@ -35,6 +35,16 @@ fn too_many(max: usize, what: &str) -> String {
     format!("more than {max} {what}")
 }
 
+/// A list of `count` `what` (inputs, outputs, dimensions, parameters) within its `max`, the
+/// limit the JSON parser holds REST's bodies to: for the protocols whose requests arrive
+/// already parsed (gRPC), with the same error.
+pub fn at_most(count: usize, max: usize, what: &str) -> Result<()> {
+    match count > max {
+        true => Err(Error::bad_request(too_many(max, what))),
+        false => Ok(()),
+    }
+}
+
 /// A decoded inference request.
 #[derive(Debug)]
 pub struct InferRequest {
