@@ -105,3 +105,33 @@ fn a_batch_over_a_directory_answers_each_file_as_a_raw_request() {
     }
     assert_eq!(answers[1]["status"], 400, "5 bytes are no [3, 2] FP32 tensor");
 }
+
+#[test]
+fn shards_write_into_an_output_directory_that_does_not_exist_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("requests.jsonl");
+    let text: String = (0..6)
+        .map(|i| {
+            let data: Vec<f32> = (0..6).map(|k| (i * 6 + k) as f32).collect();
+            format!(
+                "{}\n",
+                json!({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "data": data}]})
+            )
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    // Two levels that are not there, named as docs/batch-inference.md names an output folder.
+    let out = dir.path().join("runs/today");
+    let mut records = Vec::new();
+    for shard in 0..3 {
+        let folder = format!("{}/", out.display());
+        let mut run = batch_command(&input, Path::new(&folder));
+        let run = run.args(["--shard", &format!("{shard}/3")]).output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let part = lines(&out.join(format!("part-{shard:05}-of-00003.jsonl")));
+        assert_eq!(part.len(), 2, "shard {shard}: records {shard} and {}", shard + 3);
+        records.extend(part.iter().map(|line| line["record"].as_u64().unwrap()));
+    }
+    records.sort();
+    assert_eq!(records, [0, 1, 2, 3, 4, 5], "every record once across the shards");
+}

@@ -109,6 +109,10 @@ async fn batch(args: BatchArgs, progress_bars: bool) -> anyhow::Result<()> {
     let output = part(&args.output, shard);
     match Place::of(&output)? {
         Place::Local(path) => {
+            // As every tool writes its output: into the directory named, made if it is not there.
+            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
             crate::front::offline::run(model, &input, shard, &path, concurrency, progress_bars).await?;
         }
         Place::Remote(remote) => {
