@@ -105,11 +105,17 @@ enum NewCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Your ONNX model: copied into the model directory, its inputs and outputs declared
-        /// in model.toml as the file declares them, on tract if tract can run it, else on ONNX
+        /// in model.toml as the file declares them (an output the file fixes at one row but
+        /// that has one per input row, per row), on tract if tract runs it, else on ONNX
         /// Runtime. scikit-learn models: export with skl2onnx's options={'zipmap': False}.
         /// Default: a tiny example graph (Y = X * [[1, 2], [3, 4], [5, 6]]).
         #[arg(long, value_name = "FILE.onnx")]
         graph: Option<PathBuf>,
+        /// ONNX Runtime's shared library (libonnxruntime.so): a graph tract cannot run is run
+        /// once on it, and refused if it fails there too. Without it such a graph is written
+        /// for ONNX Runtime unchecked (`wasmserve check` runs it once the plugin is built).
+        #[arg(long, value_name = "PATH", env = "ORT_DYLIB_PATH")]
+        onnxruntime_library: Option<PathBuf>,
     },
 }
 
@@ -130,8 +136,8 @@ fn main() -> std::process::ExitCode {
             println!("{}", serde_json::to_string_pretty(&commands::schema(of)).expect("JSON"));
             Ok(())
         }
-        Command::New(NewCommand::Plugin { name, dir, graph }) => {
-            commands::new::plugin(&name, dir, graph.as_deref())
+        Command::New(NewCommand::Plugin { name, dir, graph, onnxruntime_library }) => {
+            commands::new::plugin(&name, dir, graph.as_deref(), onnxruntime_library.as_deref())
         }
         Command::Check(args) => commands::check::run(args),
         Command::Batch(args) => commands::batch::run(args, progress_bars),

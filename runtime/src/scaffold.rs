@@ -112,7 +112,12 @@ pub struct Created {
 
 /// Write plugin project `name` into `dir` (which must not exist or be empty), with `graph`
 /// (an ONNX file) or the example graph.
-pub fn plugin(name: &str, dir: &Path, graph: Option<&Path>) -> anyhow::Result<Created> {
+pub fn plugin(
+    name: &str,
+    dir: &Path,
+    graph: Option<&Path>,
+    onnxruntime_library: Option<&Path>,
+) -> anyhow::Result<Created> {
     let valid = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
@@ -137,10 +142,14 @@ pub fn plugin(name: &str, dir: &Path, graph: Option<&Path>) -> anyhow::Result<Cr
         None => "the example graph".into(),
     })?;
     // tract where it can run the graph (nothing to install), else ONNX Runtime, which runs
-    // every operator (scikit-learn's Scaler, say, that tract lacks).
-    let on_tract = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-        crate::infer::runs_on_tract(&onnx)
-    });
+    // every operator (scikit-learn's Scaler, say, that tract lacks); a graph neither runs is
+    // refused here, not written as a model that fails its warm-up at start-up.
+    let tried = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        probe(&onnx, graph, &inputs, onnxruntime_library)
+    })?;
+    let on_tract = tried.on_tract;
+    let batched = inputs.iter().any(|spec| spec.shape.first().is_some_and(|&d| d < 0));
+    let outputs = if batched { per_row(outputs, &tried.shapes) } else { outputs };
     let fill = |template: &str| template.replace("{name}", name);
     let model_dir = PathBuf::from("models").join(name);
     let mut files: Vec<(PathBuf, Vec<u8>)> = vec![
@@ -162,6 +171,90 @@ pub fn plugin(name: &str, dir: &Path, graph: Option<&Path>) -> anyhow::Result<Cr
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(Created { dir: dir.to_path_buf(), repository: dir.join("models") })
+}
+
+/// Rows of the probe request: two, so that outputs with one row per input row show it.
+const PROBE_ROWS: i64 = 2;
+
+/// Most elements a probe request holds; a graph with larger inputs is not run.
+const MAX_PROBE_ELEMENTS: usize = 1 << 20;
+
+/// What running the graph once showed.
+struct Tried {
+    /// Whether tract ran it (`Err`: why not).
+    on_tract: anyhow::Result<()>,
+    /// Each output's shape in the run, when a backend ran it.
+    shapes: Vec<(String, Vec<i64>)>,
+}
+
+/// Run the graph on zeros of its inputs' shapes (open dimensions [`PROBE_ROWS`]): on tract,
+/// else on ONNX Runtime when its library is at hand. Refused when neither runs it; when
+/// tract cannot and no ONNX Runtime library was given, unchecked (ONNX Runtime runs every
+/// operator; `wasmserve check` runs it once the plugin is built).
+fn probe(
+    onnx: &[u8],
+    graph: Option<&Path>,
+    inputs: &[TensorSpec],
+    onnxruntime_library: Option<&Path>,
+) -> anyhow::Result<Tried> {
+    use crate::config::Backend;
+    let zeros = || -> Option<Vec<crate::tensor::Tensor>> {
+        inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> =
+                    spec.shape.iter().map(|&d| if d < 0 { PROBE_ROWS } else { d }).collect();
+                let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize))?;
+                let size = spec.datatype.size().unwrap_or(4); // BYTES: each element's length, 0
+                let data = vec![0; count.checked_mul(size).filter(|_| count <= MAX_PROBE_ELEMENTS)?];
+                Some(crate::tensor::Tensor { name: spec.name.clone(), datatype: spec.datatype, shape, data })
+            })
+            .collect()
+    };
+    let Some(probe) = zeros() else {
+        // Too large to run here: whether tract loads it decides.
+        return Ok(Tried { on_tract: crate::infer::runs_on_tract(onnx), shapes: Vec::new() });
+    };
+    let shapes =
+        |outputs: Vec<crate::tensor::Tensor>| outputs.into_iter().map(|t| (t.name, t.shape)).collect();
+    let tract = crate::infer::run_once(onnx, graph, Backend::Tract, &Default::default(), probe.clone());
+    let tract_error = match tract {
+        Ok(outputs) => return Ok(Tried { on_tract: Ok(()), shapes: shapes(outputs) }),
+        Err(e) => e,
+    };
+    let (Some(library), Some(path)) = (onnxruntime_library, graph) else {
+        return Ok(Tried { on_tract: Err(tract_error), shapes: Vec::new() });
+    };
+    let options = crate::infer::BackendOptions {
+        onnxruntime_library: Some(library.to_path_buf()),
+        ..Default::default()
+    };
+    match crate::infer::run_once(onnx, Some(path), Backend::Onnx, &options, probe) {
+        Ok(outputs) => Ok(Tried { on_tract: Err(tract_error), shapes: shapes(outputs) }),
+        Err(e) => bail!(
+            "{} runs on neither backend, so it would fail its warm-up: tract: {:#}; ONNX Runtime: {e:#}",
+            path.display(),
+            tract_error
+        ),
+    }
+}
+
+/// The outputs of a graph whose inputs are batched (an open first dimension) as declared,
+/// except that one whose first dimension the file fixes but the probe showed one row per
+/// input row (onnxmltools declares a classifier's `label` `[1]`)
+/// is declared per row (`-1`).
+fn per_row(mut outputs: Vec<TensorSpec>, shapes: &[(String, Vec<i64>)]) -> Vec<TensorSpec> {
+    for spec in &mut outputs {
+        let ran = shapes.iter().find(|(name, _)| *name == spec.name).map(|(_, shape)| shape);
+        if let (Some(first), Some(&[rows, ..])) = (spec.shape.first_mut(), ran.map(Vec::as_slice))
+            && *first >= 0
+            && *first != rows
+            && rows == PROBE_ROWS
+        {
+            *first = -1;
+        }
+    }
+    outputs
 }
 
 /// Where cargo puts the built plugin: under `CARGO_TARGET_DIR` when it is set (it overrides
@@ -285,7 +378,7 @@ mod tests {
     fn a_project_is_written_with_the_graphs_signature_and_bad_names_or_busy_dirs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let project = dir.path().join("p");
-        let created = plugin("my-model", &project, None).unwrap();
+        let created = plugin("my-model", &project, None, None).unwrap();
         assert_eq!(created.repository, project.join("models"));
         let config = crate::config::ModelConfig::load(&project.join("models/my-model")).unwrap();
         assert_eq!(config.inputs[0].name, "X");
@@ -300,13 +393,13 @@ mod tests {
         assert!(sdk.contains(r#"path: "wit""#), "the SDK finds the world beside it");
         assert!(project.join("wasmserve-plugin/wit/deps/wasi-nn/wasi-nn.wit").is_file());
 
-        let busy = plugin("other", &project, None).err().unwrap().to_string();
+        let busy = plugin("other", &project, None, None).err().unwrap().to_string();
         assert!(busy.contains("exists and is not empty"), "{busy}");
         for bad in ["My", "1st", "a b", "../x", ""] {
-            let e = plugin(bad, &dir.path().join("q"), None).err().unwrap().to_string();
+            let e = plugin(bad, &dir.path().join("q"), None, None).err().unwrap().to_string();
             assert!(e.contains("cannot name a plugin"), "{bad}: {e}");
         }
-        let e = plugin("g", &dir.path().join("r"), Some(&project.join("src/lib.rs"))).err().unwrap();
+        let e = plugin("g", &dir.path().join("r"), Some(&project.join("src/lib.rs")), None).err().unwrap();
         assert!(format!("{e:#}").contains("cannot read the inputs and outputs of"), "{e:#}");
     }
 }

@@ -38,9 +38,39 @@ pub struct BackendOptions {
 
 pub use signature::signature;
 
-/// Whether tract can run this ONNX graph (`Err`: why not, such as an operator it lacks).
+/// Whether tract can load this ONNX graph (`Err`: why not, such as an operator it lacks).
 pub fn runs_on_tract(onnx: &[u8]) -> anyhow::Result<()> {
     tract::load("graph", onnx, 1).map(drop)
+}
+
+/// Run the ONNX graph `onnx` (read from `path`, where ONNX Runtime needs it) once on
+/// `backend`, with no server around it: its outputs, or why it cannot run (an operator
+/// tract lacks, an output it cannot hand out, a library that does not load). `new plugin`
+/// checks the graphs it scaffolds this way.
+pub fn run_once(
+    onnx: &[u8],
+    path: Option<&Path>,
+    backend: Backend,
+    options: &BackendOptions,
+    inputs: Vec<Tensor>,
+) -> anyhow::Result<Vec<Tensor>> {
+    let graph = match (backend, path) {
+        (Backend::Tract, _) => tract::load("graph", onnx, 1)?,
+        (Backend::Onnx, Some(path)) => {
+            let config = GraphConfig {
+                file: path.to_path_buf(),
+                backend,
+                target: crate::config::Target::Cpu,
+                gpu_fallback: false,
+                threads: 1,
+                spin: false,
+            };
+            load("graph", path, &config, 1, Sessions::AtLoad, options)?.0
+        }
+        (Backend::Onnx, None) => bail!("ONNX Runtime loads a graph from its file"),
+    };
+    let _state = thread_state();
+    run(&graph, inputs)
 }
 
 /// When an ONNX Runtime graph's sessions (one per execution, each with its own copy of the

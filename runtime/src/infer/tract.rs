@@ -259,6 +259,12 @@ fn from_tract(t: &Tensor) -> anyhow::Result<NnTensor> {
         DatumType::U8 => TensorType::U8,
         DatumType::I32 => TensorType::I32,
         DatumType::I64 => TensorType::I64,
+        // Dimensions computed by the graph (a label a tree ensemble picks, a shape): whole
+        // numbers once the run is done, handed out as INT64, which the graph declares.
+        DatumType::TDim => {
+            let whole = t.cast_to::<i64>().map_err(err)?;
+            return from_tract(&whole);
+        }
         other => anyhow::bail!("graph output of type {other:?} has no wasi-nn equivalent"),
     };
     let dimensions = t.shape().iter().map(|&d| u32::try_from(d)).collect::<Result<_, _>>()?;
