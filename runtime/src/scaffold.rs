@@ -12,10 +12,11 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 
 /// The plugin SDK and the world, as files under `wasmserve-plugin/`.
-const SDK: [(&str, &str); 9] = [
+const SDK: [(&str, &str); 10] = [
     ("Cargo.toml", include_str!("../../plugins/sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
     ("src/tensor.rs", include_str!("../../plugins/sdk/src/tensor.rs")),
+    ("src/wire.rs", include_str!("../../plugins/sdk/src/wire.rs")),
     ("src/classify.rs", include_str!("../../plugins/sdk/src/classify.rs")),
     ("src/image.rs", include_str!("../../plugins/sdk/src/image.rs")),
     ("src/nn.rs", include_str!("../../plugins/sdk/src/nn.rs")),

@@ -75,6 +75,7 @@ pub mod nn;
 mod tensor;
 #[cfg(feature = "text")]
 pub mod text;
+mod wire;
 pub use tensor::{Element, View};
 
 /// Shorthand for a client error (HTTP 400).

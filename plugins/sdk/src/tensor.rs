@@ -110,9 +110,7 @@ impl Tensor {
     ) -> Tensor {
         let mut data = Vec::new();
         for element in elements {
-            let element = element.as_ref();
-            data.extend_from_slice(&(element.len() as u32).to_le_bytes());
-            data.extend_from_slice(element);
+            crate::wire::push(&mut data, element.as_ref());
         }
         Tensor { name: name.into(), datatype: Datatype::Bytes, shape: shape.into(), data }
     }
@@ -145,19 +143,8 @@ impl Tensor {
         if self.datatype != Datatype::Bytes {
             return Err(invalid(format!("tensor '{}' must be BYTES, got {:?}", self.name, self.datatype)));
         }
-        let malformed = || invalid(format!("tensor '{}': malformed BYTES data", self.name));
-        let mut rest = self.data.as_slice();
-        let mut elements = Vec::new();
-        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-            let len = u32::from_le_bytes(*len) as usize;
-            if tail.len() < len {
-                return Err(malformed());
-            }
-            let (element, tail) = tail.split_at(len);
-            elements.push(element);
-            rest = tail;
-        }
-        if rest.is_empty() { Ok(elements) } else { Err(malformed()) }
+        crate::wire::split(&self.data)
+            .ok_or_else(|| invalid(format!("tensor '{}': malformed BYTES data", self.name)))
     }
 
     /// A BYTES tensor's elements as UTF-8 text: an invalid-input error naming the element

@@ -91,32 +91,22 @@ pub fn element_count(name: &str, shape: &[i64]) -> Result<usize> {
     })
 }
 
+/// The BYTES wire format: the plugin SDK's own file, one copy for both.
+#[path = "../../../plugins/sdk/src/wire.rs"]
+mod wire;
+
 /// Split BYTES data into its elements; errors if the length prefixes do not add up.
-pub fn bytes_elements<'a>(name: &str, mut data: &'a [u8]) -> Result<Vec<&'a [u8]>> {
-    let mut elements = Vec::new();
-    while !data.is_empty() {
-        let malformed = || {
-            Error::bad_request(format!(
-                "tensor '{name}': BYTES data is malformed (each element needs a 4-byte little-endian length, then that many bytes)"
-            ))
-        };
-        let (len, rest) = data.split_first_chunk::<4>().ok_or_else(malformed)?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(malformed());
-        }
-        let (element, rest) = rest.split_at(len);
-        elements.push(element);
-        data = rest;
-    }
-    Ok(elements)
+pub fn bytes_elements<'a>(name: &str, data: &'a [u8]) -> Result<Vec<&'a [u8]>> {
+    wire::split(data).ok_or_else(|| {
+        Error::bad_request(format!(
+            "tensor '{name}': BYTES data is malformed (each element needs a 4-byte little-endian length, then that many bytes)"
+        ))
+    })
 }
 
 /// Append one BYTES element.
 pub fn push_bytes_element(data: &mut Vec<u8>, element: &[u8]) {
-    let len = u32::try_from(element.len()).expect("BYTES elements are under 4 GiB");
-    data.extend_from_slice(&len.to_le_bytes());
-    data.extend_from_slice(element);
+    wire::push(data, element)
 }
 
 impl Tensor {
