@@ -4,9 +4,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/grpc_predict_v2.proto";
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto"])?;
-    // Triton's model configuration and statistics answer REST too, as the same messages in
-    // JSON with the proto's field names (what Triton's HTTP endpoints send).
+    // The server metadata, Triton's model configuration and statistics answer REST too, as
+    // the same messages in JSON with the proto's field names (what Triton's HTTP endpoints
+    // send).
     let json = [
+        "ServerMetadataResponse",
         "ModelConfig",
         "ModelInput",
         "ModelOutput",

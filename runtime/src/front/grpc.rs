@@ -195,11 +195,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         _: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        ok(ServerMetadataResponse {
-            name: "wasmserve".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::front::triton::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-        })
+        ok(super::triton::server_metadata())
     }
 
     async fn model_metadata(
@@ -253,21 +249,10 @@ impl GrpcInferenceService for Grpc {
         request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let ready_only = request.into_inner().ready;
-        let models = self
-            .0
-            .repository()
-            .statuses()
+        let models = super::triton::index(&self.0)
             .into_iter()
-            .filter(|s| !ready_only || matches!(s.state, crate::repository::State::Ready(_)))
-            .map(|s| repository_index_response::ModelIndex {
-                reason: match &s.state {
-                    crate::repository::State::Unavailable(reason) => reason.clone(),
-                    _ => String::new(),
-                },
-                state: s.state.name().into(),
-                version: s.version.unwrap_or_default(),
-                name: s.name,
-            })
+            .filter(|(_, status)| !ready_only || matches!(status.state, crate::repository::State::Ready(_)))
+            .map(|(model, _)| model)
             .collect();
         ok(RepositoryIndexResponse { models })
     }

@@ -129,12 +129,7 @@ async fn unload_model(
 }
 
 async fn server_metadata() -> Response {
-    axum::Json(json!({
-        "name": "wasmserve",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": crate::front::triton::EXTENSIONS,
-    }))
-    .into_response()
+    axum::Json(super::triton::server_metadata()).into_response()
 }
 
 /// The KServe v2 spec's `$ready_server_response`: the status says it, the body too.
@@ -148,22 +143,20 @@ async fn server_ready(State(state): State<AppState>) -> Response {
 /// not ready when it is not), its load policy, what it holds of the model memory budget and
 /// how long since a request used it.
 async fn repository_index(State(state): State<AppState>) -> Response {
-    let index: Vec<_> = state
-        .repository()
-        .statuses()
+    let index: Vec<_> = super::triton::index(&state)
         .into_iter()
-        .map(|status| {
-            let mut entry = json!({ "name": status.name, "state": status.state.name() });
-            if let Some(version) = status.version {
-                entry["version"] = json!(version);
+        .map(|(model, status)| {
+            let mut entry = json!({ "name": model.name, "state": model.state });
+            if status.version.is_some() {
+                entry["version"] = json!(model.version);
                 entry["policy"] = json!(if status.on_demand { "on_demand" } else { "eager" });
                 entry["resident_bytes"] = json!(status.resident_bytes);
             }
             if let Some(idle) = status.idle {
                 entry["idle_secs"] = json!((idle.as_secs_f64() * 10.0).round() / 10.0);
             }
-            if let ModelState::Unavailable(reason) = &status.state {
-                entry["reason"] = json!(reason);
+            if !model.reason.is_empty() {
+                entry["reason"] = json!(model.reason);
             }
             entry
         })

@@ -1,5 +1,5 @@
-//! triton: what Triton's tools ask of a server beside the Open Inference Protocol, built
-//! once for both front ends: the model configuration extension (`GET
+//! triton: what Triton's tools ask of a server, built once for both front ends: the server
+//! metadata and the model repository's index, and the model configuration extension (`GET
 //! /v2/models/{m}[/versions/{v}]/config`, gRPC `ModelConfig`), which `perf_analyzer` reads
 //! before it sends anything, and the statistics extension (`GET
 //! /v2/models[/{m}[/versions/{v}]]/stats`, gRPC `ModelStatistics`), its server-side
@@ -26,13 +26,43 @@
 use crate::config::TensorSpec;
 use crate::error::Result;
 use crate::pipeline::{AppState, ModelPath};
-use crate::proto::{DataType, ModelConfig, ModelDynamicBatching, ModelInput, ModelOutput, ModelStatistics};
+use crate::proto::repository_index_response::ModelIndex;
+use crate::proto::{
+    DataType, ModelConfig, ModelDynamicBatching, ModelInput, ModelOutput, ModelStatistics,
+    ServerMetadataResponse,
+};
+use crate::repository::{State, Status};
 use crate::tensor::Datatype;
 
 /// The protocol extensions the server metadata names: binary tensors, these two, and the
 /// model repository's index, load and unload (REST and gRPC).
 pub(crate) const EXTENSIONS: [&str; 4] =
     ["binary_tensor_data", "model_configuration", "model_repository", "statistics"];
+
+/// The server metadata, for both protocols (REST sends the message as JSON).
+pub(crate) fn server_metadata() -> ServerMetadataResponse {
+    ServerMetadataResponse {
+        name: "wasmserve".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// The repository index, for both protocols: each model version (a directory that cannot
+/// be served at all: the model alone) with its state and, unavailable, why; beside each,
+/// its whole status, for what REST adds that the protocol's message has no field for.
+pub(crate) fn index(state: &AppState) -> Vec<(ModelIndex, Status)> {
+    let entry = |status: &Status| ModelIndex {
+        name: status.name.clone(),
+        version: status.version.clone().unwrap_or_default(),
+        state: status.state.name().into(),
+        reason: match &status.state {
+            State::Unavailable(reason) => reason.clone(),
+            _ => String::new(),
+        },
+    };
+    state.repository().statuses().into_iter().map(|status| (entry(&status), status)).collect()
+}
 
 /// Triton's configuration of the model version `name` with `config` (its `model.toml`).
 pub(crate) fn config(name: &str, config: &crate::config::ModelConfig) -> ModelConfig {
