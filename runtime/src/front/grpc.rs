@@ -343,7 +343,7 @@ fn decode(request: ModelInferRequest) -> Result<InferRequest> {
     }
     Ok(InferRequest {
         id: Some(request.id).filter(|id| !id.is_empty()),
-        params: params(request.parameters),
+        params: params(request.parameters)?,
         inputs,
         outputs: request
             .outputs
@@ -370,26 +370,27 @@ fn within_limits(request: &ModelInferRequest) -> Result<()> {
     request.outputs.iter().try_for_each(|o| at_most(o.parameters.len(), MAX_PARAMETERS, "parameters"))
 }
 
-/// Request parameters as the plugin gets them: strings as they are, others as JSON text.
-fn params(parameters: HashMap<String, InferParameter>) -> Vec<(String, String)> {
+/// Request parameters as the plugin gets them, through the one path REST's take
+/// ([`decode::parameters`]: the count capped, strings as they are, numbers and booleans as
+/// JSON writes them), in name order.
+fn params(parameters: HashMap<String, InferParameter>) -> Result<Vec<(String, String)>> {
     use infer_parameter::ParameterChoice as P;
-    let mut params: Vec<_> = parameters
+    let object: serde_json::Map<String, serde_json::Value> = parameters
         .into_iter()
-        .filter_map(|(k, v)| {
-            let value = match v.parameter_choice? {
-                P::StringParam(s) => s,
-                P::BoolParam(b) => b.to_string(),
-                P::Int64Param(i) => i.to_string(),
-                P::Uint64Param(u) => u.to_string(),
-                P::DoubleParam(d) => {
-                    serde_json::Number::from_f64(d).map_or_else(|| d.to_string(), |n| n.to_string())
-                }
+        .filter_map(|(name, value)| {
+            let value = match value.parameter_choice? {
+                P::StringParam(s) => s.into(),
+                P::BoolParam(b) => b.into(),
+                P::Int64Param(i) => i.into(),
+                P::Uint64Param(u) => u.into(),
+                P::DoubleParam(d) => d.into(),
             };
-            Some((k, value))
+            Some((name, value))
         })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
         .collect();
-    params.sort();
-    params
+    decode::parameters(&serde_json::Value::Object(object).to_string())
 }
 
 /// Typed `contents` into wire bytes: each datatype from the list the protocol assigns it.
@@ -498,7 +499,8 @@ mod tests {
             ("b".to_string(), p(P::StringParam("x y".into()))),
             ("c".to_string(), p(P::Int64Param(-3))),
             ("d".to_string(), p(P::DoubleParam(0.5))),
-        ]));
+        ]))
+        .unwrap();
         let expected = [("a", "false"), ("b", "x y"), ("c", "-3"), ("d", "0.5")];
         assert_eq!(rendered, expected.map(|(k, v)| (k.to_string(), v.to_string())));
     }
