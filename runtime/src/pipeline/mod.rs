@@ -14,17 +14,13 @@ mod request;
 mod target;
 
 pub(crate) use request::{Answer, Inference, Payload, Reply, run_alone};
-pub(crate) use target::Target;
 
-use crate::config::{ModelConfig, RouteConfig};
-use crate::error::{Error, Result};
+use crate::config::ModelConfig;
 use crate::observe::metrics::Metrics;
 use crate::observe::payloads::{Payloads, Settings};
 use crate::repository::Repository;
-use axum::http::HeaderMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use target::{Routed, pick};
 
 /// When `/v2/health/ready` says yes.
 #[derive(
@@ -124,58 +120,6 @@ impl AppState {
     pub fn ready(&self) -> bool {
         !self.0.draining.load(Ordering::SeqCst)
             && self.0.repository.ready(self.0.ready_when == ReadyWhen::All)
-    }
-
-    /// The route a request's path names, if it names one (a route has no versions).
-    pub(crate) fn route(&self, path: &ModelPath) -> Result<Option<Arc<RouteConfig>>> {
-        match self.0.repository.route(&path.model) {
-            Some(_) if path.version.is_some() => {
-                Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)))
-            }
-            route => Ok(route),
-        }
-    }
-
-    /// Whether the model a request's path names (a route: its variants) can serve now or
-    /// once loaded on demand: what model readiness answers. Loads nothing.
-    pub(crate) fn model_ready(&self, path: &ModelPath) -> Result<()> {
-        let repository = &self.0.repository;
-        let Some(route) = self.route(path)? else {
-            return repository.servable(&path.model, path.version.as_deref());
-        };
-        route.variants.iter().try_for_each(|v| repository.servable(&v.model, v.version.as_deref()))
-    }
-
-    /// What the model a request's path names declares (a route: the variant it picks, as
-    /// for a request without headers), and that model's name. Loads nothing (see
-    /// [`Repository::declared`]): metadata and configuration answer from it.
-    pub(crate) fn declared(&self, path: &ModelPath) -> Result<(String, Arc<ModelConfig>)> {
-        let (name, version) = match self.route(path)? {
-            Some(route) => {
-                let variant = pick(&path.model, &route, &HeaderMap::new());
-                (variant.model.clone(), variant.version.clone())
-            }
-            None => (path.model.clone(), path.version.clone()),
-        };
-        let config = self.0.repository.declared(&name, version.as_deref())?;
-        Ok((name, config))
-    }
-
-    /// Where an inference request goes: the model its path names or, when the name is a
-    /// route, the variant the route picks (by the sticky header's value, else at random by
-    /// weight) and the shadow that gets a copy. A model loaded on demand is loaded first
-    /// (the request waits for it).
-    pub(crate) async fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
-        let repository = &self.0.repository;
-        let Some(route) = self.route(path)? else {
-            let (model, waited) = repository.acquire(&path.model, path.version.as_deref()).await?;
-            return Ok(Target { model, waited, routed: None });
-        };
-        let variant = pick(&path.model, &route, headers);
-        let (model, waited) = repository.acquire(&variant.model, variant.version.as_deref()).await?;
-        let shadow = route.shadow.clone();
-        let variant = crate::config::target_label(&variant.model, variant.version.as_deref());
-        Ok(Target { model, waited, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
     }
 }
 

@@ -1,7 +1,7 @@
 //! request: one inference through the pipeline, from what a front end hands over to the
 //! answer it encodes.
 
-use super::target::rows;
+use super::target::{Routed, Target};
 use super::{AppState, ModelPath};
 use crate::config::InputLimits;
 use crate::decode::{self, HEADER_LENGTH, InferRequest};
@@ -90,7 +90,7 @@ impl Observation<'_> {
             let (timings, rows) = self.done.unwrap_or_default();
             let code = timer.finish(outcome.map(|()| (&timings, rows)));
             if let Some((route, variant)) = routed {
-                self.state.metrics().routed(&route, &variant, false, code);
+                self.state.0.metrics.routed(&route, &variant, false, code);
             }
         }
         let status = match outcome {
@@ -121,7 +121,7 @@ impl AppState {
             let target = self.target(&path, headers).await?;
             let model = target.model.clone();
             let routed = target.routed.as_ref().map(|r| (r.route.clone(), r.variant.clone()));
-            observation.counted = Some((self.metrics().start(&model.name, &model.config.version), routed));
+            observation.counted = Some((self.0.metrics.start(&model.name, &model.config.version), routed));
             let payload = match payload {
                 Payload::Body(body) => Payload::Body(Ok(body?)),
                 Payload::Tensors(request) => Payload::Tensors(Ok(request?)),
@@ -139,9 +139,9 @@ impl AppState {
                 ),
                 _ => None,
             };
-            let limits = self.input_limits(&model.config);
+            let limits = model.config.input_limits(self.0.max_bytes_element);
             let mut request = decode_for(&model, payload, header_length, limits)?;
-            target.shadow(self, &request);
+            shadow(&target, self, &request);
             let (outputs, timings, rows) = run(&model, &mut request).await?;
             observation.done = Some((timings, rows));
             let variant = target.variant().map(str::to_string);
@@ -180,6 +180,40 @@ fn decode_for(
     }
 }
 
+/// Send a copy of `request` to the route's shadow, if it has one: it runs beside the
+/// answer, counted and logged, and whatever it answers goes nowhere else.
+fn shadow(target: &Target, state: &AppState, request: &InferRequest) {
+    let Some(Routed { route, shadow: Some(shadow), .. }) = &target.routed else { return };
+    let label = crate::config::target_label(&shadow.model, shadow.version.as_deref());
+    let (state, route, shadow) = (state.clone(), route.clone(), shadow.clone());
+    let (inputs, params) = (request.inputs.clone(), request.params.clone());
+    let rows = rows(&inputs);
+    tokio::spawn(async move {
+        // A shadow loaded on demand is loaded for its copy, off the answer's path.
+        let model = match state.0.repository.acquire(&shadow.model, shadow.version.as_deref()).await {
+            Ok((model, _)) => model,
+            Err(e) => {
+                tracing::debug!(route = %route, shadow = %label, "no copy to the shadow: {e}");
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let timer = state.0.metrics.start(&model.name, &model.config.version);
+        let answer = schedule::run(model.runner.clone(), inputs, params).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let code = timer.finish(answer.as_ref().map(|(_, timings)| (timings, rows)));
+        match &answer {
+            Ok((outputs, _)) => {
+                let shapes: Vec<String> =
+                    outputs.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect();
+                tracing::info!(route = %route, shadow = %label, elapsed_ms, outputs = ?shapes, "shadow answered");
+            }
+            Err(e) => tracing::warn!(route = %route, shadow = %label, elapsed_ms, "shadow failed: {e}"),
+        }
+        state.0.metrics.routed(&route, &label, true, code);
+    });
+}
+
 /// The request's checked outputs, then schedule (plugin, graph, plugin); with the stage
 /// timings and the number of inferences (rows of the first input) for the metrics.
 async fn run(model: &Arc<Model>, request: &mut InferRequest) -> Result<(Vec<Tensor>, Timings, u64)> {
@@ -203,4 +237,9 @@ pub(crate) async fn run_alone(
     let mut request = decode_for(model, Payload::Body(Ok(body)), header_length, limits)?;
     let (outputs, ..) = run(model, &mut request).await?;
     Ok((request, outputs))
+}
+
+/// Inferences a request asks for: the rows (dimension 0) of its first input.
+fn rows(inputs: &[crate::tensor::Tensor]) -> u64 {
+    inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64)
 }

@@ -1,17 +1,70 @@
-//! target: where a request goes (the model it names, or the variant its route picks), and
-//! the copy a route sends to its shadow.
+//! target: where a request's path leads: the model it names, or the variant its route
+//! picks (and the route's shadow); whether that can serve, and what it declares.
 
-use super::AppState;
-use crate::config::{RouteConfig, Variant};
-use crate::decode;
+use super::{AppState, ModelPath};
+use crate::config::{ModelConfig, RouteConfig, Variant};
+use crate::error::{Error, Result};
 use crate::repository::Model;
-use crate::schedule;
 use axum::http::HeaderMap;
 use std::sync::Arc;
 
+impl AppState {
+    /// The route a request's path names, if it names one (a route has no versions).
+    pub(crate) fn route(&self, path: &ModelPath) -> Result<Option<Arc<RouteConfig>>> {
+        match self.0.repository.route(&path.model) {
+            Some(_) if path.version.is_some() => {
+                Err(Error::NotFound(format!("'{}' is a route: it has no versions", path.model)))
+            }
+            route => Ok(route),
+        }
+    }
+
+    /// Whether the model a request's path names (a route: its variants) can serve now or
+    /// once loaded on demand: what model readiness answers. Loads nothing.
+    pub(crate) fn model_ready(&self, path: &ModelPath) -> Result<()> {
+        let repository = &self.0.repository;
+        let Some(route) = self.route(path)? else {
+            return repository.servable(&path.model, path.version.as_deref());
+        };
+        route.variants.iter().try_for_each(|v| repository.servable(&v.model, v.version.as_deref()))
+    }
+
+    /// What the model a request's path names declares (a route: the variant it picks, as
+    /// for a request without headers), and that model's name. Loads nothing (see
+    /// [`Repository::declared`]): metadata and configuration answer from it.
+    pub(crate) fn declared(&self, path: &ModelPath) -> Result<(String, Arc<ModelConfig>)> {
+        let (name, version) = match self.route(path)? {
+            Some(route) => {
+                let variant = pick(&path.model, &route, &HeaderMap::new());
+                (variant.model.clone(), variant.version.clone())
+            }
+            None => (path.model.clone(), path.version.clone()),
+        };
+        let config = self.0.repository.declared(&name, version.as_deref())?;
+        Ok((name, config))
+    }
+
+    /// Where an inference request goes: the model its path names or, when the name is a
+    /// route, the variant the route picks (by the sticky header's value, else at random by
+    /// weight) and the shadow that gets a copy. A model loaded on demand is loaded first
+    /// (the request waits for it).
+    pub(crate) async fn target(&self, path: &ModelPath, headers: &HeaderMap) -> Result<Target> {
+        let repository = &self.0.repository;
+        let Some(route) = self.route(path)? else {
+            let (model, waited) = repository.acquire(&path.model, path.version.as_deref()).await?;
+            return Ok(Target { model, waited, routed: None });
+        };
+        let variant = pick(&path.model, &route, headers);
+        let (model, waited) = repository.acquire(&variant.model, variant.version.as_deref()).await?;
+        let shadow = route.shadow.clone();
+        let variant = crate::config::target_label(&variant.model, variant.version.as_deref());
+        Ok(Target { model, waited, routed: Some(Routed { route: path.model.clone(), variant, shadow }) })
+    }
+}
+
 /// The variant of `route` (called `name`) a request goes to: by the sticky header's value
 /// when the request carries it, else at random by weight.
-pub(super) fn pick<'a>(name: &str, route: &'a RouteConfig, headers: &HeaderMap) -> &'a Variant {
+fn pick<'a>(name: &str, route: &'a RouteConfig, headers: &HeaderMap) -> &'a Variant {
     let sticky = route.sticky_header.as_deref().and_then(|h| headers.get(h));
     let draw = match sticky {
         // The same value picks the same variant on every replica and after restarts.
@@ -46,43 +99,4 @@ impl Target {
     pub(crate) fn variant(&self) -> Option<&str> {
         self.routed.as_ref().map(|r| r.variant.as_str())
     }
-
-    /// Send a copy of `request` to the route's shadow, if it has one: it runs beside the
-    /// answer, counted and logged, and whatever it answers goes nowhere else.
-    pub(crate) fn shadow(&self, state: &AppState, request: &decode::InferRequest) {
-        let Some(Routed { route, shadow: Some(shadow), .. }) = &self.routed else { return };
-        let label = crate::config::target_label(&shadow.model, shadow.version.as_deref());
-        let (state, route, shadow) = (state.clone(), route.clone(), shadow.clone());
-        let (inputs, params) = (request.inputs.clone(), request.params.clone());
-        let rows = rows(&inputs);
-        tokio::spawn(async move {
-            // A shadow loaded on demand is loaded for its copy, off the answer's path.
-            let model = match state.0.repository.acquire(&shadow.model, shadow.version.as_deref()).await {
-                Ok((model, _)) => model,
-                Err(e) => {
-                    tracing::debug!(route = %route, shadow = %label, "no copy to the shadow: {e}");
-                    return;
-                }
-            };
-            let started = std::time::Instant::now();
-            let timer = state.0.metrics.start(&model.name, &model.config.version);
-            let answer = schedule::run(model.runner.clone(), inputs, params).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            let code = timer.finish(answer.as_ref().map(|(_, timings)| (timings, rows)));
-            match &answer {
-                Ok((outputs, _)) => {
-                    let shapes: Vec<String> =
-                        outputs.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect();
-                    tracing::info!(route = %route, shadow = %label, elapsed_ms, outputs = ?shapes, "shadow answered");
-                }
-                Err(e) => tracing::warn!(route = %route, shadow = %label, elapsed_ms, "shadow failed: {e}"),
-            }
-            state.0.metrics.routed(&route, &label, true, code);
-        });
-    }
-}
-
-/// Inferences a request asks for: the rows (dimension 0) of its first input.
-pub(super) fn rows(inputs: &[crate::tensor::Tensor]) -> u64 {
-    inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as u64)
 }
