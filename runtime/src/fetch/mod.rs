@@ -30,6 +30,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+mod progress;
+mod store;
+mod unpack;
+
+use progress::Progress;
+use store::{classify, permanent};
+pub(crate) use store::{is_cloud, open};
+use unpack::{build_view, unpack};
+
 /// How many times a download is tried before the model is given up on.
 const ATTEMPTS: u32 = 5;
 /// The wait before the second attempt; it doubles after each failure, up to [`MAX_BACKOFF`].
@@ -294,105 +303,6 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{n}.part", std::process::id()))
 }
 
-/// Whether `url` names an object in a cloud store (S3, GCS, Azure, in any spelling
-/// [`open`] takes): not a path, and not plain HTTP.
-pub(crate) fn is_cloud(url: &str) -> bool {
-    use ObjectStoreScheme as S;
-    let scheme = url::Url::parse(url).ok().and_then(|u| S::parse(&u).ok()).map(|(scheme, _)| scheme);
-    matches!(scheme, Some(S::AmazonS3 | S::GoogleCloudStorage | S::MicrosoftAzure))
-}
-
-/// The store that serves `url` and the object's location in it. Cloud credentials and
-/// endpoints come from the usual environment variables (AWS_*, GOOGLE_*, AZURE_*).
-pub(crate) fn open(url: &str, dir: &Path) -> anyhow::Result<(Box<dyn ObjectStore>, StorePath)> {
-    use object_store::{ClientConfigKey, RetryConfig, aws, azure, gcp, http, local};
-    // Whole-request timeouts would cut large models short; a stalled read is caught instead.
-    const CLIENT: [(ClientConfigKey, &str); 3] = [
-        (ClientConfigKey::Timeout, "7days"),
-        (ClientConfigKey::ConnectTimeout, "10s"),
-        (ClientConfigKey::ReadTimeout, "60s"), // STALL_TIMEOUT
-    ];
-    let parsed = match url::Url::parse(url) {
-        Ok(parsed) => parsed,
-        // Not a URL: a path, relative to the model directory.
-        Err(url::ParseError::RelativeUrlWithoutBase) => {
-            let path = std::path::absolute(dir.join(url))?;
-            url::Url::from_file_path(&path).map_err(|()| anyhow::anyhow!("bad path {}", path.display()))?
-        }
-        Err(e) => anyhow::bail!("invalid URL '{url}': {e}"),
-    };
-    let (scheme, location) = ObjectStoreScheme::parse(&parsed).with_context(|| {
-        format!("unsupported URL '{url}': use https://, http://, s3://, gs://, az://, file:// or a path")
-    })?;
-    let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
-    // Set key by key, so what the environment configures (AWS_ALLOW_HTTP...) stays.
-    macro_rules! configured {
-        ($builder:expr, $key:path) => {
-            CLIENT
-                .iter()
-                .fold($builder.with_url(url).with_retry(retry), |b, (k, v)| b.with_config($key(*k), *v))
-        };
-    }
-    let store: Box<dyn ObjectStore> = match scheme {
-        ObjectStoreScheme::Local => Box::new(local::LocalFileSystem::new()),
-        ObjectStoreScheme::AmazonS3 => {
-            Box::new(configured!(aws::AmazonS3Builder::from_env(), aws::AmazonS3ConfigKey::Client).build()?)
-        }
-        ObjectStoreScheme::GoogleCloudStorage => Box::new(
-            configured!(gcp::GoogleCloudStorageBuilder::from_env(), gcp::GoogleConfigKey::Client).build()?,
-        ),
-        ObjectStoreScheme::MicrosoftAzure => Box::new(
-            configured!(azure::MicrosoftAzureBuilder::from_env(), azure::AzureConfigKey::Client).build()?,
-        ),
-        ObjectStoreScheme::Http => {
-            let base = &parsed[..url::Position::BeforePath];
-            let builder =
-                CLIENT.iter().fold(http::HttpBuilder::new().with_url(base).with_retry(retry), |b, (k, v)| {
-                    b.with_config(*k, *v)
-                });
-            Box::new(builder.with_config(ClientConfigKey::AllowHttp, "true").build()?)
-        }
-        other => anyhow::bail!("unsupported URL '{url}' ({other:?})"),
-    };
-    Ok((store, location))
-}
-
-/// Sort an object store's error: a missing object or a refused credential stays so.
-fn classify(e: object_store::Error) -> Failure {
-    use object_store::Error as E;
-    let permanent = matches!(
-        e,
-        E::NotFound { .. }
-            | E::InvalidPath { .. }
-            | E::NotSupported { .. }
-            | E::NotImplemented { .. }
-            | E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-            | E::UnknownConfigurationKey { .. }
-    );
-    // The store's messages repeat their causes; say each part once.
-    let mut message = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !message.contains(&part) {
-            message = format!("{message}: {part}");
-        }
-        cause = c.source();
-    }
-    let e = anyhow::anyhow!(message);
-    if permanent { Failure::Permanent(e) } else { Failure::Transient(e) }
-}
-
-/// Local I/O errors writing `path` (a full or read-only cache) do not pass by trying again.
-fn permanent(path: &Path) -> impl FnOnce(std::io::Error) -> Failure + '_ {
-    move |e| {
-        Failure::Permanent(
-            anyhow::Error::from(e).context(format!("cannot write the cache: {}", path.display())),
-        )
-    }
-}
-
 /// The sha256 of a file, in hex.
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -407,106 +317,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Unpack the entries of `archive` under `member` (all of it when empty) into `dest`, once:
-/// an existing `dest` is complete by construction. Entries that would land outside `dest`
-/// (`..`, absolute paths) and links are left out.
-fn unpack(archive: &Path, kind: Unpack, member: &Path, dest: &Path) -> anyhow::Result<()> {
-    if dest.is_dir() {
-        return Ok(());
-    }
-    let tmp = temporary(dest);
-    std::fs::create_dir_all(&tmp)?;
-    let unpacked = (|| -> anyhow::Result<()> {
-        let file = std::fs::File::open(archive)?;
-        match kind {
-            Unpack::TarGz => {
-                let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-                for entry in tar.entries()? {
-                    let mut entry = entry?;
-                    let kind = entry.header().entry_type();
-                    if (kind.is_file() || kind.is_dir()) && entry.path()?.starts_with(member) {
-                        // unpack_in refuses paths that leave `tmp`.
-                        entry.unpack_in(&tmp)?;
-                    }
-                }
-            }
-            Unpack::Zip => {
-                let mut zip = zip::ZipArchive::new(file)?;
-                for i in 0..zip.len() {
-                    let mut entry = zip.by_index(i)?;
-                    let Some(name) = entry.enclosed_name().filter(|n| n.starts_with(member)) else {
-                        continue;
-                    };
-                    let path = tmp.join(name);
-                    if entry.is_dir() {
-                        std::fs::create_dir_all(&path)?;
-                    } else if entry.is_file() {
-                        std::fs::create_dir_all(path.parent().expect("inside tmp"))?;
-                        std::io::copy(&mut entry, &mut std::fs::File::create(&path)?)?;
-                    }
-                }
-            }
-            Unpack::None => unreachable!("only archives are unpacked"),
-        }
-        Ok(())
-    })();
-    settle(&tmp, dest, unpacked)
-}
-
-/// Rename a finished temporary directory into place; another process may have won the race,
-/// which is as good.
-fn settle(tmp: &Path, dest: &Path, built: anyhow::Result<()>) -> anyhow::Result<()> {
-    let result = built.and_then(|()| match std::fs::rename(tmp, dest) {
-        Err(_) if dest.is_dir() => Ok(()),
-        other => other.with_context(|| format!("cannot move {} into place", dest.display())),
-    });
-    if tmp.exists() {
-        let _ = std::fs::remove_dir_all(tmp);
-    }
-    result
-}
-
-/// The directory where a model sees its fetched files, each at its `path`: hard links into
-/// the cache, shared by every model with the same fetch list.
-fn build_view(root: &Path, fetches: &[Fetch], sources: &[PathBuf]) -> anyhow::Result<PathBuf> {
-    let dest = root.join("views").join(key(&serde_json::to_string(fetches)?, sources)?);
-    if dest.is_dir() {
-        return Ok(dest);
-    }
-    let tmp = temporary(&dest);
-    std::fs::create_dir_all(&tmp)?;
-    let built = fetches.iter().zip(sources).try_for_each(|(fetch, source)| {
-        link_tree(source, &tmp.join(fetch.path()))
-            .with_context(|| format!("cannot place {} at '{}'", fetch.url, fetch.path().display()))
-    });
-    settle(&tmp, &dest, built)?;
-    Ok(dest)
-}
-
-/// Hard-link `src` (a file, or a directory's files) at `dst`; copy where linking fails.
-/// Symbolic links are left out: they could point a plugin anywhere on the host.
-fn link_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    let meta = src.symlink_metadata()?;
-    if meta.is_dir() {
-        std::fs::create_dir_all(dst)?;
-        for entry in std::fs::read_dir(src)? {
-            let entry = entry?;
-            link_tree(&entry.path(), &dst.join(entry.file_name()))?;
-        }
-    } else if meta.is_file() {
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        anyhow::ensure!(!dst.exists(), "two fetches provide {}", dst.display());
-        if std::fs::hard_link(src, dst).is_err() {
-            std::fs::copy(src, dst)?;
-        }
-    } else {
-        tracing::warn!(path = %src.display(), "left out of the model's files: a symbolic link");
-    }
-    Ok(())
-}
-
 /// Point the config's paths at the view where it provides them.
 fn resolve(config: &mut ModelConfig, view: &Path) {
     let pick = |path: &mut PathBuf| {
@@ -519,59 +329,6 @@ fn resolve(config: &mut ModelConfig, view: &Path) {
     pick(&mut config.plugin.file);
     config.plugin.data.iter_mut().for_each(pick);
     config.warmup.iter_mut().filter_map(|w| w.file.as_mut()).for_each(pick);
-}
-
-/// A download's progress, in the log every few seconds and on a bar at a terminal.
-struct Progress<'a> {
-    model: &'a str,
-    url: &'a str,
-    counter: crate::observe::telemetry::Progress,
-}
-
-impl<'a> Progress<'a> {
-    fn new(model: &'a str, url: &'a str, total: u64, bars: Option<&MultiProgress>) -> Self {
-        tracing::info!(model, url, mib = format!("{:.1}", mib(total)), "fetching");
-        let bar = bars.map(|bars| {
-            let style = ProgressStyle::with_template(
-                "{msg} {bar:30} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}",
-            )
-            .expect("a valid template");
-            let bar = bars.add(ProgressBar::new(total).with_style(style));
-            bar.set_message(format!("{model}: {}", url.rsplit('/').next().unwrap_or(url)));
-            bar
-        });
-        Self { model, url, counter: crate::observe::telemetry::Progress::new(total, 0, bar) }
-    }
-
-    fn add(&mut self, n: u64) {
-        if self.counter.add(n) {
-            tracing::info!(
-                model = self.model,
-                url = self.url,
-                "fetching: {:.0}% ({:.1} of {:.1} MiB, {:.1} MiB/s)",
-                100.0 * self.counter.done as f64 / self.counter.total.max(1) as f64,
-                mib(self.counter.done),
-                mib(self.counter.total),
-                mib(self.counter.rate(0) as u64)
-            );
-        }
-    }
-
-    fn finish(&self) {
-        let elapsed = self.counter.finish();
-        tracing::info!(
-            model = self.model,
-            url = self.url,
-            mib = format!("{:.1}", mib(self.counter.total)),
-            elapsed_ms = elapsed.as_millis() as u64,
-            "downloaded ({:.1} MiB/s)",
-            mib(self.counter.rate(0) as u64)
-        );
-    }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }
 
 #[cfg(test)]
