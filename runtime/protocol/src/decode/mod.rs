@@ -18,6 +18,16 @@ use serde::de;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+mod check;
+mod data;
+mod json;
+
+use check::check_element;
+pub use check::check_inputs;
+use data::json_data;
+use json::from_json;
+pub use json::parameters;
+
 /// The header that marks the binary tensor extension.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -68,16 +78,6 @@ pub struct RequestedOutput {
     /// `parameters.binary_data`, if given.
     pub binary: Option<bool>,
 }
-
-mod check;
-mod data;
-mod json;
-
-use check::check_element;
-pub use check::check_inputs;
-use data::json_data;
-use json::from_json;
-pub use json::parameters;
 
 /// Decode a request body; `header_length` is the `Inference-Header-Content-Length` value.
 /// The inputs are checked against the model's `declared` inputs and its `limits`.
