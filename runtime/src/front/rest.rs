@@ -253,7 +253,7 @@ async fn infer(
 /// for its model's on-demand load says how long, and how long the load itself took (W3C
 /// Server-Timing): the rest of the wait was spent queued behind other loads
 /// (--concurrent-loads) or waiting for room under the budget.
-fn encode(answer: Answer<'_>) -> Response {
+fn encode(answer: Answer) -> Response {
     let Answer { model, variant, waited, request, outputs, observation } = answer;
     let encoded = encode::encode(&model.name, &model.config.version, variant.as_deref(), &request, outputs);
     observation.close(encoded.as_ref().map(|_| ()));

@@ -47,6 +47,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -339,14 +340,14 @@ pub struct VersionGauges {
 
 /// Tracks one inference request from its start; records when finished, or as cancelled
 /// when dropped unfinished (its client went away).
-pub struct RequestTimer<'m> {
-    metrics: &'m Metrics,
+pub struct RequestTimer {
+    metrics: Arc<Metrics>,
     labels: ModelLabels,
     started: std::time::Instant,
     finished: bool,
 }
 
-impl Drop for RequestTimer<'_> {
+impl Drop for RequestTimer {
     fn drop(&mut self) {
         if !self.finished {
             self.metrics.pending.get_or_create(&self.labels).dec();
@@ -356,11 +357,12 @@ impl Drop for RequestTimer<'_> {
 }
 
 impl Metrics {
-    /// Count a request to `model` as pending until [`RequestTimer::finish`].
-    pub fn start(&self, model: &str, version: &str) -> RequestTimer<'_> {
+    /// Count a request to `model` as pending until [`RequestTimer::finish`]. The timer holds
+    /// the metrics, so it may outlive the caller (an answer streamed in parts).
+    pub fn start(self: &Arc<Self>, model: &str, version: &str) -> RequestTimer {
         let labels = ModelLabels { model: model.to_string(), version: version.to_string() };
         self.pending.get_or_create(&labels).inc();
-        RequestTimer { metrics: self, labels, started: std::time::Instant::now(), finished: false }
+        RequestTimer { metrics: self.clone(), labels, started: std::time::Instant::now(), finished: false }
     }
 
     /// The same requests as Triton's statistics extension counts them.
@@ -408,7 +410,7 @@ impl Metrics {
     }
 }
 
-impl RequestTimer<'_> {
+impl RequestTimer {
     /// The request ended: answered, with its stage timings and row count, or failed.
     /// Returns the HTTP status it ended with.
     pub fn finish(mut self, outcome: Result<(&Timings, u64), &crate::error::Error>) -> u16 {
@@ -417,7 +419,7 @@ impl RequestTimer<'_> {
             Ok(done) => (200, Some(done)),
             Err(e) => (e.status().as_u16(), None),
         };
-        let m = self.metrics;
+        let m = &self.metrics;
         let labels = &self.labels;
         m.pending.get_or_create(labels).dec();
         let elapsed = self.started.elapsed();

@@ -151,13 +151,13 @@ impl Payloads {
     /// returned logs the response ([`respond`]). `call` names the request: the name the
     /// client asked for (a model or a route), the route's choice, the request's id.
     pub fn request(
-        &self,
+        self: &Arc<Self>,
         logger: &Logger,
         (model, version): (&str, &str),
         call: Call<'_>,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Option<Logged<'_>> {
+    ) -> Option<Logged> {
         let Call { requested, variant, id } = call;
         let Logger { url, mode, sample_rate } = logger;
         let url = url.as_deref().or(self.settings.url.as_deref())?;
@@ -184,7 +184,7 @@ impl Payloads {
         if let Some(namespace) = &self.namespace {
             attributes.insert(HeaderName::from_static("ce-namespace"), namespace.clone());
         }
-        let logged = Logged { payloads: self, url: url.into(), mode, attributes };
+        let logged = Logged { payloads: self.clone(), url: url.into(), mode, attributes };
         if mode.requests() {
             logged.send("org.kubeflow.serving.inference.request", None, body, headers);
         }
@@ -242,8 +242,8 @@ impl Payloads {
 }
 
 /// One logged request's events.
-pub struct Logged<'a> {
-    payloads: &'a Payloads,
+pub struct Logged {
+    payloads: Arc<Payloads>,
     url: Arc<str>,
     mode: LogMode,
     attributes: HeaderMap,
@@ -251,14 +251,14 @@ pub struct Logged<'a> {
 
 /// The response as the client receives it (an error's too), logged if its request was,
 /// and handed back unchanged.
-pub async fn respond(logged: Option<Logged<'_>>, response: Response) -> Response {
+pub async fn respond(logged: Option<Logged>, response: Response) -> Response {
     match logged {
         Some(log) => log.response(response).await,
         None => response,
     }
 }
 
-impl Logged<'_> {
+impl Logged {
     async fn response(&self, response: Response) -> Response {
         if !self.mode.responses() {
             return response;

@@ -8,7 +8,8 @@
 //! The seam for answers produced in parts (generation): an [`Answer`] carries its request's
 //! observation still open (span, timer, route count) and the front end closes it once the
 //! response is sent, so an answer whose outputs arrive over time closes it after its last
-//! part, and its metrics count the whole stream.
+//! part, and its metrics count the whole stream. An answer owns what it holds (the metrics
+//! and the payload log through their `Arc`s), so it can move into a streamed body.
 
 mod request;
 mod target;
@@ -50,13 +51,13 @@ struct Inner {
     repository: Arc<Repository>,
     /// The bearer token the control endpoints require; none: control is off.
     control_token: Option<String>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     max_body_bytes: usize,
     /// The largest BYTES element a model without its own `[limits]` takes.
     max_bytes_element: usize,
     ready_when: ReadyWhen,
     draining: AtomicBool,
-    payloads: Payloads,
+    payloads: Arc<Payloads>,
 }
 
 impl AppState {
@@ -72,8 +73,8 @@ impl AppState {
         control_token: Option<String>,
         payloads: Settings,
     ) -> Self {
-        let metrics = Metrics::new(repository.load_metrics());
-        let payloads = Payloads::new(payloads, metrics.payloads());
+        let metrics = Arc::new(Metrics::new(repository.load_metrics()));
+        let payloads = Arc::new(Payloads::new(payloads, metrics.payloads()));
         Self(Arc::new(Inner {
             metrics,
             payloads,

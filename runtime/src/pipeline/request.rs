@@ -7,7 +7,7 @@ use crate::config::InputLimits;
 use crate::decode::{self, HEADER_LENGTH, InferRequest};
 use crate::error::{Error, Result};
 use crate::observe::Timings;
-use crate::observe::metrics::RequestTimer;
+use crate::observe::metrics::{Metrics, RequestTimer};
 use crate::observe::payloads::{Call, Logged};
 use crate::repository::Model;
 use crate::schedule;
@@ -45,16 +45,17 @@ pub(crate) enum Payload {
 
 /// What the pipeline gives back: the answer, or why there is none (counted, logged and in
 /// the request's span already).
-pub(crate) struct Reply<'s> {
-    pub(crate) answer: Result<Answer<'s>>,
+pub(crate) struct Reply {
+    pub(crate) answer: Result<Answer>,
     /// The request's payload log, if it is logged: the front end hands it its response
     /// (`observe::payloads::respond`).
-    pub(crate) logged: Option<Logged<'s>>,
+    pub(crate) logged: Option<Logged>,
 }
 
 /// A request's outputs and what its response names. The front end encodes them, then
-/// closes the [`Observation`] with how that went.
-pub(crate) struct Answer<'s> {
+/// closes the [`Observation`] with how that went. It owns all it holds (`'static`), so an
+/// answer produced in parts can be moved into a streamed body.
+pub(crate) struct Answer {
     /// The model that answered.
     pub(crate) model: Arc<Model>,
     /// The route's variant that answered, if a route chose.
@@ -66,22 +67,23 @@ pub(crate) struct Answer<'s> {
     /// Every output the plugin returned, checked against the model's config.
     pub(crate) outputs: Vec<Tensor>,
     /// The request's span, metrics and route count, open until the response is made.
-    pub(crate) observation: Observation<'s>,
+    pub(crate) observation: Observation,
 }
 
 /// One request's span, metrics and route count, from its target to its response. Closed
 /// with the response's outcome ([`Observation::close`]); dropped open, the request counts
 /// as cancelled (its client went away).
-pub(crate) struct Observation<'s> {
-    state: &'s AppState,
+pub(crate) struct Observation {
+    /// The server's metrics, held: an observation may outlive the call that opened it.
+    metrics: Arc<Metrics>,
     span: tracing::Span,
     /// Once the target is known: its timer, and the route's variant if a route chose.
-    counted: Option<(RequestTimer<'s>, Option<(String, String)>)>,
+    counted: Option<(RequestTimer, Option<(String, String)>)>,
     /// The stage timings and rows, once scheduled.
     done: Option<(Timings, u64)>,
 }
 
-impl Observation<'_> {
+impl Observation {
     /// The response is made (`Ok`) or the request failed: counted, its status in the span,
     /// a failure logged.
     pub(crate) fn close(self, outcome: Result<(), &Error>) {
@@ -90,7 +92,7 @@ impl Observation<'_> {
             let (timings, rows) = self.done.unwrap_or_default();
             let code = timer.finish(outcome.map(|()| (&timings, rows)));
             if let Some((route, variant)) = routed {
-                self.state.0.metrics.routed(&route, &variant, false, code);
+                self.metrics.routed(&route, &variant, false, code);
             }
         }
         let status = match outcome {
@@ -109,13 +111,14 @@ impl AppState {
     /// on demand is loaded first), in its span (joined to the caller's trace), counted,
     /// logged to the payload sink if its model says so, decoded against the model, copied
     /// to the route's shadow, and scheduled.
-    pub(crate) async fn infer(&self, inference: Inference<'_>) -> Reply<'_> {
+    pub(crate) async fn infer(&self, inference: Inference<'_>) -> Reply {
         let Inference { path, id, headers, payload, logged_body } = inference;
         let span = tracing::info_span!("request", id = %id, model = %path.model,
             otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
             http.response.status_code = tracing::field::Empty);
         crate::observe::telemetry::join_remote_trace(&span, headers);
-        let mut observation = Observation { state: self, span: span.clone(), counted: None, done: None };
+        let metrics = self.0.metrics.clone();
+        let mut observation = Observation { metrics, span: span.clone(), counted: None, done: None };
         let mut logged = None;
         let answer = async {
             let target = self.target(&path, headers).await?;
