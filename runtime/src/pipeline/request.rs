@@ -43,6 +43,22 @@ pub(crate) enum Payload {
     Tensors(Result<InferRequest>),
 }
 
+/// A payload that could be read: what is decoded against the model.
+enum Read {
+    Body(Bytes),
+    Tensors(InferRequest),
+}
+
+impl Payload {
+    /// What the request carries, or why it could not be read.
+    fn read(self) -> Result<Read> {
+        Ok(match self {
+            Payload::Body(body) => Read::Body(body?),
+            Payload::Tensors(request) => Read::Tensors(request?),
+        })
+    }
+}
+
 /// What the pipeline gives back: the answer, or why there is none (counted, logged and in
 /// the request's span already).
 pub(crate) struct Reply {
@@ -125,17 +141,14 @@ impl AppState {
             let model = target.model.clone();
             let routed = target.routed.as_ref().map(|r| (r.route.clone(), r.variant.clone()));
             observation.counted = Some((self.0.metrics.start(&model.name, &model.config.version), routed));
-            let payload = match payload {
-                Payload::Body(body) => Payload::Body(Ok(body?)),
-                Payload::Tensors(request) => Payload::Tensors(Ok(request?)),
-            };
+            let payload = payload.read()?;
             if let Some(body) = logged_body {
                 let call = Call { requested: &path.model, variant: target.variant(), id };
                 let names = (model.name.as_str(), model.config.version.as_str());
                 logged = self.0.payloads.request(&model.config.logger, names, call, headers, body);
             }
             let header_length = match (&payload, headers.get(HEADER_LENGTH)) {
-                (Payload::Body(_), Some(value)) => Some(
+                (Read::Body(_), Some(value)) => Some(
                     value
                         .to_str()
                         .map_err(|_| Error::bad_request("Inference-Header-Content-Length is not text"))?,
@@ -168,15 +181,14 @@ impl AppState {
 /// The request `payload` carries, checked against `model`'s inputs and `limits`.
 fn decode_for(
     model: &Model,
-    payload: Payload,
+    payload: Read,
     header_length: Option<&str>,
     limits: InputLimits,
 ) -> Result<InferRequest> {
     let declared = &model.config.inputs;
     match payload {
-        Payload::Body(body) => decode::decode(&body?, header_length, declared, limits),
-        Payload::Tensors(request) => {
-            let request = request?;
+        Read::Body(body) => decode::decode(&body, header_length, declared, limits),
+        Read::Tensors(request) => {
             decode::check_inputs(&request.inputs, declared, limits)?;
             Ok(request)
         }
@@ -237,7 +249,7 @@ pub(crate) async fn run_alone(
     header_length: Option<&str>,
     limits: InputLimits,
 ) -> Result<(InferRequest, Vec<Tensor>)> {
-    let mut request = decode_for(model, Payload::Body(Ok(body)), header_length, limits)?;
+    let mut request = decode_for(model, Read::Body(body), header_length, limits)?;
     let (outputs, ..) = run(model, &mut request).await?;
     Ok((request, outputs))
 }
