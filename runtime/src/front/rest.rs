@@ -155,7 +155,7 @@ async fn repository_index(State(state): State<AppState>) -> Response {
             if let Some(idle) = status.idle {
                 entry["idle_secs"] = json!((idle.as_secs_f64() * 10.0).round() / 10.0);
             }
-            if !model.reason.is_empty() {
+            if matches!(status.state, ModelState::Unavailable(_)) {
                 entry["reason"] = json!(model.reason);
             }
             entry
