@@ -15,12 +15,11 @@ use crate::config::TensorSpec;
 use crate::decode::{self, InferRequest, RequestedOutput};
 use crate::error::{Error, Result};
 use crate::pipeline::{Answer, AppState, Inference, ModelPath, Payload};
+use crate::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::proto::*;
 use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
-
-use crate::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
-use crate::proto::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
