@@ -130,6 +130,7 @@ fn backend_of(graph: &crate::config::GraphConfig) -> String {
         },
         #[cfg(not(feature = "onnx"))]
         Backend::Onnx => "ONNX Runtime".into(),
+        Backend::Ggml => "llama.cpp's ggml, built in".into(),
     }
 }
 

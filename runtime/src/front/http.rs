@@ -70,6 +70,20 @@ pub(crate) fn catch_panics()
     tower_http::catch_panic::CatchPanicLayer::custom(answer as fn(_) -> _)
 }
 
+/// A response of server-sent events: each piece `events` yields (whole events, `data: ...`
+/// and a blank line) is sent as it comes. Dropped by the server when the client goes, and
+/// with it what produces the events.
+pub(crate) fn event_stream(events: impl futures::Stream<Item = String> + Send + 'static) -> Response {
+    use axum::http::{HeaderValue, header};
+    use futures::StreamExt;
+    let body = axum::body::Body::from_stream(events.map(Ok::<_, std::convert::Infallible>));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,14 @@
 //! front: the protocols clients speak, each decoding its requests into the pipeline's
 //! [`Inference`](crate::pipeline) and encoding its answers: [`rest`] (the Open Inference
 //! Protocol over HTTP), [`grpc`] (the same over gRPC, with the standard health service),
-//! [`openai`] (OpenAI's embeddings API), [`offline`] (batch inference over files). What
+//! [`openai`] (OpenAI's embeddings, chat and completions), [`generate`] (Triton's generate
+//! extension, for generative models), [`offline`] (batch inference over files). What
 //! several share: [`http`] (what an HTTP front end reads first), [`control`] (the
 //! repository's load and unload), [`triton`] (Triton's configuration and statistics
 //! extensions). No front end imports another; they are joined into one router here.
 
 pub mod control;
+pub mod generate;
 pub mod grpc;
 pub mod http;
 pub mod offline;
@@ -27,6 +29,7 @@ pub fn router(state: AppState) -> Router {
     // (else control_router's routes for them, merged in, come first).
     let inference = grpc::service(state.clone(), state.max_body_bytes(), Control::Elsewhere);
     rest::routes()
+        .merge(generate::routes())
         .merge(openai::routes())
         .route_service(grpc::PATH, inference)
         .route_service(grpc::HEALTH_PATH, grpc::health(state.clone()))

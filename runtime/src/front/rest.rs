@@ -13,8 +13,9 @@
 //! | GET | `/v2/models/{m}[/versions/{v}]/config` | Triton's model configuration (see `triton`) |
 //! | GET | `/v2/models[/{m}[/versions/{v}]]/stats` | Triton's statistics (see `triton`) |
 //!
-//! OpenAI's `/v1/embeddings` and `/v1/models` are served beside them, for embedding models (see
-//! `openai`). The same port serves gRPC (`inference.GRPCInferenceService` and `grpc.health.v1.Health`,
+//! OpenAI's `/v1/embeddings`, `/v1/chat/completions`, `/v1/completions` and `/v1/models` are
+//! served beside them (see `openai`), and Triton's `generate` and `generate_stream` for
+//! generative models (see `generate`). The same port serves gRPC (`inference.GRPCInferenceService` and `grpc.health.v1.Health`,
 //! see `grpc`) over HTTP/2.
 //!
 //! The endpoints that change what is served (`front::control_router`) need a bearer token, and
@@ -269,6 +270,23 @@ fn encode(answer: Answer) -> Response {
     response
 }
 
+/// A generative model's engine as its counters stand now.
+fn engine_gauges(runner: &crate::schedule::Runner) -> Option<crate::observe::generation::EngineGauges> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let generator = runner.generator()?;
+    let c = &generator.counters;
+    Some(crate::observe::generation::EngineGauges {
+        steps: c.steps.load(Relaxed),
+        step_sequences: c.sequences_stepped.load(Relaxed),
+        step_time: std::time::Duration::from_nanos(c.step_nanos.load(Relaxed)),
+        steps_by_sequences: std::array::from_fn(|i| c.steps_by_sequences[i].load(Relaxed)),
+        sequences: c.sequences.load(Relaxed),
+        queued: runner.slots.queued() as u64,
+        cache_tokens: c.cached_tokens.load(Relaxed),
+        cache_capacity: u64::from(generator.context) * generator.slots as u64,
+    })
+}
+
 /// Prometheus / OpenMetrics text.
 async fn metrics(State(state): State<AppState>) -> Response {
     use crate::observe::metrics::VersionGauges;
@@ -276,6 +294,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let versions = repository.statuses().into_iter().map(|status| VersionGauges {
         loaded: match &status.state {
             ModelState::Ready(model) => Some(model.load_duration),
+            _ => None,
+        },
+        engine: match &status.state {
+            ModelState::Ready(model) => engine_gauges(&model.runner),
             _ => None,
         },
         model: status.name,

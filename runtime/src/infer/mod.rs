@@ -4,8 +4,13 @@
 //! the host's pipeline ([`run`]) and plugins that call it themselves through `wasi:nn`
 //! (`load-by-name`, via [`Graphs`]).
 
+mod generation;
+#[cfg(feature = "ggml")]
+mod ggml;
 mod signature;
 mod tract;
+
+pub use generation::{Counters, Generator, STEP_SEQUENCE_BUCKETS, Watch, watching};
 
 #[cfg(feature = "onnx")]
 pub mod onnx;
@@ -68,6 +73,7 @@ pub fn run_once(
             load("graph", path, &config, 1, Sessions::AtLoad, options)?.0
         }
         (Backend::Onnx, None) => bail!("ONNX Runtime loads a graph from its file"),
+        (Backend::Ggml, _) => bail!("a GGUF graph is no ONNX graph"),
     };
     let _state = thread_state();
     run(&graph, inputs)
@@ -125,7 +131,46 @@ pub fn load(
                 "this wasmserve was built without the `onnx` feature: rebuild with `--features onnx` or use backend = \"tract\""
             )
         }
+        Backend::Ggml => {
+            bail!("a GGUF graph is a generative model's: it loads with its `[generation]` settings")
+        }
     }
+}
+
+/// A model's loaded graph, and what the server shows of its engine.
+pub struct Loaded {
+    /// What plugins and the pipeline run.
+    pub graph: Graph,
+    /// ONNX Runtime sessions made after the load (see [`SessionsMadeLater`]).
+    pub sessions_made_later: SessionsMadeLater,
+    /// A generative model's engine: its context, slots and counters.
+    pub generator: Option<Generator>,
+}
+
+/// Load the graph of model `name` with `config` from `path`: as [`load`] does, or, for a
+/// generative model (GGUF on ggml), its engine with `[generation]`'s slots and context.
+pub fn load_model(
+    name: &str,
+    path: &Path,
+    config: &crate::config::ModelConfig,
+    sessions: Sessions,
+    options: &BackendOptions,
+) -> anyhow::Result<Loaded> {
+    if config.generates() {
+        #[cfg(feature = "ggml")]
+        {
+            let threads = config.graph.graph_threads(1);
+            let (graph, generator) = ggml::load(name, path, &config.generation(), threads)?;
+            return Ok(Loaded { graph, sessions_made_later: Default::default(), generator: Some(generator) });
+        }
+        #[cfg(not(feature = "ggml"))]
+        bail!(
+            "this wasmserve was built without the `ggml` feature: rebuild with `--features ggml` to serve GGUF models"
+        );
+    }
+    let executions = config.executions();
+    let (graph, sessions_made_later) = load(name, path, &config.graph, executions, sessions, options)?;
+    Ok(Loaded { graph, sessions_made_later, generator: None })
 }
 
 /// Load what `backend` needs once per process (ONNX Runtime's library and environment) ahead
@@ -133,7 +178,7 @@ pub fn load(
 /// does not wait for it.
 pub fn prepare(backend: Backend, options: &BackendOptions) -> anyhow::Result<()> {
     match backend {
-        Backend::Tract => Ok(()),
+        Backend::Tract | Backend::Ggml => Ok(()),
         #[cfg(feature = "onnx")]
         Backend::Onnx => onnx::init(options),
         #[cfg(not(feature = "onnx"))]

@@ -36,9 +36,10 @@
 //! | `wasmserve_payload_events_total` | counter: payload log events, by outcome (`sent`, `dropped`: the queue was full, `failed`: after retries; see `payloads`) | outcome |
 //! | `wasmserve_payload_queue_bytes` | gauge: payload log events waiting to be sent | |
 //!
-//! Warm-up requests are not counted.
+//! Warm-up requests are not counted. Generative models add theirs (`generation`).
 
 use super::Timings;
+use super::generation::{EngineGauges, GenerationMetrics};
 use super::payloads::PayloadMetrics;
 use super::statistics::Statistics;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -201,14 +202,18 @@ pub struct Metrics {
     budget: Gauge,
     statistics: Statistics,
     payloads: PayloadMetrics,
+    generation: GenerationMetrics,
 }
 
 impl Metrics {
     /// The server's metrics, with the repository's load counters among them.
     pub fn new(loads: &LoadMetrics) -> Self {
         let histograms = || Histograms::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let mut registry = Registry::with_prefix("wasmserve");
+        let generation = GenerationMetrics::register(&mut registry);
         let mut m = Self {
-            registry: Registry::with_prefix("wasmserve"),
+            registry,
+            generation,
             success: Family::default(),
             failure: Family::default(),
             inferences: Family::default(),
@@ -336,6 +341,8 @@ pub struct VersionGauges {
     pub loaded: Option<Duration>,
     /// What it is charged against the model memory budget now.
     pub resident_bytes: u64,
+    /// A generative model's engine, read now.
+    pub engine: Option<EngineGauges>,
 }
 
 /// Tracks one inference request from its start; records when finished, or as cancelled
@@ -370,6 +377,11 @@ impl Metrics {
         &self.statistics
     }
 
+    /// The generation metrics.
+    pub fn generation(&self) -> &GenerationMetrics {
+        &self.generation
+    }
+
     /// The payload logger's counters.
     pub fn payloads(&self) -> PayloadMetrics {
         self.payloads.clone()
@@ -391,6 +403,9 @@ impl Metrics {
                 self.load.get_or_create(&label).set(load.as_secs_f64());
             }
             self.resident.get_or_create(&label).set(version.resident_bytes as i64);
+            if let Some(engine) = &version.engine {
+                self.generation.engine(&label.model, &label.version, engine);
+            }
             total += version.resident_bytes;
         }
         self.resident_total.set(total as i64);

@@ -1,8 +1,9 @@
 //! observe: what the server tells about itself, called from the layers above with labels
 //! and numbers (never their types): [`metrics`] (`/metrics`), [`statistics`] (Triton's
 //! statistics extension), [`payloads`] (requests and responses as CloudEvents to a sink),
-//! [`telemetry`] (logs, traces, progress bars). Nothing here imports a layer it counts.
+//! [`telemetry`] (logs, traces, progress bars), [`generation`] (generative models). Nothing here imports a layer it counts.
 
+pub mod generation;
 pub mod metrics;
 pub mod payloads;
 pub mod statistics;

@@ -259,6 +259,15 @@ pub async fn respond(logged: Option<Logged>, response: Response) -> Response {
 }
 
 impl Logged {
+    /// Log `body`, a response sent in parts (a streamed generation), as the whole it adds up to.
+    pub fn whole_response(&self, status: u16, body: Bytes) {
+        if self.mode.responses() {
+            let json =
+                HeaderMap::from_iter([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))]);
+            self.send("org.kubeflow.serving.inference.response", Some(status), body, &json);
+        }
+    }
+
     async fn response(&self, response: Response) -> Response {
         if !self.mode.responses() {
             return response;

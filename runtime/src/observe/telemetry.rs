@@ -41,8 +41,8 @@ impl Drop for Telemetry {
 /// `otlp_endpoint` is the collector's OTLP/HTTP base URL, e.g. `http://collector:4318`.
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn".into());
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,cranelift=warn,wasmtime=warn,llama-cpp-2=warn".into());
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never into log collectors.

@@ -5,15 +5,20 @@
 //! end encodes the [`Answer`] it returns and closes it. Nothing here calls back into a
 //! front end.
 //!
+//! Generation has its entry beside it ([`AppState::generate`]): the same target, span,
+//! metrics and payload log, and a [`Stream`] of the answer's parts.
+//!
 //! The seam for answers produced in parts (generation): an [`Answer`] carries its request's
 //! observation still open (span, timer, route count) and the front end closes it once the
 //! response is sent, so an answer whose outputs arrive over time closes it after its last
 //! part, and its metrics count the whole stream. An answer owns what it holds (the metrics
 //! and the payload log through their `Arc`s), so it can move into a streamed body.
 
+mod generate;
 mod request;
 mod target;
 
+pub(crate) use generate::{Generation, Part, Stream};
 pub(crate) use request::{Answer, Inference, Payload, Reply, run_alone};
 
 use crate::config::ModelConfig;

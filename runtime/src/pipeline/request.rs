@@ -91,15 +91,36 @@ pub(crate) struct Answer {
 /// as cancelled (its client went away).
 pub(crate) struct Observation {
     /// The server's metrics, held: an observation may outlive the call that opened it.
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     span: tracing::Span,
     /// Once the target is known: its timer, and the route's variant if a route chose.
     counted: Option<(RequestTimer, Option<(String, String)>)>,
     /// The stage timings and rows, once scheduled.
-    done: Option<(Timings, u64)>,
+    pub(super) done: Option<(Timings, u64)>,
 }
 
 impl Observation {
+    /// The observation of a request to `model` (`path`) with `id` and `headers`: its span
+    /// (joined to the caller's trace), named `verb model`.
+    pub(super) fn open(state: &AppState, verb: &str, model: &str, id: &str, headers: &HeaderMap) -> Self {
+        let span = tracing::info_span!("request", id = %id, model = %model,
+            otel.name = %format_args!("{verb} {model}"), otel.kind = "server",
+            http.response.status_code = tracing::field::Empty);
+        crate::observe::telemetry::join_remote_trace(&span, headers);
+        Self { metrics: state.0.metrics.clone(), span, counted: None, done: None }
+    }
+
+    /// The request's span.
+    pub(super) fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// The target is known: count the request against `model`, and the route's variant.
+    pub(super) fn count(&mut self, model: &Model, routed: Option<&Routed>) {
+        let routed = routed.map(|r| (r.route.clone(), r.variant.clone()));
+        self.counted = Some((self.metrics.start(&model.name, &model.config.version), routed));
+    }
+
     /// The response is made (`Ok`) or the request failed: counted, its status in the span,
     /// a failure logged.
     pub(crate) fn close(self, outcome: Result<(), &Error>) {
@@ -129,18 +150,13 @@ impl AppState {
     /// to the route's shadow, and scheduled.
     pub(crate) async fn infer(&self, inference: Inference<'_>) -> Reply {
         let Inference { path, id, headers, payload, logged_body } = inference;
-        let span = tracing::info_span!("request", id = %id, model = %path.model,
-            otel.name = %format_args!("infer {}", path.model), otel.kind = "server",
-            http.response.status_code = tracing::field::Empty);
-        crate::observe::telemetry::join_remote_trace(&span, headers);
-        let metrics = self.0.metrics.clone();
-        let mut observation = Observation { metrics, span: span.clone(), counted: None, done: None };
+        let mut observation = Observation::open(self, "infer", &path.model, id, headers);
+        let span = observation.span();
         let mut logged = None;
         let answer = async {
             let target = self.target(&path, headers).await?;
             let model = target.model.clone();
-            let routed = target.routed.as_ref().map(|r| (r.route.clone(), r.variant.clone()));
-            observation.counted = Some((self.0.metrics.start(&model.name, &model.config.version), routed));
+            observation.count(&model, target.routed.as_ref());
             let payload = payload.read()?;
             if let Some(body) = logged_body {
                 let call = Call { requested: &path.model, variant: target.variant(), id };
@@ -185,6 +201,9 @@ fn decode_for(
     header_length: Option<&str>,
     limits: InputLimits,
 ) -> Result<InferRequest> {
+    if model.config.generates() {
+        return Err(schedule::not_tensors(&model.name));
+    }
     let declared = &model.config.inputs;
     match payload {
         Read::Body(body) => decode::decode(&body, header_length, declared, limits),

@@ -26,10 +26,45 @@ pub struct PluginHost {
 /// Compiled plugins by whether they meter fuel and the sha256 of their bytes.
 type Held = std::collections::HashMap<(bool, [u8; 32]), std::sync::Weak<Compiled>>;
 
+/// A compiled plugin's world: what it exports.
+pub(super) enum Pre {
+    /// `model-plugin`: preprocess and postprocess around the host's graph run.
+    Model(bindings::ModelPluginPre<State>),
+    /// `generator-plugin`: a generation's whole loop.
+    Generator(generator::GeneratorPluginPre<State>),
+}
+
+impl Pre {
+    pub(super) fn instance_pre(&self) -> &wasmtime::component::InstancePre<State> {
+        match self {
+            Pre::Model(pre) => pre.instance_pre(),
+            Pre::Generator(pre) => pre.instance_pre(),
+        }
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        self.instance_pre().engine()
+    }
+
+    /// Instantiate in `store`: the exports of its world.
+    pub(super) fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            Pre::Model(pre) => Exports::Model(pre.instantiate(store)?),
+            Pre::Generator(pre) => Exports::Generator(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// An instance's exports, by its world.
+pub(super) enum Exports {
+    Model(bindings::ModelPlugin),
+    Generator(generator::GeneratorPlugin),
+}
+
 /// A plugin compiled and linked: its code is in memory once, however many loaded models run
 /// it, and a model whose plugin another loaded model already runs compiles nothing.
 pub(super) struct Compiled {
-    pub(super) pre: bindings::ModelPluginPre<State>,
+    pub(super) pre: Pre,
     pub(super) warm_up: Option<ComponentExportIndex>,
     /// The size of its code in memory.
     pub(super) code_bytes: u64,
@@ -79,6 +114,7 @@ impl PluginHost {
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut State| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })?;
+        generator::add_to_linker(&mut linker)?;
         Ok((engine, linker))
     }
 
@@ -155,10 +191,22 @@ impl PluginHost {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("plugin {} does not fit the wasmserve:plugin world", file.display()))?;
-        let pre =
-            bindings::ModelPluginPre::new(instance_pre).map_err(anyhow::Error::from).with_context(|| {
-                format!("plugin {} does not export the wasmserve:plugin world", file.display())
-            })?;
+        // A model plugin (pre- and postprocess), else a generator (generate).
+        let pre = match bindings::ModelPluginPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::Model(pre),
+            Err(model) => match generator::GeneratorPluginPre::new(instance_pre) {
+                Ok(pre) => Pre::Generator(pre),
+                Err(_) => {
+                    return Err(anyhow::Error::from(model)).with_context(|| {
+                        format!(
+                            "plugin {} does not export the wasmserve:plugin world: neither model-plugin's \
+                             preprocess and postprocess, nor generator-plugin's generate",
+                            file.display()
+                        )
+                    });
+                }
+            },
+        };
         let image = component.image_range();
         let code_bytes = (image.end as usize).saturating_sub(image.start as usize) as u64;
         let warm_up = component

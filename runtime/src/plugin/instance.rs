@@ -33,8 +33,14 @@ impl Instance<'_> {
         ) -> wasmtime::Result<Result<T, wit::PluginError>>,
     ) -> Result<T, Error> {
         let live = self.live.as_mut().expect("an instance is live until dropped");
+        let host::Exports::Model(bindings) = &live.bindings else {
+            return Err(self.plugin.failed(
+                "it is a generator (the generator-plugin world): it answers chat and completion requests, not tensors"
+                    .into(),
+            ));
+        };
         self.plugin.arm(&mut live.store)?;
-        match call(&live.bindings, &mut live.store) {
+        match call(bindings, &mut live.store) {
             Ok(answer) => answer.map_err(|e| self.plugin.refused(e)),
             Err(trap) => {
                 self.reusable = false;

@@ -35,12 +35,14 @@ mod bindings {
 }
 
 mod convert;
+mod generator;
 mod host;
 mod instance;
 mod limits;
 
 use bindings::wasmserve::plugin::types as wit;
 use convert::{from_wit, to_wit};
+pub use generator::{FinishReason, GenerationEnd, GenerationRequest, Message, Prompt};
 pub use host::PluginHost;
 use host::{Compiled, TICK, WARM_UP};
 pub use instance::{Instance, Prepared};
@@ -109,12 +111,14 @@ pub struct State {
     output: MemoryOutputPipe,
     /// How much of `output` is in the log already.
     logged: usize,
+    /// During a generation: where its text goes (false back: the client has gone).
+    emit: Option<Box<dyn FnMut(String) -> bool + Send>>,
 }
 
 /// An instantiated plugin: its store and exports.
 struct Live {
     store: Store<State>,
-    bindings: bindings::ModelPlugin,
+    bindings: host::Exports,
 }
 
 impl WasiView for State {
@@ -191,6 +195,7 @@ impl Plugin {
             },
             output,
             logged: 0,
+            emit: None,
         };
         let mut store = Store::new(self.compiled.pre.engine(), state);
         store.limiter(|s| &mut s.limits);

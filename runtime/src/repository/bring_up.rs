@@ -57,7 +57,7 @@ impl Repository {
                     true => infer::Sessions::AsNeeded,
                     false => infer::Sessions::AtLoad,
                 };
-                let graph = infer::load(name, &file, &config.graph, executions, sessions, &options)
+                let graph = infer::load_model(name, &file, &config, sessions, &options)
                     .context("cannot load its graph")?;
                 tracing::info!(model = %name, backend = %config.graph.backend.name(), target = ?config.graph.target,
                     executions, ?sessions, graph_threads = config.graph.graph_threads(executions),
@@ -68,7 +68,7 @@ impl Repository {
                 Ok((config, graph)) => {
                     // Plugins reach another model's graph by its name: its default version's.
                     if item.is_default() {
-                        graphs.insert(name.to_string(), graph.0.clone());
+                        graphs.insert(name.to_string(), graph.graph.clone());
                     }
                     let grew = meter.map(|meter| meter.grown());
                     ready.push((item, config, graph, spent + started.elapsed(), grew, key));
@@ -91,7 +91,9 @@ impl Repository {
             };
             let meter = grew.is_some().then(resident::Meter::start);
             let declared = config.load.memory_mib.map(|mib| mib << 20);
-            let floor = file_size(&version.dir.join(&config.graph.file));
+            // At least its file, and a generative model's key/value cache (all its slots).
+            let cache = graph.generator.as_ref().map_or(0, |g| g.cache_bytes);
+            let floor = file_size(&version.dir.join(&config.graph.file)) + cache;
             // A request waiting for this load would wait for the warm-up too, and its own run
             // warms the model as well: files and config that passed the warm-up in this
             // process (that loaded before) skip it, once measured (a measured load runs it,

@@ -108,7 +108,7 @@ pub(super) fn bring_up(
     name: &str,
     dir: &Path,
     config: Arc<ModelConfig>,
-    (graph, sessions_made_later): (wasmtime_wasi_nn::Graph, infer::SessionsMadeLater),
+    infer::Loaded { graph, sessions_made_later, generator }: infer::Loaded,
     graphs: &Graphs,
     warm: bool,
 ) -> anyhow::Result<Model> {
@@ -130,7 +130,7 @@ pub(super) fn bring_up(
     }
     let model = Model {
         name: name.to_string(),
-        runner: Arc::new(schedule::Runner::start(name, &config, graph, plugin)?),
+        runner: Arc::new(schedule::Runner::start(name, &config, graph, generator, plugin)?),
         config,
         load_duration: Default::default(),
         sessions_made_later,

@@ -19,6 +19,9 @@
 //! `RUST_LOG=wasmserve::schedule=debug` logs each request's time in every stage.
 
 pub mod batch;
+mod generate;
+
+pub use generate::{Generated, generate};
 
 use crate::config::{Batching, ModelConfig, Scheduling, TensorSpec};
 use crate::error::Error;
@@ -57,6 +60,11 @@ impl Slots {
             max_queue: config.max_queue,
             timeout: (config.queue_timeout_ms > 0).then(|| Duration::from_millis(config.queue_timeout_ms)),
         }
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// How many of the model's requests run at once.
@@ -174,23 +182,39 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// A generative model's engine: its context, slots and counters; none for other models.
+    pub fn generator(&self) -> Option<&infer::Generator> {
+        match &self.executions {
+            Executions::Generate(generator) => Some(generator),
+            _ => None,
+        }
+    }
+}
+
+impl Runner {
     /// Slots and execution threads for the model `name` with `config`, over its loaded
     /// `graph` and compiled `plugin`.
+    /// A generative model's `generator`: its slots are the engine's sequences, and its
+    /// plugin runs each generation on tokio's blocking pool.
     pub fn start(
         name: &str,
         config: &ModelConfig,
         graph: wasmtime_wasi_nn::Graph,
+        generator: Option<infer::Generator>,
         plugin: Plugin,
     ) -> anyhow::Result<Self> {
         let executions = config.executions();
-        Ok(Self {
-            name: name.to_string(),
-            outputs: config.outputs.clone(),
-            slots: Slots::new(&config.scheduling, config.batching.as_ref(), executions),
-            executions: Executions::start(name, &graph, config.batching.as_ref(), executions)?,
-            graph,
-            plugin,
-        })
+        let (slots, executions) = match generator {
+            Some(generator) => {
+                let scheduling = Scheduling { max_in_flight: generator.slots, ..config.scheduling.clone() };
+                (Slots::new(&scheduling, None, 1), Executions::Generate(generator))
+            }
+            None => (
+                Slots::new(&config.scheduling, config.batching.as_ref(), executions),
+                Executions::start(name, &graph, config.batching.as_ref(), executions)?,
+            ),
+        };
+        Ok(Self { name: name.to_string(), outputs: config.outputs.clone(), slots, executions, graph, plugin })
     }
 }
 
@@ -200,6 +224,9 @@ enum Executions {
     Whole(Workers),
     /// With `[batching]`: requests on tokio's blocking pool, graph runs joined by the batcher.
     Batched(batch::Batcher),
+    /// A generative model: generations on tokio's blocking pool, their steps joined by the
+    /// engine (see [`generate`]).
+    Generate(infer::Generator),
 }
 
 impl Executions {
@@ -223,6 +250,7 @@ impl Executions {
     fn infer(&self, model: &Runner, inputs: Vec<Tensor>, ticket: &Ticket) -> Result<batch::Answer, Error> {
         match self {
             Self::Batched(batcher) => batcher.infer(&model.name, inputs, ticket.clone()),
+            Self::Generate(_) => Err(not_tensors(&model.name)),
             Self::Whole(_) => {
                 let started = Instant::now();
                 let batch_rows = batch::counted_rows(&inputs);
@@ -286,6 +314,7 @@ pub async fn run(
     let workers = match &model.executions {
         Executions::Whole(workers) => Some(workers.clone()),
         Executions::Batched(_) => None,
+        Executions::Generate(_) => return Err(not_tensors(&model.name)),
     };
     let work = move || {
         let _slot = slot;
@@ -342,6 +371,14 @@ pub fn run_blocking(
         "request done"
     );
     Ok((outputs, timings))
+}
+
+/// A tensor request to a generative model: refused, with where to go instead.
+pub(crate) fn not_tensors(model: &str) -> Error {
+    Error::bad_request(format!(
+        "model '{model}' generates text: send chat or completion requests (POST /v1/chat/completions, \
+         /v1/completions), not tensors"
+    ))
 }
 
 /// The plugin must return what the model's config promises clients.

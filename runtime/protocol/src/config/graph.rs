@@ -11,6 +11,9 @@ pub enum Backend {
     Tract,
     /// ONNX Runtime, loaded from a shared library at start-up; CPU or CUDA.
     Onnx,
+    /// llama.cpp's ggml, built in: a generative model in a GGUF file (wasi-nn's `ggml`
+    /// encoding), its steps batched across every sequence in flight.
+    Ggml,
 }
 
 impl Backend {
@@ -19,6 +22,7 @@ impl Backend {
         match self {
             Backend::Tract => "tract",
             Backend::Onnx => "onnx",
+            Backend::Ggml => "ggml",
         }
     }
 }
@@ -38,7 +42,7 @@ pub enum Target {
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GraphConfig {
-    /// The ONNX file, relative to the model directory.
+    /// The model file, relative to the model directory: ONNX, or GGUF with `backend = "ggml"`.
     pub file: PathBuf,
     /// Inference engine (default tract).
     #[serde(default)]
@@ -66,7 +70,7 @@ impl GraphConfig {
     pub fn graph_threads(&self, executions: usize) -> usize {
         match (self.threads, self.backend) {
             (0, Backend::Onnx) => (cores() / executions.max(1)).max(1),
-            (0, Backend::Tract) => cores(),
+            (0, Backend::Tract | Backend::Ggml) => cores(),
             (n, _) => n,
         }
     }

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 mod embeddings;
 mod fetch;
+mod generation;
 mod graph;
 mod limits;
 mod load;
@@ -42,6 +43,7 @@ mod versions;
 
 pub use embeddings::Embeddings;
 pub use fetch::{Fetch, Unpack};
+pub use generation::Generation;
 pub use graph::{Backend, GraphConfig, Target};
 pub use limits::{DEFAULT_MAX_BYTES_ELEMENT_KIB, InputLimits, Limits};
 pub use load::{Load, LoadPolicy};
@@ -72,9 +74,12 @@ pub struct ModelConfig {
     pub graph: GraphConfig,
     /// The plugin that pre- and post-processes.
     pub plugin: PluginConfig,
-    /// The tensors a client sends (the plugin's view, not the graph's).
+    /// The tensors a client sends (the plugin's view, not the graph's). A generative model
+    /// (`graph.backend = "ggml"`) declares none: it takes text and answers in text.
+    #[serde(default)]
     pub inputs: Vec<TensorSpec>,
-    /// The tensors a client receives.
+    /// The tensors a client receives (none for a generative model).
+    #[serde(default)]
     pub outputs: Vec<TensorSpec>,
     /// Requests run through the whole pipeline at start-up; the model is ready only once
     /// every one succeeded.
@@ -99,6 +104,9 @@ pub struct ModelConfig {
     /// Payload logging for this model (see [`Logger`]); default: the server's.
     #[serde(default)]
     pub logger: Logger,
+    /// A generative model's sequences (see [`Generation`]); defaults when absent.
+    #[serde(default)]
+    pub generation: Option<Generation>,
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
@@ -148,9 +156,13 @@ pub struct TensorSpec {
 }
 
 impl ModelConfig {
-    /// The model's platform in metadata: `onnx/` and its backend, e.g. `onnx/tract`.
+    /// The model's platform in metadata: `onnx/` and its backend, e.g. `onnx/tract`; a GGUF
+    /// model's is `gguf/ggml`.
     pub fn platform(&self) -> String {
-        format!("onnx/{}", self.graph.backend.name())
+        match self.graph.backend {
+            Backend::Ggml => "gguf/ggml".to_string(),
+            backend => format!("onnx/{}", backend.name()),
+        }
     }
 
     /// Graph runs at once: `[scheduling] executions`, or its default for the backend.
@@ -163,8 +175,39 @@ impl ModelConfig {
             // (magika, 2 cores: 241 against 220 rows/s); each session holds its weights.
             (0, Backend::Onnx) => cores().min(4),
             (0, Backend::Tract) => cores(),
+            // Its sequences share one batched forward pass, run by the engine's own thread.
+            (0, Backend::Ggml) => 1,
             (n, _) => n,
         }
+    }
+
+    /// Whether the model generates text (a GGUF graph, `graph.backend = "ggml"`): it answers
+    /// chat and completion requests, through a plugin of the `generator-plugin` world.
+    pub fn generates(&self) -> bool {
+        self.graph.backend == Backend::Ggml
+    }
+
+    /// `[generation]`, or its defaults.
+    pub fn generation(&self) -> Generation {
+        self.generation.clone().unwrap_or_default()
+    }
+
+    /// What a generative model may not have: tensors, batching, embeddings, warm-up tensors.
+    fn check_generation(&self) -> anyhow::Result<()> {
+        let refused = [
+            (!self.inputs.is_empty() || !self.outputs.is_empty(), "`inputs` and `outputs`"),
+            (self.batching.is_some(), "`[batching]` (its sequences share each step: `[generation] slots`)"),
+            (self.embeddings.is_some(), "`[embeddings]`"),
+            (!self.warmup.is_empty(), "`[[warmup]]` requests (the plugin's `warm` export warms it)"),
+            (
+                self.graph.target == Target::Gpu,
+                "`graph.target = \"gpu\"` (not built yet: ggml runs on the CPU)",
+            ),
+        ];
+        if let Some((_, what)) = refused.iter().find(|(present, _)| *present) {
+            anyhow::bail!("a generative model (`graph.backend = \"ggml\"`) has no {what}");
+        }
+        self.generation().check()
     }
 
     /// Read and check `dir/model.toml`; errors name the file and the field.
@@ -183,8 +226,16 @@ impl ModelConfig {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if self.generates() {
+            self.check_generation()?;
+        } else {
+            anyhow::ensure!(
+                self.generation.is_none(),
+                "`[generation]` is for generative models: set `graph.backend = \"ggml\"` with a GGUF file"
+            );
+        }
         for (kind, specs) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
-            anyhow::ensure!(!specs.is_empty(), "`{kind}`: a model needs at least one");
+            anyhow::ensure!(!specs.is_empty() || self.generates(), "`{kind}`: a model needs at least one");
             for (i, spec) in specs.iter().enumerate() {
                 anyhow::ensure!(
                     spec.shape.iter().all(|&d| d >= -1),

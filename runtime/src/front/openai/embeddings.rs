@@ -1,49 +1,21 @@
-//! openai: OpenAI-compatible endpoints for embedding models, what the `openai` package,
-//! LangChain and LlamaIndex speak.
-//!
-//! | method | path | answer |
-//! |---|---|---|
-//! | POST | `/v1/embeddings` | the vectors of `input` (a string or a list of strings) from the model `model` names |
-//! | GET | `/v1/models` | the models that answer it (those with `[embeddings]` in their model.toml) |
-//! | GET | `/v1/models/{m}` | one of them |
-//!
-//! A model answers when its config has `[embeddings]` (which input takes the texts, which
-//! output holds the vectors, and optionally which holds each text's token count, for
-//! `usage`); `model` may also name a route over such models. A request becomes one OIP
-//! inference of the model's default version, through the same pipeline as `/v2` requests:
-//! input limits, plugin, queue, batching, metrics, traces and the route's shadow. Errors use
-//! OpenAI's body (`{"error": {"message", "type", "param", "code"}}`) with the status (and
-//! `Retry-After`) the OIP endpoints give the same error.
-//!
-//! Not supported: token arrays as `input` (400: send text), `dimensions` other than the
-//! model's own (400). `user` is accepted and ignored.
+//! embeddings: `POST /v1/embeddings`, one OIP inference of a model with `[embeddings]`.
 
-use super::http::{read_body, request_id};
+use super::error;
 use crate::config::{Embeddings, ModelConfig};
 use crate::decode::{InferRequest, RequestedOutput};
 use crate::error::{Error, Result};
+use crate::front::http::{read_body, request_id};
 use crate::pipeline::{Answer, AppState, Inference, ModelPath, Payload};
 use crate::tensor::{Datatype, Tensor, push_bytes_element};
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 /// Most texts in one request (OpenAI's own limit).
 const MAX_INPUTS: usize = 2048;
-
-/// The OpenAI-compatible routes, for the server's router.
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/models", get(models))
-        .route("/v1/models/{model}", get(model))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,7 +98,7 @@ struct Usage {
 }
 
 /// `POST /v1/embeddings`.
-async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub(super) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let mut logged = None;
     let answer = async {
         let body = read_body(state.max_body_bytes(), &headers, body).await?;
@@ -244,59 +216,4 @@ fn answer(spec: &Embeddings, outputs: &[Tensor], request: &Asked) -> Result<Embe
         model: request.model.to_string(),
         usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
     })
-}
-
-/// An error as OpenAI's clients read it: the status and headers the OIP endpoints give it,
-/// OpenAI's body.
-fn error(e: Error) -> Response {
-    let status = e.status();
-    let kind = match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
-        s if s >= 500 => "server_error",
-        _ => "invalid_request_error",
-    };
-    let code = matches!(e, Error::NotFound(_)).then_some("model_not_found");
-    let body = json!({ "error": { "message": e.to_string(), "type": kind, "param": null, "code": code } });
-    let mut response = e.into_response();
-    *response.body_mut() = Body::from(body.to_string());
-    response
-}
-
-/// OpenAI's model object for a model that answers `/v1/embeddings`.
-fn model_object(name: &str, created: u64) -> serde_json::Value {
-    json!({ "id": name, "object": "model", "created": created, "owned_by": "wasmserve" })
-}
-
-/// When `name`'s default version's config was last written (OpenAI's `created`), if it has
-/// `[embeddings]`, whether or not it is in memory (from its declared config: nothing is
-/// loaded or read again).
-fn embedding_model(state: &AppState, name: &str) -> Option<u64> {
-    let repository = state.repository();
-    let config = repository.declared(name, None).ok()?;
-    config.embeddings.as_ref()?;
-    let dir = repository.dir(name, None).ok()?;
-    let created = std::fs::metadata(dir.join(crate::config::FILE_NAME))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    Some(created)
-}
-
-/// `GET /v1/models`: the models that answer `/v1/embeddings`.
-async fn models(State(state): State<AppState>) -> Response {
-    let mut names: Vec<String> = state.repository().statuses().into_iter().map(|s| s.name).collect();
-    names.dedup();
-    let data: Vec<_> =
-        names.iter().filter_map(|name| Some(model_object(name, embedding_model(&state, name)?))).collect();
-    axum::Json(json!({ "object": "list", "data": data })).into_response()
-}
-
-/// `GET /v1/models/{m}`.
-async fn model(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    match embedding_model(&state, &name) {
-        Some(created) => axum::Json(model_object(&name, created)).into_response(),
-        None => error(Error::NotFound(format!("no embedding model '{name}'"))),
-    }
 }
