@@ -69,6 +69,13 @@ pub mod warm {
 pub use warm::generated::export_plugin_with_warm_up;
 
 pub mod classify;
+#[cfg(feature = "generate")]
+pub mod generate;
+#[cfg(feature = "generate")]
+#[doc(inline)]
+pub use generate::generated::export_generator;
+#[cfg(feature = "generate")]
+pub mod gguf;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod nn;
