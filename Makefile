@@ -11,7 +11,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PLUGIN_VENV := .venv-plugins
 PORT ?= 8000
-EXAMPLE_PLUGINS := magika minilm orientation page
+EXAMPLE_PLUGINS := magika minilm orientation page smollm2
 # Cargo puts the plugins under CARGO_TARGET_DIR when it is set.
 WASM_OUT := $(or $(CARGO_TARGET_DIR),plugins/target)/wasm32-wasip2/release
 
@@ -27,6 +27,7 @@ plugins: $(PLUGIN_VENV)/installed
 	cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 	for p in $(EXAMPLE_PLUGINS); do cp $(WASM_OUT)/$${p}_plugin.wasm examples/models/$$p/plugin.wasm; done
 	cp $(WASM_OUT)/faulty_plugin.wasm tests/models/faulty/plugin.wasm
+	cp $(WASM_OUT)/faulty_generator_plugin.wasm tests/generators/faulty-generator/plugin.wasm
 	$(PLUGIN_VENV)/bin/componentize-py --wit-path wit --world model-plugin componentize \
 	  --python-path plugins/python/magika app --output examples/models/magika-py/plugin.wasm
 

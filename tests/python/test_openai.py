@@ -54,8 +54,8 @@ def test_a_single_string_and_the_same_pipeline(oai, client):
     assert after["inference_count"] == before["inference_count"] + 1
 
 
-def test_models_lists_the_embedding_models(oai):
-    assert [m.id for m in oai.models.list()] == ["minilm"]
+def test_models_lists_the_embedding_and_generative_models(oai):
+    assert [m.id for m in oai.models.list()] == ["minilm", "smollm2"]
     assert oai.models.retrieve("minilm").owned_by == "wasmserve"
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("magika")

@@ -1,0 +1,246 @@
+"""Generation: the `openai` package against /v1/chat/completions and /v1/completions on the
+smollm2 example (SmolLM2-135M-Instruct, GGUF, llama.cpp's ggml in the host, the decoding loop
+in the plugin), and a generator that misbehaves (tests/generators/faulty-generator)."""
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import ROOT, Server
+
+EXPECTED = json.loads((ROOT / "tests/fixtures/smollm2/expected.json").read_text())["cases"]
+GREEDY = {"temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("generate")
+    shutil.copytree(ROOT / "examples/models/smollm2", repo / "smollm2")
+    shutil.copytree(ROOT / "tests/generators/faulty-generator", repo / "faulty-generator")
+    s = Server(repo)
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def oai(smollm2):
+    return openai.OpenAI(base_url=f"http://{smollm2.address}/v1", api_key="unused", max_retries=0)
+
+
+def metrics(server):
+    text = urllib.request.urlopen(f"http://{server.address}/metrics").read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def post(server, path, body):
+    """POST JSON; (status, parsed body)."""
+    request = urllib.request.Request(f"http://{server.address}{path}", json.dumps(body).encode(),
+                                     {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("case", EXPECTED, ids=lambda c: f"{c['kind']}-{c['max_tokens']}")
+def test_greedy_answers_are_llama_cpps_token_for_token(oai, case):
+    if case["kind"] == "chat":
+        whole = oai.chat.completions.create(model="smollm2", messages=case["messages"],
+                                            max_tokens=case["max_tokens"], **GREEDY)
+        text = whole.choices[0].message.content
+        assert whole.choices[0].message.role == "assistant"
+        assert whole.object == "chat.completion"
+        chunks = list(oai.chat.completions.create(model="smollm2", messages=case["messages"],
+                                                  max_tokens=case["max_tokens"], stream=True,
+                                                  stream_options={"include_usage": True}, **GREEDY))
+        parts = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+        assert chunks[0].choices[0].delta.role == "assistant"
+    else:
+        whole = oai.completions.create(model="smollm2", prompt=case["prompt"], max_tokens=case["max_tokens"], **GREEDY)
+        text = whole.choices[0].text
+        chunks = list(oai.completions.create(model="smollm2", prompt=case["prompt"], max_tokens=case["max_tokens"],
+                                             stream=True, stream_options={"include_usage": True}, **GREEDY))
+        parts = [c.choices[0].text for c in chunks if c.choices]
+    assert text == case["text"]
+    assert whole.choices[0].finish_reason == case["finish_reason"]
+    assert whole.usage.prompt_tokens == case["prompt_tokens"]
+    assert whole.usage.completion_tokens == case["completion_tokens"]
+    assert whole.usage.total_tokens == case["prompt_tokens"] + case["completion_tokens"]
+    # Streamed: the same text in more than one part, the finish reason last, then the usage.
+    assert "".join(parts) == case["text"]
+    assert len([p for p in parts if p]) > 1
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == case["finish_reason"] and not any(finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == case["completion_tokens"]
+
+
+def test_stop_strings_seeds_and_length(oai):
+    case = EXPECTED[0]
+    full = case["text"]
+    word = full.split()[3]
+    stopped = oai.chat.completions.create(model="smollm2", messages=case["messages"], stop=[word],
+                                          max_tokens=case["max_tokens"], **GREEDY)
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == full[:full.index(word)]
+    # Streamed, the held-back text never leaks the stop string either.
+    parts = [c.choices[0].delta.content or "" for c in oai.chat.completions.create(
+        model="smollm2", messages=case["messages"], stop=word, max_tokens=case["max_tokens"], stream=True, **GREEDY)]
+    assert "".join(parts) == full[:full.index(word)]
+    short = oai.chat.completions.create(model="smollm2", messages=case["messages"], max_tokens=3, **GREEDY)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    sampled = [oai.chat.completions.create(model="smollm2", messages=EXPECTED[2]["messages"], temperature=0.8,
+                                           seed=seed, max_tokens=40).choices[0].message.content
+               for seed in (7, 7, 8)]
+    assert sampled[0] == sampled[1]
+    assert sampled[0] != sampled[2]
+
+
+def test_eight_concurrent_streams_share_the_forward_passes(oai, smollm2):
+    before = metrics(smollm2)
+    words = ["apple", "river", "guitar", "volcano", "window", "tiger", "copper", "violin"]
+    answers = {}
+
+    def stream(word):
+        chunks = oai.chat.completions.create(model="smollm2", max_tokens=24, stream=True, **GREEDY, messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": f"Write one sentence about the {word}."}])
+        answers[word] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).lower()
+
+    threads = [threading.Thread(target=stream, args=(w,)) for w in words]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    # Each stream is its own answer: about its word, and none of the others'. (Not the same
+    # text as alone, token for token: a batch of 8 adds up in another order than a batch of
+    # 1, as in llama.cpp's own server, and greedy decoding of a 135M model parts at the
+    # first token where that tips the balance.)
+    for word in words:
+        assert word in answers[word], answers
+        assert not [w for w in words if w != word and w in answers[word]], answers
+    after = metrics(smollm2)
+    label = '{model="smollm2",version="1",sequences="%s"}'
+    joined = sum(after["wasmserve_generation_steps_by_sequences_total" + label % b]
+                 - before.get("wasmserve_generation_steps_by_sequences_total" + label % b, 0)
+                 for b in ("2", "4", "8"))
+    assert joined >= 10, after
+    assert after['wasmserve_generation_sequences{model="smollm2",version="1"}'] == 0
+
+
+def test_a_client_that_leaves_stops_its_generation(smollm2, oai):
+    cancelled = 'wasmserve_inference_request_cancelled_total{model="smollm2",version="1"}'
+    steps = 'wasmserve_generation_steps_total{model="smollm2",version="1"}'
+    before = metrics(smollm2)
+    body = {"model": "smollm2", "max_tokens": 1500, "stream": True, "temperature": 1.0,
+            "messages": [{"role": "user", "content": "Tell me a very long story."}]}
+    request = urllib.request.Request(f"http://{smollm2.address}/v1/chat/completions", json.dumps(body).encode(),
+                                     {"content-type": "application/json"})
+    response = urllib.request.urlopen(request)
+    for _ in range(4):
+        assert response.readline().startswith(b"data: ") and response.readline() == b"\n"
+    response.close()
+    deadline = time.time() + 10
+    while metrics(smollm2)['wasmserve_generation_sequences{model="smollm2",version="1"}'] != 0:
+        assert time.time() < deadline, "the generation kept its slot"
+        time.sleep(0.05)
+    after = metrics(smollm2)
+    assert after[cancelled] == before.get(cancelled, 0) + 1
+    # It stopped: far fewer steps than its 1,500 tokens, and none after it left.
+    assert after[steps] - before[steps] < 200
+    time.sleep(0.3)
+    assert metrics(smollm2)[steps] == after[steps]
+    # The slot serves the next request.
+    again = oai.chat.completions.create(model="smollm2", messages=EXPECTED[0]["messages"],
+                                        max_tokens=EXPECTED[0]["max_tokens"], **GREEDY)
+    assert again.choices[0].message.content == EXPECTED[0]["text"]
+
+
+def test_bad_requests_are_answered_as_openai_answers_them(smollm2):
+    messages = [{"role": "user", "content": "Hi"}]
+    cases = [
+        ({"model": "smollm2", "messages": messages, "frobnicate": 1}, 400, "Unrecognized request argument supplied: frobnicate"),
+        ({"model": "smollm2", "messages": messages, "n": 2}, 400, "'n'"),
+        ({"model": "smollm2", "messages": messages, "max_tokens": 5000}, 400, "2048 tokens of context"),
+        ({"model": "smollm2", "messages": messages, "temperature": 3}, 400, "'temperature'"),
+        ({"model": "smollm2", "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "does not fit"),
+        ({"model": "smollm2"}, 400, "'messages' is required"),
+        ({"model": "nosuch", "messages": messages}, 404, "nosuch"),
+    ]
+    for body, status, words in cases:
+        got, answer = post(smollm2, "/v1/chat/completions", body)
+        assert got == status, (body, answer)
+        assert words in answer["error"]["message"], answer
+        assert answer["error"]["type"] == "invalid_request_error"
+    got, answer = post(smollm2, "/v1/completions", {"model": "smollm2", "messages": messages})
+    assert got == 400 and "'prompt'" in answer["error"]["message"]
+    # Tensors to a generative model: refused with where to go.
+    got, answer = post(smollm2, "/v2/models/smollm2/infer",
+                       {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]})
+    assert got == 400 and "/v1/chat/completions" in answer["error"], answer
+    # The server is still there.
+    assert post(smollm2, "/v1/completions", {"model": "smollm2", "prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+def test_models_lists_the_generative_model(oai):
+    assert "smollm2" in [m.id for m in oai.models.list()]
+
+
+def test_a_plugin_that_traps_or_loops_fails_only_its_own_stream(oai, smollm2):
+    others = {}
+
+    def normal(i):
+        chunks = oai.completions.create(model="faulty-generator", prompt="go", max_tokens=40, stream=True)
+        others[i] = "".join(c.choices[0].text for c in chunks if c.choices)
+
+    threads = [threading.Thread(target=normal, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    for prompt, words in (("trap after 5", "wasm trap"), ("loop after 5", "time limit")):
+        chunks = oai.completions.create(model="faulty-generator", prompt=prompt, max_tokens=40, stream=True)
+        got = []
+        with pytest.raises(openai.APIError) as failed:
+            for c in chunks:
+                got.append(c.choices[0].text)
+        # Its tokens came first; then the error event, with the cause.
+        assert len("".join(got).split()) == 5
+        assert words in str(failed.value) or words in str(failed.value.body), failed.value
+    [t.join() for t in threads]
+    # The others ran to the end, untouched, each its own 40 tokens.
+    assert [len(others[i].split()) for i in range(2)] == [40, 40]
+    # Before any text, a trap is an HTTP error.
+    with pytest.raises(openai.InternalServerError):
+        oai.completions.create(model="faulty-generator", prompt="trap after 0", max_tokens=4)
+    assert len(oai.completions.create(model="faulty-generator", prompt="go", max_tokens=4).choices[0].text.split()) == 4
+
+
+def test_tritons_generate_extension(smollm2):
+    case = next(c for c in EXPECTED if c["kind"] == "completion")
+    body = {"text_input": case["prompt"], "parameters": {"temperature": 0, "max_tokens": case["max_tokens"]}}
+    status, answer = post(smollm2, "/v2/models/smollm2/generate", body)
+    assert status == 200, answer
+    assert answer == {"model_name": "smollm2", "model_version": "1", "text_output": case["text"]}
+    # TensorRT-LLM's style: the settings at the top level; the versioned path.
+    flat = {"text_input": case["prompt"], "temperature": 0, "max_tokens": case["max_tokens"]}
+    assert post(smollm2, "/v2/models/smollm2/versions/1/generate", flat)[1]["text_output"] == case["text"]
+    request = urllib.request.Request(f"http://{smollm2.address}/v2/models/smollm2/generate_stream",
+                                     json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        assert response.headers["content-type"] == "text/event-stream"
+        events = [json.loads(line[len(b"data: "):]) for line in response.read().split(b"\n") if line.startswith(b"data: ")]
+    assert len(events) > 1 and all(e["model_name"] == "smollm2" for e in events)
+    assert "".join(e["text_output"] for e in events) == case["text"]
+    for bad, words in (({"parameters": {}}, "'text_input' is required"),
+                       ({"text_input": "x", "max_tokens": "many"}, "'max_tokens' must be a number")):
+        status, answer = post(smollm2, "/v2/models/smollm2/generate", bad)
+        assert status == 400 and words in answer["error"], answer
+    assert post(smollm2, "/v2/models/nosuch/generate", body)[0] == 404
