@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 
 /// The plugin SDK and the world, as files under `wasmserve-plugin/`.
-const SDK: [(&str, &str); 10] = [
+const SDK: [(&str, &str); 12] = [
     ("Cargo.toml", include_str!("../../plugins/sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
     ("src/tensor.rs", include_str!("../../plugins/sdk/src/tensor.rs")),
@@ -21,6 +21,8 @@ const SDK: [(&str, &str); 10] = [
     ("src/image.rs", include_str!("../../plugins/sdk/src/image.rs")),
     ("src/nn.rs", include_str!("../../plugins/sdk/src/nn.rs")),
     ("src/text.rs", include_str!("../../plugins/sdk/src/text.rs")),
+    ("src/generate.rs", include_str!("../../plugins/sdk/src/generate.rs")),
+    ("src/gguf.rs", include_str!("../../plugins/sdk/src/gguf.rs")),
     ("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
     ("wit/deps/wasi-nn/wasi-nn.wit", include_str!("../../wit/deps/wasi-nn/wasi-nn.wit")),
 ];

@@ -352,6 +352,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// part of it).
 pub struct Output {
     stops: Vec<String>,
+    /// Where text goes: `emit`, unless made [`Output::with_sink`].
+    sink: Box<dyn FnMut(&str) -> bool>,
     /// Bytes of a character not complete yet.
     partial: Vec<u8>,
     /// Text held back: it may be the start of a stop string.
@@ -362,9 +364,15 @@ pub struct Output {
 }
 
 impl Output {
-    /// An output that ends at any of `stops`.
+    /// An output to the client (through `emit`) that ends at any of `stops`.
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops, partial: Vec::new(), held: String::new(), stopped: false, listening: true }
+        Self::with_sink(stops, emit)
+    }
+
+    /// An output to `sink` (false back: nobody listens any more) that ends at any of `stops`.
+    pub fn with_sink(stops: Vec<String>, sink: impl FnMut(&str) -> bool + 'static) -> Self {
+        let sink = Box::new(sink);
+        Self { stops, sink, partial: Vec::new(), held: String::new(), stopped: false, listening: true }
     }
 
     /// Add a token's bytes; true when a stop string was reached (the text ends before it).
@@ -426,7 +434,88 @@ impl Output {
 
     fn send(&mut self, text: String) {
         if !text.is_empty() && self.listening {
-            self.listening = emit(&text);
+            self.listening = (self.sink)(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn output(stops: &[&str]) -> (Output, Rc<RefCell<Vec<String>>>) {
+        let sent = Rc::new(RefCell::new(Vec::new()));
+        let into = sent.clone();
+        let stops = stops.iter().map(|s| s.to_string()).collect();
+        let sink = move |t: &str| {
+            into.borrow_mut().push(t.to_string());
+            true
+        };
+        (Output::with_sink(stops, sink), sent)
+    }
+
+    #[test]
+    fn text_goes_out_whole_characters_only_and_stops_before_a_stop_string() {
+        let (mut out, sent) = output(&["\nUser:"]);
+        // "é" split over two tokens comes out once whole.
+        assert!(!out.push(b"caf\xc3"));
+        assert_eq!(sent.borrow().concat(), "caf");
+        assert!(!out.push(b"\xa9 ok"));
+        assert_eq!(sent.borrow().concat(), "café ok");
+        // The start of a stop string is held back, then let go when it is not one.
+        assert!(!out.push(b"\nUs"));
+        assert_eq!(sent.borrow().concat(), "café ok");
+        assert!(!out.push(b"ually"));
+        assert_eq!(sent.borrow().concat(), "café ok\nUsually");
+        // A stop string ends it, and is not part of it.
+        assert!(out.push(b" yes\nUser: more"));
+        assert_eq!(sent.borrow().concat(), "café ok\nUsually yes");
+        out.finish();
+        assert_eq!(sent.borrow().concat(), "café ok\nUsually yes");
+    }
+
+    #[test]
+    fn finish_lets_out_what_was_held() {
+        let (mut out, sent) = output(&["STOP"]);
+        assert!(!out.push(b"the end ST"));
+        assert_eq!(sent.borrow().concat(), "the end ");
+        out.finish();
+        assert_eq!(sent.borrow().concat(), "the end ST");
+    }
+
+    fn request(temperature: Option<f32>, seed: u64) -> GenerationRequest {
+        GenerationRequest {
+            model: String::new(),
+            prompt: Prompt::Text(String::new()),
+            context_length: 64,
+            max_tokens: None,
+            temperature,
+            top_p: Some(0.9),
+            top_k: Some(3),
+            seed: Some(seed),
+            repetition_penalty: None,
+            stop: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_and_sampling_follows_its_seed_and_top_k() {
+        let logits = [0.1, 2.0, 1.9, -1.0, 1.8, 0.0];
+        assert_eq!(Sampler::new(&request(Some(0.0), 1)).sample(&mut logits.clone(), &[]), 1);
+        let draw = |seed| {
+            let mut sampler = Sampler::new(&request(Some(1.0), seed));
+            (0..50).map(|_| sampler.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        // top_k 3: only the three largest are ever drawn.
+        assert!(draw(7).iter().all(|t| [1, 2, 4].contains(t)));
+        // A repetition penalty pushes a token seen down.
+        let mut penalised =
+            Sampler::new(&GenerationRequest { repetition_penalty: Some(2.0), ..request(Some(0.0), 1) });
+        assert_eq!(penalised.sample(&mut logits.clone(), &[1]), 2);
     }
 }

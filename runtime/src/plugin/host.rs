@@ -53,6 +53,18 @@ impl Pre {
             Pre::Generator(pre) => Exports::Generator(pre.instantiate(store)?),
         })
     }
+
+    /// The exports of its world in `instance`, made in `store` already.
+    pub(super) fn exports(
+        &self,
+        store: &mut Store<State>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            Pre::Model(_) => Exports::Model(bindings::ModelPlugin::new(store, instance)?),
+            Pre::Generator(_) => Exports::Generator(generator::GeneratorPlugin::new(store, instance)?),
+        })
+    }
 }
 
 /// An instance's exports, by its world.

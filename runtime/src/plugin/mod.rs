@@ -148,7 +148,9 @@ impl Plugin {
         self.compiled.warm_up.is_some()
     }
 
-    /// Call the plugin's `warm-up`, if it exports one, in a fresh instance.
+    /// Call the plugin's `warm-up`, if it exports one, in a fresh instance. When instances
+    /// are reused, the warmed instance then serves the first request: what the warm-up built
+    /// (a generator's tokenizer) is not built again for it.
     pub fn warm_up(&self) -> Result<(), Error> {
         let Some(export) = &self.compiled.warm_up else { return Ok(()) };
         let mut store = self.store()?;
@@ -160,7 +162,12 @@ impl Plugin {
         let result = warm_up.call(&mut store, ());
         self.log_output(store.data_mut());
         let (result,) = result.map_err(|e| self.trapped(e))?;
-        result.map_err(|e| self.refused(e))
+        result.map_err(|e| self.refused(e))?;
+        if let Some(idle) = &self.idle {
+            let bindings = self.compiled.pre.exports(&mut store, &instance).map_err(|e| self.trapped(e))?;
+            idle.lock().expect("idle instances").push(Live { store, bindings });
+        }
+        Ok(())
     }
 
     /// Log what an instance printed since the last time, a line per event.

@@ -135,6 +135,11 @@ pub(super) fn bring_up(
         load_duration: Default::default(),
         sessions_made_later,
     };
+    if warm && model.runner.generator().is_some() {
+        let started = Instant::now();
+        schedule::warm_up_generation(&model.runner).context("the warm-up generation failed")?;
+        tracing::info!(model = %name, elapsed_ms = started.elapsed().as_millis() as u64, "warm-up generation done");
+    }
     for (i, warmup) in model.config.warmup.iter().enumerate().filter(|_| warm) {
         let started = Instant::now();
         warm_up(&model, dir, warmup).with_context(|| format!("warm-up {} failed", i + 1))?;

@@ -88,3 +88,25 @@ pub async fn generate(
         answer => answer,
     }
 }
+
+/// A generative model's warm-up, on the calling thread: one token after a short prompt,
+/// through the plugin (its tokenizer built, in the instance that then serves the first
+/// request) and the engine. A model whose warm-up fails is not ready.
+pub fn warm_up_generation(model: &Runner) -> Result<(), Error> {
+    let generator = model.generator().ok_or_else(|| Error::Internal("not a generative model".into()))?;
+    let request = GenerationRequest {
+        model: model.name.clone(),
+        prompt: crate::plugin::Prompt::Text("Hello".into()),
+        context_length: generator.context,
+        max_tokens: Some(1),
+        temperature: Some(0.0),
+        top_p: None,
+        top_k: None,
+        seed: None,
+        repetition_penalty: None,
+        stop: Vec::new(),
+        params: Vec::new(),
+    };
+    let mut instance = model.plugin.instantiate()?;
+    instance.generate(&request, Box::new(|_| true), Arc::new(Watch::default())).map(drop)
+}

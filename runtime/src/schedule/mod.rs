@@ -21,7 +21,7 @@
 pub mod batch;
 mod generate;
 
-pub use generate::{Generated, generate};
+pub use generate::{Generated, generate, warm_up_generation};
 
 use crate::config::{Batching, ModelConfig, Scheduling, TensorSpec};
 use crate::error::Error;
