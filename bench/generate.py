@@ -81,7 +81,8 @@ def build_llama_server():
     subprocess.run(["tar", "-xzf", str(sdist), "-C", str(work)], check=True)
     source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     # GGML_NATIVE off, as the server's build: the same kernels (AVX2), no AMX.
-    subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=OFF", "-DCMAKE_BUILD_TYPE=Release"],
+    subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=OFF", "-DCMAKE_BUILD_TYPE=Release",
+                    "-DBUILD_SHARED_LIBS=OFF"],
                    cwd=source, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", "build", "--target", "llama-server", "-j", str(os.cpu_count())],
                    cwd=source, check=True, stdout=subprocess.DEVNULL)

@@ -22,6 +22,11 @@ GREEDY = {"temperature": 0}
 def smollm2(tmp_path_factory):
     repo = tmp_path_factory.mktemp("generate")
     shutil.copytree(ROOT / "examples/models/smollm2", repo / "smollm2")
+    # Every answer computed from the whole prompt, as the llama.cpp references were: what
+    # earlier requests left in the cache changes the last bits of the sums, and at times a
+    # greedy token (tests/generators/faulty-generator keeps the prefix cache on).
+    toml = (repo / "smollm2/model.toml").read_text()
+    (repo / "smollm2/model.toml").write_text(toml.replace("[generation]\n", "[generation]\nprefix_cache = false\n"))
     shutil.copytree(ROOT / "tests/generators/faulty-generator", repo / "faulty-generator")
     s = Server(repo)
     s.wait_ready()
@@ -244,3 +249,14 @@ def test_tritons_generate_extension(smollm2):
         status, answer = post(smollm2, "/v2/models/smollm2/generate", bad)
         assert status == 400 and words in answer["error"], answer
     assert post(smollm2, "/v2/models/nosuch/generate", body)[0] == 404
+
+
+def test_a_prompt_that_starts_as_an_earlier_one_reuses_its_cache(oai, smollm2):
+    reused = 'wasmserve_generation_cached_prompt_tokens_total{model="faulty-generator",version="1"}'
+    # Its prompt is always tokens 1, 2, 3: the slot a generation leaves holds them.
+    oai.completions.create(model="faulty-generator", prompt="go", max_tokens=4)
+    before = metrics(smollm2).get(reused, 0)
+    oai.completions.create(model="faulty-generator", prompt="go", max_tokens=4)
+    # All but the last (whose logits the step returns) came from the cache.
+    assert metrics(smollm2)[reused] == before + 2
+    assert metrics(smollm2)['wasmserve_generation_cached_prompt_tokens_total{model="smollm2",version="1"}'] == 0

@@ -277,6 +277,7 @@ fn engine_gauges(runner: &crate::schedule::Runner) -> Option<crate::observe::gen
     let c = &generator.counters;
     Some(crate::observe::generation::EngineGauges {
         steps: c.steps.load(Relaxed),
+        reused: c.reused.load(Relaxed),
         step_sequences: c.sequences_stepped.load(Relaxed),
         step_time: std::time::Duration::from_nanos(c.step_nanos.load(Relaxed)),
         steps_by_sequences: std::array::from_fn(|i| c.steps_by_sequences[i].load(Relaxed)),

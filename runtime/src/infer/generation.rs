@@ -33,6 +33,8 @@ pub struct Counters {
     pub steps_by_sequences: [AtomicU64; 6],
     /// Tokens fed (prompts and sampled tokens).
     pub tokens: AtomicU64,
+    /// Prompt tokens not fed: a slot held them already (the prefix cache).
+    pub reused: AtomicU64,
     /// Sequences open now (holding a slot of the cache).
     pub sequences: AtomicU64,
     /// Tokens held in the key/value cache now, all sequences together.

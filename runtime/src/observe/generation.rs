@@ -7,6 +7,7 @@
 //! | `wasmserve_generation_time_to_first_token_seconds` | histogram: request to the first text | model, version |
 //! | `wasmserve_generation_time_per_output_token_seconds` | histogram: after the first token, per token | model, version |
 //! | `wasmserve_generation_prompt_tokens_total` | counter | model, version |
+//! | `wasmserve_generation_cached_prompt_tokens_total` | counter: prompt tokens a slot held already (`prefix_cache`), not computed again | model, version |
 //! | `wasmserve_generation_tokens_total` | counter: tokens generated | model, version |
 //! | `wasmserve_generation_plugin_seconds_per_token` | histogram: the plugin's own time (template, tokeniser, sampling, stops) per generated token | model, version |
 //! | `wasmserve_generation_steps_total` | counter: forward passes | model, version |
@@ -62,6 +63,7 @@ pub struct GenerationMetrics {
     prompt_tokens: Family<Labels, Counter>,
     tokens: Family<Labels, Counter>,
     steps: Family<Labels, Counter>,
+    reused: Family<Labels, Counter>,
     step_seconds: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
     step_sequences: Family<Labels, Counter>,
     steps_by_sequences: Family<StepLabels, Counter>,
@@ -90,6 +92,8 @@ pub struct Finished {
 pub struct EngineGauges {
     /// Forward passes run.
     pub steps: u64,
+    /// Prompt tokens the prefix cache held.
+    pub reused: u64,
     /// Sequences in them, summed.
     pub step_sequences: u64,
     /// Time in them.
@@ -117,6 +121,7 @@ impl GenerationMetrics {
             prompt_tokens: Family::default(),
             tokens: Family::default(),
             steps: Family::default(),
+            reused: Family::default(),
             step_seconds: Family::default(),
             step_sequences: Family::default(),
             steps_by_sequences: Family::default(),
@@ -148,6 +153,11 @@ impl GenerationMetrics {
         );
         r.register("generation_tokens", "Tokens generated", m.tokens.clone());
         r.register("generation_steps", "Forward passes", m.steps.clone());
+        r.register(
+            "generation_cached_prompt_tokens",
+            "Prompt tokens a slot held already, not computed again",
+            m.reused.clone(),
+        );
         r.register("generation_step_seconds", "Time in forward passes", m.step_seconds.clone());
         r.register("generation_step_sequences", "Sequences in the forward passes", m.step_sequences.clone());
         r.register(
@@ -192,6 +202,7 @@ impl GenerationMetrics {
             c.inc_by(by);
         };
         set_counter(&self.steps.get_or_create(&labels), now.steps);
+        set_counter(&self.reused.get_or_create(&labels), now.reused);
         set_counter(&self.step_sequences.get_or_create(&labels), now.step_sequences);
         let seconds = self.step_seconds.get_or_create(&labels);
         seconds.inc_by((now.step_time.as_secs_f64() - seconds.get()).max(0.0));

@@ -11,6 +11,7 @@ use super::*;
 /// slots = 8          # sequences generated at once; more requests wait ([scheduling] max_queue)
 /// context = 2048     # tokens one sequence holds, prompt and answer together
 /// max_tokens = 512   # an answer's length when the request sets none
+/// prefix_cache = true # a prompt's start that a slot holds already is not computed again
 /// ```
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -32,11 +33,25 @@ pub struct Generation {
     /// beside the other sequences' next tokens).
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: u32,
+    /// A slot keeps its tokens' keys and values after its sequence ends, and a new prompt
+    /// that starts the same way (a system prompt, a chat's earlier turns) skips computing
+    /// them again, as llama.cpp's server does. The answer then depends in its last bits on
+    /// what ran before (a pass over fewer tokens, keys kept elsewhere in the cache sum in
+    /// another order), and a greedy answer may part from a fresh context's: for answers
+    /// independent of what ran before (tests against references), turn it off.
+    #[serde(default = "default_true")]
+    pub prefix_cache: bool,
 }
 
 impl Default for Generation {
     fn default() -> Self {
-        Self { slots: 0, context: 0, max_tokens: default_max_tokens(), batch_tokens: default_batch_tokens() }
+        Self {
+            slots: 0,
+            context: 0,
+            max_tokens: default_max_tokens(),
+            batch_tokens: default_batch_tokens(),
+            prefix_cache: true,
+        }
     }
 }
 
@@ -70,4 +85,8 @@ fn default_max_tokens() -> u32 {
 
 fn default_batch_tokens() -> u32 {
     512
+}
+
+fn default_true() -> bool {
+    true
 }

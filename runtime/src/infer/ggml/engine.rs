@@ -1,5 +1,11 @@
 //! engine: the thread that owns a GGUF model's llama.cpp context and runs its forward
 //! passes, each joining the pending steps of every sequence in flight.
+//!
+//! Each slot of the cache keeps the tokens it holds after its sequence ends. A new
+//! sequence takes the free slot whose tokens share the longest start with its prompt, and
+//! only the rest of its prompt is fed: a system prompt, a chat's earlier turns, a document
+//! asked about again are computed once. (The sequence's logits are the same: the cache
+//! holds what feeding those tokens again would compute.)
 
 use super::super::generation::{Counters, Generator};
 use crate::config::Generation;
@@ -9,10 +15,11 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a pass waits for the sequences of the last pass to bring their next token: a
@@ -24,8 +31,10 @@ const GATHER: Duration = Duration::from_millis(3);
 pub struct Engine {
     name: String,
     inbox: Sender<Message>,
-    /// Sequence ids free to open; an id comes back once the engine cleared its cache.
-    free: Arc<Mutex<Vec<i32>>>,
+    /// Sequences open now (at most the slots).
+    open: AtomicUsize,
+    /// The next sequence's handle.
+    next: AtomicU64,
     generator: Generator,
     /// The vocabulary's size: the length of each logits vector.
     pub(super) vocabulary: usize,
@@ -35,13 +44,14 @@ pub struct Engine {
 pub(super) enum Message {
     /// Feed tokens to a sequence and answer with the logits of the last one.
     Step(Step),
-    /// The sequence is done, holding `held` tokens: clear its cache and free its id.
-    Release { sequence: i32, held: u32 },
+    /// The sequence is done: its slot is free (its tokens stay, for a later prompt).
+    Release(u64),
 }
 
 /// Tokens for one sequence, from `position` on.
 pub(super) struct Step {
-    pub(super) sequence: i32,
+    /// The sequence's handle ([`Engine::open`]).
+    pub(super) sequence: u64,
     pub(super) position: u32,
     pub(super) tokens: Vec<i32>,
     pub(super) reply: Sender<Result<Vec<f32>, String>>,
@@ -60,6 +70,7 @@ impl Engine {
         let slots = settings.slots();
         let context = settings.context(model.n_ctx_train());
         let batch_tokens = settings.batch_tokens;
+        let prefix_cache = settings.prefix_cache;
         let vocabulary = usize::try_from(model.n_vocab())?;
         let threads = i32::try_from(threads.max(1))?;
         let params = LlamaContextParams::default()
@@ -80,9 +91,7 @@ impl Engine {
         let max_tokens = Some(settings.max_tokens).filter(|&n| n > 0);
         let generator = Generator { context, slots, max_tokens, cache_bytes, counters: counters.clone() };
         let (inbox, messages) = crossbeam_channel::unbounded();
-        let free = Arc::new(Mutex::new((0..slots as i32).rev().collect::<Vec<_>>()));
         let (started, start) = crossbeam_channel::bounded(1);
-        let thread_free = free.clone();
         std::thread::Builder::new().name(format!("ggml-{name}")).spawn(move || {
             let context = match model.new_context(backend, params) {
                 Ok(context) => context,
@@ -93,13 +102,16 @@ impl Engine {
             };
             let _ = started.send(Ok(()));
             let batch = LlamaBatch::new(batch_tokens as usize, 1);
-            Passes { context, batch, batch_tokens: batch_tokens as usize, counters, free: thread_free }
+            let slots = vec![Slot::default(); slots];
+            let batch_tokens = batch_tokens as usize;
+            Passes { context, batch, batch_tokens, counters, slots, of: HashMap::new(), reuse: prefix_cache }
                 .run(messages);
         })?;
         start.recv()??;
         tracing::info!(model = %name, slots, context, threads, vocabulary,
             cache_mib = cache_bytes >> 20, "ggml engine started");
-        Ok(Arc::new(Self { name: name.to_string(), inbox, free, generator, vocabulary }))
+        let (open, next) = (AtomicUsize::new(0), AtomicU64::new(0));
+        Ok(Arc::new(Self { name: name.to_string(), inbox, open, next, generator, vocabulary }))
     }
 
     /// What the server shows of the engine.
@@ -112,18 +124,29 @@ impl Engine {
         self.generator.context
     }
 
-    /// A free sequence id, if one is.
-    pub(super) fn open(&self) -> anyhow::Result<i32> {
-        let id = self.free.lock().expect("free sequences").pop();
-        let id = id.ok_or_else(|| {
-            anyhow::anyhow!(
-                "model '{}' has no free sequence: all {} are generating ([generation] slots)",
-                self.name,
-                self.generator.slots
-            )
-        })?;
+    /// A new sequence's handle, if a slot is free (its slot is chosen at its first step).
+    pub(super) fn open(&self) -> anyhow::Result<u64> {
+        let slots = self.generator.slots;
+        if self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < slots).then_some(n + 1))
+            .is_err()
+        {
+            anyhow::bail!(
+                "model '{}' has no free sequence: all {slots} are generating ([generation] slots)",
+                self.name
+            );
+        }
         self.generator.counters.sequences.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        Ok(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The sequence `handle` is done: its slot is free once the engine has read this.
+    pub(super) fn close(&self, handle: u64) {
+        // Sent before the count goes down: a sequence opened after finds its slot free.
+        let _ = self.send(Message::Release(handle));
+        self.generator.counters.sequences.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Hand `message` to the engine thread.
@@ -150,7 +173,19 @@ struct Passes<'m> {
     batch: LlamaBatch<'static>,
     batch_tokens: usize,
     counters: Arc<Counters>,
-    free: Arc<Mutex<Vec<i32>>>,
+    /// The cache's slots, by llama.cpp's sequence id.
+    slots: Vec<Slot>,
+    /// The slot of each open sequence, by its handle.
+    of: HashMap<u64, usize>,
+    /// Whether a new prompt reuses what a slot holds (`[generation] prefix_cache`).
+    reuse: bool,
+}
+
+/// One slot of the cache: the tokens it holds, and whether a sequence uses it.
+#[derive(Clone, Default)]
+struct Slot {
+    tokens: Vec<i32>,
+    busy: bool,
 }
 
 /// A step being fed: how many of its tokens are in the cache already.
@@ -164,7 +199,7 @@ impl Passes<'_> {
     fn run(mut self, inbox: Receiver<Message>) {
         let mut pending: Vec<Feeding> = Vec::new();
         // The sequences the last pass answered: the next pass waits a little for them.
-        let mut expected: Vec<i32> = Vec::new();
+        let mut expected: Vec<u64> = Vec::new();
         loop {
             if pending.is_empty() {
                 match inbox.recv() {
@@ -190,24 +225,86 @@ impl Passes<'_> {
         }
     }
 
-    fn take(&mut self, message: Message, pending: &mut Vec<Feeding>, expected: &mut Vec<i32>) {
+    fn take(&mut self, message: Message, pending: &mut Vec<Feeding>, expected: &mut Vec<u64>) {
         match message {
-            Message::Step(step) => pending.push(Feeding { step, fed: 0 }),
-            Message::Release { sequence, held } => {
+            Message::Step(step) => {
+                let fed = match self.of.contains_key(&step.sequence) {
+                    true => 0,
+                    false => self.place(&step),
+                };
+                pending.push(Feeding { step, fed });
+            }
+            Message::Release(sequence) => {
                 pending.retain(|p| p.step.sequence != sequence);
                 expected.retain(|&s| s != sequence);
-                let _ = self.context.clear_kv_cache_seq(Some(sequence as u32), None, None);
-                self.counters.cached_tokens.fetch_sub(u64::from(held), Ordering::Relaxed);
-                self.counters.sequences.fetch_sub(1, Ordering::Relaxed);
-                self.free.lock().expect("free sequences").push(sequence);
+                if let Some(slot) = self.of.remove(&sequence) {
+                    self.slots[slot].busy = false;
+                    // Without the prefix cache nothing stays: the next sequence meets the
+                    // cache as a fresh context has it (where a sequence's keys sit in the
+                    // one cache changes the order of the attention's sums).
+                    if !self.reuse {
+                        let _ = self.context.clear_kv_cache_seq(Some(slot as u32), None, None);
+                        self.slots[slot].tokens.clear();
+                        self.count_cached();
+                    }
+                }
             }
         }
+    }
+
+    /// A new sequence's first step: the free slot whose tokens share the longest start
+    /// with its prompt; the cache past that start is cleared. When another slot (in use or
+    /// not) holds a longer start of the prompt, its keys and values for it are shared into
+    /// the slot instead (one cache: the cells are shared, not copied). Returns how many of
+    /// the prompt's tokens the slot holds already (all but the last, at most: its logits
+    /// are the step's answer).
+    fn place(&mut self, step: &Step) -> usize {
+        let reuse = self.reuse && step.position == 0;
+        let shared = |slot: &Slot| match reuse {
+            true => slot
+                .tokens
+                .iter()
+                .zip(&step.tokens)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(step.tokens.len() - 1),
+            false => 0,
+        };
+        let by_most = |&(i, kept): &(usize, usize)| (kept, std::cmp::Reverse(i));
+        let slots = self.slots.iter().enumerate();
+        let (slot, mut kept) = slots
+            .clone()
+            .filter(|(_, s)| !s.busy)
+            .map(|(i, s)| (i, shared(s)))
+            .max_by_key(by_most)
+            .expect("a sequence opens only when a slot is free");
+        let (source, most) = slots.map(|(i, s)| (i, shared(s))).max_by_key(by_most).unwrap_or((slot, 0));
+        if most > kept {
+            let _ = self.context.clear_kv_cache_seq(Some(slot as u32), None, None);
+            let _ = self.context.copy_kv_cache_seq(source as i32, slot as i32, Some(0), Some(most as u32));
+            self.slots[slot].tokens = self.slots[source].tokens[..most].to_vec();
+            kept = most;
+        } else {
+            let _ = self.context.clear_kv_cache_seq(Some(slot as u32), Some(kept as u32), None);
+            self.slots[slot].tokens.truncate(kept);
+        }
+        self.slots[slot].busy = true;
+        self.of.insert(step.sequence, slot);
+        self.count_cached();
+        self.counters.reused.fetch_add(kept as u64, Ordering::Relaxed);
+        kept
+    }
+
+    /// The tokens the cache holds, all slots.
+    fn count_cached(&self) {
+        let held: usize = self.slots.iter().map(|s| s.tokens.len()).sum();
+        self.counters.cached_tokens.store(held as u64, Ordering::Relaxed);
     }
 
     /// One forward pass: each pending step's next tokens (the single tokens of sequences
     /// that generate first, then prompts, as much as the batch takes); answers the steps fed
     /// whole. Returns the sequences answered.
-    fn pass(&mut self, pending: &mut Vec<Feeding>) -> Vec<i32> {
+    fn pass(&mut self, pending: &mut Vec<Feeding>) -> Vec<u64> {
         pending.sort_by_key(|p| p.step.tokens.len() - p.fed);
         self.batch.clear();
         let mut room = self.batch_tokens;
@@ -221,6 +318,7 @@ impl Passes<'_> {
                 break;
             }
             let mut last = None;
+            let slot = self.of[&p.step.sequence];
             for k in 0..take {
                 let at = p.fed + k;
                 let whole = at + 1 == p.step.tokens.len();
@@ -229,9 +327,10 @@ impl Passes<'_> {
                     last = Some(self.batch.n_tokens());
                 }
                 let token = LlamaToken(p.step.tokens[at]);
-                if self.batch.add(token, position, &[p.step.sequence], whole).is_err() {
+                if self.batch.add(token, position, &[slot as i32], whole).is_err() {
                     unreachable!("a pass takes at most batch_tokens tokens");
                 }
+                self.slots[slot].tokens.push(p.step.tokens[at]);
             }
             p.fed += take;
             room -= take;
@@ -241,7 +340,6 @@ impl Passes<'_> {
         let started = Instant::now();
         let result = self.context.decode(&mut self.batch);
         self.counters.step(fed.len() as u64, tokens as u64, started.elapsed().as_nanos() as u64);
-        self.counters.cached_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         let mut answered = Vec::new();
         let mut done = Vec::new();
         for (i, last) in fed {
@@ -249,6 +347,10 @@ impl Passes<'_> {
             match (&result, last) {
                 (Err(e), _) => {
                     let _ = p.step.reply.send(Err(format!("the forward pass failed: {e}")));
+                    // What the slot holds is no longer known: none of it is reused.
+                    let slot = self.of[&p.step.sequence];
+                    let _ = self.context.clear_kv_cache_seq(Some(slot as u32), None, None);
+                    self.slots[slot].tokens.clear();
                     done.push(i);
                 }
                 (Ok(()), Some(row)) => {
@@ -264,6 +366,7 @@ impl Passes<'_> {
         for i in done.into_iter().rev() {
             pending.swap_remove(i);
         }
+        self.count_cached();
         answered
     }
 }

@@ -16,7 +16,8 @@ const LOGITS: &str = "logits";
 /// One sequence of a generative model: a slot of its cache, and where the next token goes.
 pub(super) struct Sequence {
     engine: Arc<Engine>,
-    id: i32,
+    /// Its handle: the engine maps it to a slot of the cache.
+    id: u64,
     /// Tokens in the cache so far.
     position: u32,
     /// The generation's watch: its client gone, the next step fails; each step is counted.
@@ -135,6 +136,6 @@ impl BackendExecutionContext for Sequence {
 
 impl Drop for Sequence {
     fn drop(&mut self) {
-        let _ = self.engine.send(Message::Release { sequence: self.id, held: self.position });
+        self.engine.close(self.id);
     }
 }
