@@ -260,3 +260,34 @@ def test_a_prompt_that_starts_as_an_earlier_one_reuses_its_cache(oai, smollm2):
     # All but the last (whose logits the step returns) came from the cache.
     assert metrics(smollm2)[reused] == before + 2
     assert metrics(smollm2)['wasmserve_generation_cached_prompt_tokens_total{model="smollm2",version="1"}'] == 0
+
+
+def test_generations_beyond_the_slots_and_the_queue_get_503(tmp_path):
+    model = tmp_path / "one-slot"
+    shutil.copytree(ROOT / "tests/generators/faulty-generator", model)
+    toml = (model / "model.toml").read_text().replace("slots = 4", "slots = 1")
+    (model / "model.toml").write_text(toml + "\n[scheduling]\nmax_queue = 0\n")
+    server = Server(tmp_path)
+    try:
+        server.wait_ready()
+        oai = openai.OpenAI(base_url=f"http://{server.address}/v1", api_key="unused", max_retries=0)
+        busy = oai.completions.create(model="one-slot", prompt="go", max_tokens=200, stream=True)
+        next(iter(busy))  # it holds the one slot now
+        status, answer = post(server, "/v1/completions", {"model": "one-slot", "prompt": "go", "max_tokens": 2})
+        assert status == 503 and "busy" in answer["error"]["message"], answer
+        busy.close()
+        deadline = time.time() + 10
+        while post(server, "/v1/completions", {"model": "one-slot", "prompt": "go", "max_tokens": 2})[0] != 200:
+            assert time.time() < deadline, "the slot never came back"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_the_statistics_extension_counts_generations(oai, smollm2):
+    stats = lambda: json.loads(urllib.request.urlopen(  # noqa: E731
+        f"http://{smollm2.address}/v2/models/smollm2/stats").read())["model_stats"][0]
+    before = stats()["inference_stats"]["success"]["count"]
+    oai.completions.create(model="smollm2", prompt="Hello", max_tokens=2)
+    list(oai.completions.create(model="smollm2", prompt="Hello", max_tokens=2, stream=True))
+    assert stats()["inference_stats"]["success"]["count"] == before + 2
