@@ -291,3 +291,32 @@ def test_the_statistics_extension_counts_generations(oai, smollm2):
     oai.completions.create(model="smollm2", prompt="Hello", max_tokens=2)
     list(oai.completions.create(model="smollm2", prompt="Hello", max_tokens=2, stream=True))
     assert stats()["inference_stats"]["success"]["count"] == before + 2
+
+
+def test_payload_logging_logs_a_chat_and_its_whole_answer(tmp_path):
+    from test_payload_logging import Sink
+
+    shutil.copytree(ROOT / "tests/generators/faulty-generator", tmp_path / "faulty-generator")
+    sink = Sink()
+    server = Server(tmp_path, args=["--payload-log-url", sink.url])
+    try:
+        server.wait_ready()
+        oai = openai.OpenAI(base_url=f"http://{server.address}/v1", api_key="unused", max_retries=0)
+        chunks = oai.chat.completions.create(model="faulty-generator", max_tokens=5, stream=True,
+                                             messages=[{"role": "user", "content": "go"}])
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        whole = oai.chat.completions.create(model="faulty-generator", max_tokens=5,
+                                            messages=[{"role": "user", "content": "go"}])
+        events = sink.wait(4)
+        kinds = [e.get("type") for e, _, _ in events]
+        assert kinds.count("org.kubeflow.serving.inference.request") == 2, kinds
+        assert kinds.count("org.kubeflow.serving.inference.response") == 2, kinds
+        answers = [json.loads(body) for e, _, body in events if e.get("type").endswith("response")]
+        # The streamed answer is logged as the whole it added up to; the other as it was sent.
+        logged = {a.get("text", a.get("choices", [{}])[0].get("message", {}).get("content")) for a in answers}
+        assert logged == {streamed, whole.choices[0].message.content}, answers
+        requests = [json.loads(body) for e, _, body in events if e.get("type").endswith("request")]
+        assert all(r["messages"] == [{"role": "user", "content": "go"}] for r in requests)
+    finally:
+        server.stop()
+        sink.stop()
