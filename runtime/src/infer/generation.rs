@@ -31,8 +31,6 @@ pub struct Counters {
     pub sequences_stepped: AtomicU64,
     /// Passes by how many sequences they joined: 1, 2, 3-4, 5-8, 9-16, more.
     pub steps_by_sequences: [AtomicU64; 6],
-    /// Tokens fed (prompts and sampled tokens).
-    pub tokens: AtomicU64,
     /// Prompt tokens not fed: a slot held them already (the prefix cache).
     pub reused: AtomicU64,
     /// Sequences open now (holding a slot of the cache).
@@ -47,12 +45,11 @@ pub struct Counters {
 pub const STEP_SEQUENCE_BUCKETS: [u64; 5] = [1, 2, 4, 8, 16];
 
 impl Counters {
-    /// Count one pass of `sequences` sequences and `tokens` tokens that took `nanos`.
+    /// Count one pass of `sequences` sequences that took `nanos`.
     #[cfg_attr(not(feature = "ggml"), allow(dead_code))]
-    pub(crate) fn step(&self, sequences: u64, tokens: u64, nanos: u64) {
+    pub(crate) fn step(&self, sequences: u64, nanos: u64) {
         self.steps.fetch_add(1, Ordering::Relaxed);
         self.sequences_stepped.fetch_add(sequences, Ordering::Relaxed);
-        self.tokens.fetch_add(tokens, Ordering::Relaxed);
         self.step_nanos.fetch_add(nanos, Ordering::Relaxed);
         let bucket = STEP_SEQUENCE_BUCKETS.iter().position(|&b| sequences <= b).unwrap_or(5);
         self.steps_by_sequences[bucket].fetch_add(1, Ordering::Relaxed);

@@ -131,7 +131,7 @@ impl Stream {
         }
         let end = self.end.take()?.await;
         let end = end.map_err(|e| Error::Internal(format!("generation failed: {e}"))).and_then(|end| end);
-        let observation = self.observation.take().expect("open until the end");
+        let mut observation = self.observation.take().expect("open until the end");
         if let Ok(generated) = &end {
             let done = Finished {
                 first_token: self.first,
@@ -142,9 +142,6 @@ impl Stream {
             };
             let config = &self.model.config;
             observation.metrics.generation().finished(&self.model.name, &config.version, &done);
-        }
-        let mut observation = observation;
-        if let Ok(generated) = &end {
             let timings = crate::observe::Timings {
                 queue: generated.queue,
                 preprocess: generated.plugin,

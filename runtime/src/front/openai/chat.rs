@@ -11,7 +11,7 @@
 //! does not know is refused as OpenAI refuses it ("Unrecognized request argument
 //! supplied"). A client that leaves mid-stream stops its generation at the next step.
 
-use super::error;
+use super::{error, error_body};
 use crate::error::{Error, Result};
 use crate::front::http::{event_stream, read_body, request_id};
 use crate::pipeline::{AppState, Generation, ModelPath, Part, Stream};
@@ -420,9 +420,7 @@ impl Streaming {
             Some(Part::End(Err(e))) => {
                 let status = e.status().as_u16();
                 tracing::warn!(model = %self.asked.model, "generation failed mid-stream: {e}");
-                let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
-                let body = json!({ "error": { "message": e.to_string(), "type": kind, "param": null, "code": null } });
-                out.push_str(&format!("data: {body}\n\n"));
+                out.push_str(&format!("data: {}\n\n", error_body(&e)));
                 self.done = true;
                 self.log(status, None);
             }

@@ -48,18 +48,22 @@ pub(crate) fn routes() -> Router<AppState> {
 /// An error as OpenAI's clients read it: the status and headers the OIP endpoints give it,
 /// OpenAI's body.
 fn error(e: Error) -> Response {
-    let status = e.status();
-    let kind = match status.as_u16() {
+    let body = error_body(&e);
+    let mut response = e.into_response();
+    *response.body_mut() = Body::from(body.to_string());
+    response
+}
+
+/// OpenAI's error body for `e` (also what a stream sends when it fails after its first part).
+fn error_body(e: &Error) -> serde_json::Value {
+    let kind = match e.status().as_u16() {
         401 => "authentication_error",
         403 => "permission_error",
         s if s >= 500 => "server_error",
         _ => "invalid_request_error",
     };
     let code = matches!(e, Error::NotFound(_)).then_some("model_not_found");
-    let body = json!({ "error": { "message": e.to_string(), "type": kind, "param": null, "code": code } });
-    let mut response = e.into_response();
-    *response.body_mut() = Body::from(body.to_string());
-    response
+    json!({ "error": { "message": e.to_string(), "type": kind, "param": null, "code": code } })
 }
 
 /// OpenAI's model object for a model that answers here.

@@ -54,7 +54,8 @@ pub(super) struct Step {
     pub(super) sequence: u64,
     pub(super) position: u32,
     pub(super) tokens: Vec<i32>,
-    pub(super) reply: Sender<Result<Vec<f32>, String>>,
+    /// The last token's logits, as wasi-nn's FP32 tensor data (little-endian bytes).
+    pub(super) reply: Sender<Result<Vec<u8>, String>>,
 }
 
 impl Engine {
@@ -310,7 +311,6 @@ impl Passes<'_> {
         let mut room = self.batch_tokens;
         // (index in `pending`, the batch row of its last token if the step is fed whole)
         let mut fed: Vec<(usize, Option<i32>)> = Vec::new();
-        let mut tokens = 0;
         for (i, p) in pending.iter_mut().enumerate() {
             let left = p.step.tokens.len() - p.fed;
             let take = left.min(room);
@@ -334,12 +334,11 @@ impl Passes<'_> {
             }
             p.fed += take;
             room -= take;
-            tokens += take;
             fed.push((i, last));
         }
         let started = Instant::now();
         let result = self.context.decode(&mut self.batch);
-        self.counters.step(fed.len() as u64, tokens as u64, started.elapsed().as_nanos() as u64);
+        self.counters.step(fed.len() as u64, started.elapsed().as_nanos() as u64);
         let mut answered = Vec::new();
         let mut done = Vec::new();
         for (i, last) in fed {
@@ -354,7 +353,8 @@ impl Passes<'_> {
                     done.push(i);
                 }
                 (Ok(()), Some(row)) => {
-                    let logits = self.context.get_logits_ith(row).to_vec();
+                    // Copied once, straight into the bytes the plugin's tensor carries.
+                    let logits = bytemuck::cast_slice(self.context.get_logits_ith(row)).to_vec();
                     let _ = p.step.reply.send(Ok(logits));
                     answered.push(p.step.sequence);
                     done.push(i);
