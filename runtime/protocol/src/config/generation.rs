@@ -16,7 +16,9 @@ use super::*;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Generation {
-    /// Sequences generated at once, each with a key/value cache of its own; 0 means 4.
+    /// Sequences generated at once, each with a key/value cache of its own; 0 means two per
+    /// thread of the model (4 to 16), fewer where their caches would take more than a
+    /// quarter of the memory (the machine's, or its container's limit).
     /// Requests beyond them wait for a free one (`[scheduling] max_queue`, `queue_timeout_ms`).
     #[serde(default)]
     pub slots: usize,
@@ -56,14 +58,6 @@ impl Default for Generation {
 }
 
 impl Generation {
-    /// `slots`, or its default.
-    pub fn slots(&self) -> usize {
-        match self.slots {
-            0 => 4,
-            n => n,
-        }
-    }
-
     /// `context`, or its default for a model trained with `trained` tokens of context.
     pub fn context(&self, trained: u32) -> u32 {
         match self.context {

@@ -68,8 +68,13 @@ impl Engine {
     ) -> anyhow::Result<Arc<Self>> {
         let backend = super::backend()?;
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())?;
-        let slots = settings.slots();
         let context = settings.context(model.n_ctx_train());
+        // The cache: keys and values (f16) of each layer, per token.
+        let token_bytes = 2 * 2 * u64::from(model.n_layer()) * kv_width(&model);
+        let slots = match settings.slots {
+            0 => super::sizing::default_slots(threads, token_bytes, context, super::sizing::memory()),
+            n => n,
+        };
         let batch_tokens = settings.batch_tokens;
         let prefix_cache = settings.prefix_cache;
         let vocabulary = usize::try_from(model.n_vocab())?;
@@ -85,9 +90,7 @@ impl Engine {
             .with_kv_unified(true)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        // The cache: keys and values (f16) of each layer, for every token of every slot.
-        let cache_bytes =
-            2 * 2 * u64::from(model.n_layer()) * kv_width(&model) * u64::from(context) * slots as u64;
+        let cache_bytes = token_bytes * u64::from(context) * slots as u64;
         let counters = Arc::new(Counters::default());
         let max_tokens = Some(settings.max_tokens).filter(|&n| n > 0);
         let generator = Generator { context, slots, max_tokens, cache_bytes, counters: counters.clone() };

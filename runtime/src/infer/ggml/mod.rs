@@ -11,6 +11,7 @@
 
 mod engine;
 mod sequence;
+mod sizing;
 
 use super::generation::Generator;
 use crate::config::Generation;
