@@ -3,14 +3,17 @@ smollm2 example (SmolLM2-135M-Instruct, GGUF, llama.cpp's ggml in the host, the 
 in the plugin), and a generator that misbehaves (tests/generators/faulty-generator)."""
 
 import json
+import queue
 import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import openai
 import pytest
+import tritonclient.grpc as grpcclient
 
 from conftest import ROOT, Server
 
@@ -249,6 +252,59 @@ def test_tritons_generate_extension(smollm2):
         status, answer = post(smollm2, "/v2/models/smollm2/generate", bad)
         assert status == 400 and words in answer["error"], answer
     assert post(smollm2, "/v2/models/nosuch/generate", body)[0] == 404
+
+
+def test_tritons_grpc_stream_streams_a_generation(smollm2):
+    case = next(c for c in EXPECTED if c["kind"] == "completion")
+    client = grpcclient.InferenceServerClient(smollm2.address)
+
+    def inputs(stream, **sampling):
+        # vLLM's model's inputs: the prompt, whether to stream, the settings as JSON.
+        tensors = [("text_input", "BYTES", np.array([case["prompt"].encode()], dtype=object)),
+                   ("stream", "BOOL", np.array([stream])),
+                   ("sampling_parameters", "BYTES", np.array([json.dumps(sampling).encode()], dtype=object))]
+        made = []
+        for name, datatype, value in tensors:
+            made.append(grpcclient.InferInput(name, [1], datatype))
+            made[-1].set_data_from_numpy(value)
+        return made
+
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    greedy = {"temperature": 0, "max_tokens": case["max_tokens"]}
+    client.async_stream_infer("smollm2", inputs(True, **greedy), request_id="parts", enable_empty_final_response=True)
+    client.async_stream_infer("smollm2", inputs(False, **greedy), request_id="whole")
+    client.async_stream_infer("smollm2", inputs(False, max_tokens="many"), request_id="bad")
+    parts, whole, errors = [], None, []
+    while whole is None or not parts or not parts[-1].parameters["triton_final_response"].bool_param or not errors:
+        result, error = answers.get(timeout=120)
+        if error is not None:
+            errors.append(str(error))
+            continue
+        response = result.get_response()
+        if response.id == "whole":
+            whole = grpcclient.InferResult(response).as_numpy("text_output")[0].decode()
+        else:
+            assert response.id == "parts" and response.model_name == "smollm2"
+            parts.append(response)
+    client.stop_stream()
+    assert whole == case["text"]
+    texts = [grpcclient.InferResult(p).as_numpy("text_output")[0].decode() for p in parts[:-1]]
+    assert len(texts) > 1 and "".join(texts) == case["text"]
+    assert not parts[-1].outputs and not any(p.parameters["triton_final_response"].bool_param for p in parts[:-1])
+    assert len(errors) == 1 and "'max_tokens' must be a number" in errors[0]
+    # A client that cancels its stream stops its generation: its slot frees, it is counted.
+    cancelled = 'wasmserve_inference_request_cancelled_total{model="smollm2",version="1"}'
+    before = metrics(smollm2).get(cancelled, 0)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("smollm2", inputs(True, temperature=1.0, max_tokens=1500), request_id="long")
+    answers.get(timeout=60)
+    client.stop_stream(cancel_requests=True)
+    deadline = time.time() + 10
+    while metrics(smollm2)['wasmserve_generation_sequences{model="smollm2",version="1"}'] != 0:
+        assert time.time() < deadline, "the generation kept its slot"
+        time.sleep(0.05)
+    assert metrics(smollm2)[cancelled] == before + 1
 
 
 def test_a_prompt_that_starts_as_an_earlier_one_reuses_its_cache(oai, smollm2):

@@ -1,6 +1,7 @@
 """tritonclient.grpc against wasmserve's gRPC service (same port as REST, HTTP/2)."""
 
 import json
+import queue
 import time
 from pathlib import Path
 
@@ -317,3 +318,41 @@ def test_a_hostile_client_meets_the_limits_rest_has(server, grpc_client):
 
     assert grpc_client.is_server_live()
     assert stub.ModelInfer(service_pb2.ModelInferRequest(model_name="minilm", inputs=[text_input()])).outputs
+
+
+def stream_answers(client, send, expected):
+    """Opens a ModelStreamInfer stream, calls `send()` and collects `expected` callbacks'
+    (result, error) pairs."""
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        send()
+        return [answers.get(timeout=60) for _ in range(expected)]
+    finally:
+        client.stop_stream()
+
+
+def test_a_stream_answers_each_request_as_model_infer_does(grpc_client):
+    expected = grpc_client.infer("magika", magika_inputs(grpcclient)).as_numpy("label")
+
+    def send():
+        grpc_client.async_stream_infer("magika", magika_inputs(grpcclient), request_id="first")
+        # A failed request is answered with its error; the stream goes on.
+        grpc_client.async_stream_infer("no-such-model", magika_inputs(grpcclient), request_id="lost")
+        grpc_client.async_stream_infer("magika", magika_inputs(grpcclient), request_id="second",
+                                       enable_empty_final_response=True)
+
+    answers = stream_answers(grpc_client, send, 4)
+    errors = [str(e) for r, e in answers if e is not None]
+    assert len(errors) == 1 and "no-such-model" in errors[0], errors
+    results = {}
+    for result, _ in (a for a in answers if a[1] is None):
+        response = result.get_response()
+        results.setdefault(response.id, []).append(response)
+    assert sorted(results) == ["first", "second"]
+    assert np.array_equal(grpcclient.InferResult(results["first"][0]).as_numpy("label"), expected)
+    # Asked for: each response says whether it is the last, and the last is empty.
+    answer, last = results["second"]
+    assert not answer.parameters["triton_final_response"].bool_param
+    assert np.array_equal(grpcclient.InferResult(answer).as_numpy("label"), expected)
+    assert last.parameters["triton_final_response"].bool_param and not last.outputs

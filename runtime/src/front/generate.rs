@@ -105,8 +105,8 @@ fn events(stream: Stream) -> Response {
     event_stream(events)
 }
 
-/// Triton's body as the plugin takes it.
-fn generation_request(mut body: Map<String, Value>) -> Result<GenerationRequest> {
+/// Triton's body as the plugin takes it (gRPC's `ModelStreamInfer` builds one from its tensors).
+pub(super) fn generation_request(mut body: Map<String, Value>) -> Result<GenerationRequest> {
     let text = match body.remove("text_input") {
         Some(Value::String(text)) => text,
         Some(_) => return Err(Error::bad_request("'text_input' must be a string")),

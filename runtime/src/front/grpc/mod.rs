@@ -9,6 +9,8 @@
 //! the statistics and the model repository's calls (load and unload behind the control
 //! token, where the REST control endpoints are served).
 
+mod stream;
+
 use super::control;
 use super::http::request_id;
 use crate::config::TensorSpec;
@@ -18,6 +20,7 @@ use crate::pipeline::{Answer, AppState, Inference, ModelPath, Payload};
 use crate::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use crate::proto::*;
 use crate::tensor::{Datatype, Tensor, element_count, push_bytes_element};
+use axum::http::HeaderMap;
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -127,6 +130,7 @@ impl tonic_health::pb::health_server::Health for Health {
 }
 
 /// The gRPC handlers: the server's state, and whether the control calls are served here.
+#[derive(Clone)]
 pub struct Grpc(AppState, Control);
 
 impl Grpc {
@@ -284,11 +288,31 @@ impl GrpcInferenceService for Grpc {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let headers = request.metadata().clone().into_headers();
-        let request = request.into_inner();
-        let id = request_id(Some(&request.id), &headers);
+        ok(self.infer(request.into_inner(), &headers).await?)
+    }
+
+    type ModelStreamInferStream = stream::Responses;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        ok(stream::answer(self.clone(), request.into_inner(), headers))
+    }
+}
+
+impl Grpc {
+    /// One inference, as `ModelInfer` and `ModelStreamInfer` answer a tensor model.
+    async fn infer(
+        &self,
+        request: ModelInferRequest,
+        headers: &HeaderMap,
+    ) -> Result<ModelInferResponse, Status> {
+        let id = request_id(Some(&request.id), headers);
         let path = path(request.model_name.clone(), request.model_version.clone());
         let payload = Payload::Tensors(decode(request));
-        let inference = Inference { path, id: &id, headers: &headers, payload, logged_body: None };
+        let inference = Inference { path, id: &id, headers, payload, logged_body: None };
         let Answer { model, variant, request, outputs, observation, .. } =
             self.0.infer(inference).await.answer.map_err(status)?;
         let response = encode(&model.name, &model.config.version, &request, outputs);
@@ -298,7 +322,7 @@ impl GrpcInferenceService for Grpc {
             let variant = infer_parameter::ParameterChoice::StringParam(variant);
             response.parameters.insert("variant".into(), InferParameter { parameter_choice: Some(variant) });
         }
-        ok(response)
+        Ok(response)
     }
 }
 
