@@ -5,6 +5,7 @@ in the plugin), and a generator that misbehaves (tests/generators/faulty-generat
 import json
 import queue
 import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -15,7 +16,7 @@ import openai
 import pytest
 import tritonclient.grpc as grpcclient
 
-from conftest import ROOT, Server
+from conftest import BINARY, ROOT, Server
 
 EXPECTED = json.loads((ROOT / "tests/fixtures/smollm2/expected.json").read_text())["cases"]
 GREEDY = {"temperature": 0}
@@ -376,3 +377,19 @@ def test_payload_logging_logs_a_chat_and_its_whole_answer(tmp_path):
     finally:
         server.stop()
         sink.stop()
+
+
+def test_a_gpu_target_without_a_gpu_fails_with_why_or_falls_back(tmp_path):
+    model = tmp_path / "faulty-generator"
+    shutil.copytree(ROOT / "tests/generators/faulty-generator", model)
+    toml = (model / "model.toml").read_text()
+    (model / "model.toml").write_text(toml.replace('backend = "ggml"', 'backend = "ggml"\ntarget = "gpu"'))
+    refused = subprocess.run([BINARY, "check", str(model)], capture_output=True, text=True, timeout=300)
+    # This machine has no GPU (and CI's build has no CUDA): the reason, and the way out.
+    assert refused.returncode == 1
+    assert 'target = "gpu"' in refused.stdout + refused.stderr and "gpu_fallback" in refused.stdout + refused.stderr
+    (model / "model.toml").write_text(toml.replace('backend = "ggml"', 'backend = "ggml"\ntarget = "gpu"\ngpu_fallback = true'))
+    fallen_back = subprocess.run([BINARY, "check", str(model)], capture_output=True, text=True, timeout=300)
+    assert fallen_back.returncode == 0, fallen_back.stdout + fallen_back.stderr
+    # Its warm-up is a generated token: no hint to add [[warmup]] requests, which it may not have.
+    assert "[[warmup]]" not in fallen_back.stdout + fallen_back.stderr

@@ -179,7 +179,8 @@ pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
             "create the directory (it is granted to the plugin read-only at /data), or remove the key",
         ));
     }
-    if config.warmup.is_empty() {
+    // A generative model has none: its warm-up is one generated token, always run.
+    if config.warmup.is_empty() && !config.generates() {
         problems.push(Problem {
             model: model.to_string(),
             message: "no [[warmup]] request: nothing runs the plugin and the graph together before clients do".into(),
@@ -215,7 +216,7 @@ pub fn hint(reason: &str) -> &'static str {
         ("plugin.graphs", "every model in `plugin.graphs` must be in the same repository and load"),
         (
             "cannot load its graph",
-            "check [graph] `file` and `backend`: tract reads ONNX without anything installed; backend = \"onnx\" runs ONNX Runtime (provisioned, or --onnxruntime-library)",
+            "check [graph] `file` and `backend`: tract reads ONNX without anything installed; backend = \"onnx\" runs ONNX Runtime (provisioned, or --onnxruntime-library); backend = \"ggml\" reads GGUF",
         ),
         (
             "cannot load its plugin",

@@ -160,7 +160,7 @@ pub fn load_model(
         #[cfg(feature = "ggml")]
         {
             let threads = config.graph.graph_threads(1);
-            let (graph, generator) = ggml::load(name, path, &config.generation(), threads)?;
+            let (graph, generator) = ggml::load(name, path, &config.graph, &config.generation(), threads)?;
             return Ok(Loaded { graph, sessions_made_later: Default::default(), generator: Some(generator) });
         }
         #[cfg(not(feature = "ggml"))]

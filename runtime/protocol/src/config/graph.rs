@@ -34,7 +34,8 @@ pub enum Target {
     /// The host's CPU.
     #[default]
     Cpu,
-    /// An NVIDIA GPU through ONNX Runtime's CUDA execution provider.
+    /// An NVIDIA GPU: ONNX Runtime's CUDA execution provider, or llama.cpp's CUDA backend for
+    /// `ggml` (a build with `--features cuda`).
     Gpu,
 }
 

@@ -199,10 +199,6 @@ impl ModelConfig {
             (self.batching.is_some(), "`[batching]` (its sequences share each step: `[generation] slots`)"),
             (self.embeddings.is_some(), "`[embeddings]`"),
             (!self.warmup.is_empty(), "`[[warmup]]` requests (the plugin's `warm` export warms it)"),
-            (
-                self.graph.target == Target::Gpu,
-                "`graph.target = \"gpu\"` (not built yet: ggml runs on the CPU)",
-            ),
         ];
         if let Some((_, what)) = refused.iter().find(|(present, _)| *present) {
             anyhow::bail!("a generative model (`graph.backend = \"ggml\"`) has no {what}");

@@ -230,7 +230,9 @@ fn settings(
                 match serde_json::from_str(&json) {
                     Ok(Value::Object(sampling)) => settings.extend(sampling),
                     _ => {
-                        return Err(Error::bad_request("input 'sampling_parameters' must hold a JSON object"));
+                        return Err(Error::bad_request(
+                            "input 'sampling_parameters' must hold a JSON object",
+                        ));
                     }
                 }
             }

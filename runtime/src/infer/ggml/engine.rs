@@ -65,9 +65,16 @@ impl Engine {
         path: &Path,
         settings: &Generation,
         threads: usize,
+        gpu: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let backend = super::backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())?;
+        // On a GPU every layer (and the cache) goes there; else none, whatever the build.
+        let layers = if gpu { u32::MAX } else { 0 };
+        let model = LlamaModel::load_from_file(
+            backend,
+            path,
+            &LlamaModelParams::default().with_n_gpu_layers(layers),
+        )?;
         let context = settings.context(model.n_ctx_train());
         // The cache: keys and values (f16) of each layer, per token.
         let token_bytes = 2 * 2 * u64::from(model.n_layer()) * kv_width(&model);

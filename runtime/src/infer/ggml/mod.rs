@@ -14,7 +14,7 @@ mod sequence;
 mod sizing;
 
 use super::generation::Generator;
-use crate::config::Generation;
+use crate::config::{Generation, GraphConfig, Target};
 use anyhow::Context;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -34,19 +34,48 @@ fn backend() -> anyhow::Result<&'static llama_cpp_2::llama_backend::LlamaBackend
         .map_err(|e| anyhow::anyhow!("cannot start llama.cpp: {e}"))
 }
 
-/// Load model `name`'s GGUF file at `path` with `settings`, its passes on `threads` threads:
-/// the graph plugins reach through wasi-nn, and what the server shows of the engine.
+/// Load model `name`'s GGUF file at `path` with `settings`, its passes on `threads` threads
+/// (on a GPU where `graph.target` says so: [`on_gpu`]): the graph plugins reach through
+/// wasi-nn, and what the server shows of the engine.
 pub fn load(
     name: &str,
     path: &Path,
+    graph: &GraphConfig,
     settings: &Generation,
     threads: usize,
 ) -> anyhow::Result<(Graph, Generator)> {
-    let engine = Engine::start(name, path, settings, threads)
+    let gpu = on_gpu(name, graph)?;
+    let engine = Engine::start(name, path, settings, threads, gpu)
         .with_context(|| format!("cannot load GGUF model {}", path.display()))?;
     let generator = engine.generator();
     let graph: Box<dyn wasmtime_wasi_nn::backend::BackendGraph> = Box::new(GgufGraph(engine));
     Ok((Graph::from(graph), generator))
+}
+
+/// Whether the model's layers and cache go to a GPU: `target = "gpu"` needs a build with
+/// CUDA (`--features cuda`) and a GPU llama.cpp sees; else it fails, or with `gpu_fallback`
+/// runs on the CPU.
+fn on_gpu(name: &str, graph: &GraphConfig) -> anyhow::Result<bool> {
+    if graph.target == Target::Cpu {
+        return Ok(false);
+    }
+    backend()?;
+    let gpus = llama_cpp_2::list_llama_ggml_backend_devices();
+    let gpu = gpus.iter().find(|d| d.device_type == llama_cpp_2::LlamaBackendDeviceType::Gpu);
+    let why = match gpu {
+        Some(gpu) => {
+            tracing::info!(model = %name, gpu = %gpu.description, memory_free_mib = gpu.memory_free >> 20, "ggml on the GPU");
+            return Ok(true);
+        }
+        None if cfg!(feature = "cuda") => "llama.cpp finds no GPU",
+        None => "this wasmserve was built without CUDA for ggml (cargo build --release --features cuda)",
+    };
+    anyhow::ensure!(
+        graph.gpu_fallback,
+        "target = \"gpu\": {why}; set gpu_fallback = true to run on the CPU instead"
+    );
+    tracing::warn!(model = %name, "{why}: running on the CPU, as gpu_fallback allows");
+    Ok(false)
 }
 
 /// The graph plugins see: each execution context a sequence of the engine.
