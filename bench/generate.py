@@ -201,7 +201,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--servers", default="wasmserve,llama-server,llama-cpp-python")
     parser.add_argument("--concurrency", default="1,4,8")
-    parser.add_argument("--requests", type=int, default=0, help="requests per cell (default: 2 x concurrency, at least 4)")
+    parser.add_argument("--requests", type=int, default=0, help="requests per cell (default: 2 x concurrency, at least 8)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
@@ -218,7 +218,7 @@ def main():
             answers[name] = chat(port, served, "What is the capital of France?", 32)[1]
             for prompt_kind in ("short", "long"):
                 for c in levels:
-                    n = args.requests or max(4, 2 * c)
+                    n = args.requests or max(8, 2 * c)
                     prompts = [SHORT if prompt_kind == "short" else long_prompt(i) for i in range(n)]
                     before = plugin_per_token(port) if name == "wasmserve" else None
                     result = cell(port, served, c, prompts, args.max_tokens)

@@ -2,6 +2,7 @@
 smollm2 example (SmolLM2-135M-Instruct, GGUF, llama.cpp's ggml in the host, the decoding loop
 in the plugin), and a generator that misbehaves (tests/generators/faulty-generator)."""
 
+import concurrent.futures
 import json
 import queue
 import shutil
@@ -317,6 +318,15 @@ def test_a_prompt_that_starts_as_an_earlier_one_reuses_its_cache(oai, smollm2):
     # All but the last (whose logits the step returns) came from the cache.
     assert metrics(smollm2)[reused] == before + 2
     assert metrics(smollm2)['wasmserve_generation_cached_prompt_tokens_total{model="smollm2",version="1"}'] == 0
+    # Idle slots keep only what they share with a new prompt: in the one cache every pass's
+    # attention runs over every cell held. Four at once fill four slots (3 + 20 tokens each).
+    held = 'wasmserve_generation_cache_tokens{model="faulty-generator",version="1"}'
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: oai.completions.create(model="faulty-generator", prompt="go", max_tokens=20), range(4)))
+    assert metrics(smollm2)[held] >= 2 * 23
+    oai.completions.create(model="faulty-generator", prompt="go", max_tokens=4)
+    # This one's 3 + 4 tokens, and the two prompt tokens each other slot shares with it.
+    assert metrics(smollm2)[held] <= 7 + 3 * 2
 
 
 def test_generations_beyond_the_slots_and_the_queue_get_503(tmp_path):

@@ -300,6 +300,18 @@ impl Passes<'_> {
             self.slots[slot].tokens.truncate(kept);
         }
         self.slots[slot].busy = true;
+        if reuse {
+            // In the one cache every pass's attention runs over every cell in use, idle
+            // slots' too: they keep only the start they share with this prompt (a later
+            // prompt like it takes it again), the rest is freed.
+            for (i, idle) in self.slots.iter_mut().enumerate().filter(|(_, s)| !s.busy) {
+                let keep = shared(idle);
+                if keep < idle.tokens.len() {
+                    let _ = self.context.clear_kv_cache_seq(Some(i as u32), Some(keep as u32), None);
+                    idle.tokens.truncate(keep);
+                }
+            }
+        }
         self.of.insert(step.sequence, slot);
         self.count_cached();
         self.counters.reused.fetch_add(kept as u64, Ordering::Relaxed);
