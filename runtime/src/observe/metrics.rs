@@ -17,6 +17,7 @@
 //! | `wasmserve_postprocess_duration_seconds` | histogram: plugin postprocess | model, version |
 //! | `wasmserve_inference_exec_count_total` | counter: graph runs (a batch is one) | model, version |
 //! | `wasmserve_batch_rows` | histogram: rows in the graph run that served a request (with `[batching]`, the whole batch's) | model, version |
+//! | `wasmserve_batch_tokens` | histogram: with `[batching] pad`, the batch's rows times its longest length (padding included) | model, version |
 //! | `wasmserve_model_ready` | gauge: 1 when loaded and warmed up | model, version |
 //! | `wasmserve_model_load_duration_seconds` | gauge: config to ready, warm-up included when it runs | model, version |
 //! | `wasmserve_route_requests_total` | counter: requests a route sent on | route, variant, role (`served` or `shadow`), code |
@@ -178,6 +179,11 @@ fn rows_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 11))
 }
 
+fn tokens_histogram() -> Histogram {
+    // 16 to 65,536 tokens.
+    Histogram::new(exponential_buckets(16.0, 2.0, 13))
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -193,6 +199,7 @@ pub struct Metrics {
     compute: Histograms,
     postprocess: Histograms,
     batch_rows: Histograms,
+    batch_tokens: Histograms,
     ready: Family<ModelLabels, Gauge>,
     load: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     routed: Family<RouteLabels, Counter>,
@@ -226,6 +233,7 @@ impl Metrics {
             compute: histograms(),
             postprocess: histograms(),
             batch_rows: Histograms::new_with_constructor(rows_histogram as fn() -> Histogram),
+            batch_tokens: Histograms::new_with_constructor(tokens_histogram as fn() -> Histogram),
             ready: Family::default(),
             load: Family::default(),
             routed: Family::default(),
@@ -268,6 +276,11 @@ impl Metrics {
             "batch_rows",
             "Rows in the graph run that served the request (the whole batch's with batching)",
             m.batch_rows.clone(),
+        );
+        r.register(
+            "batch_tokens",
+            "With [batching] pad: rows times the longest length in the graph run that served the request",
+            m.batch_tokens.clone(),
         );
         r.register("model_ready", "1 when the model version is loaded and warmed up", m.ready.clone());
         r.register("model_load_duration_seconds", "From reading the config to ready", m.load.clone());
@@ -456,6 +469,9 @@ impl RequestTimer {
             observe(&m.compute, t.compute);
             observe(&m.postprocess, t.postprocess);
             m.batch_rows.get_or_create(labels).observe(t.batch_rows as f64);
+            if t.batch_tokens > 0 {
+                m.batch_tokens.get_or_create(labels).observe(t.batch_tokens as f64);
+            }
         }
         status
     }

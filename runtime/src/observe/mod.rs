@@ -23,6 +23,9 @@ pub struct Timings {
     pub postprocess: std::time::Duration,
     /// Rows in the graph run (with batching: the whole batch's).
     pub batch_rows: usize,
+    /// Tokens in the graph run with `[batching] pad`: its rows times its longest length (0
+    /// without padding).
+    pub batch_tokens: usize,
     /// Graph runs this request accounts for: 1, or with batching 1 for one request of each
     /// batch and 0 for the others.
     pub graph_runs: u64,

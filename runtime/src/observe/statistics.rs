@@ -116,6 +116,7 @@ mod tests {
             compute: Duration::from_micros(30),
             postprocess: Duration::from_micros(40),
             batch_rows: rows,
+            batch_tokens: 0,
             graph_runs,
         }
     }

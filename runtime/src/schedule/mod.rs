@@ -20,6 +20,7 @@
 
 pub mod batch;
 mod generate;
+mod pad;
 
 pub use generate::{Generated, generate, warm_up_generation};
 
@@ -256,7 +257,13 @@ impl Executions {
                 let batch_rows = batch::counted_rows(&inputs);
                 let outputs = infer::run(&model.graph, inputs)
                     .map_err(|e| Error::Inference { model: model.name.clone(), message: format!("{e:#}") })?;
-                Ok(batch::Answer { outputs, compute: started.elapsed(), batch_rows, first: true })
+                Ok(batch::Answer {
+                    outputs,
+                    compute: started.elapsed(),
+                    batch_rows,
+                    batch_tokens: 0,
+                    first: true,
+                })
             }
         }
     }
@@ -360,6 +367,7 @@ pub fn run_blocking(
         compute: answer.compute,
         postprocess: inferred.elapsed(),
         batch_rows: answer.batch_rows,
+        batch_tokens: answer.batch_tokens,
         graph_runs: u64::from(answer.first),
     };
     tracing::debug!(

@@ -273,6 +273,10 @@ impl ModelConfig {
                     b.max_batch_size
                 );
             }
+            anyhow::ensure!(
+                !b.pad.is_empty() || (b.cut.is_empty() && b.max_batch_tokens == 0),
+                "`batching.cut` and `batching.max_batch_tokens` need `batching.pad`: the graph inputs whose dimension 1 is a length"
+            );
         }
         for (i, fetch) in self.fetch.iter().enumerate() {
             fetch.check().with_context(|| format!("`fetch[{i}]`"))?;
@@ -383,6 +387,13 @@ shape = [-1]
         let err = with("max_batch_size = 8\npreferred_batch_sizes = [4, 16]").unwrap_err();
         assert!(err.contains("16 is not between 1 and max_batch_size (8)"), "{err}");
         assert!(parse(MINIMAL).unwrap().batching.is_none());
+        let padded = with(
+            "max_batch_size = 8\npad = { ids = 0, mask = 0 }\ncut = [\"hidden\"]\nmax_batch_tokens = 64",
+        );
+        let b = padded.unwrap().batching.unwrap();
+        assert_eq!((b.pad.len(), b.cut.len(), b.max_batch_tokens), (2, 1, 64));
+        let err = with("max_batch_size = 8\nmax_batch_tokens = 64").unwrap_err();
+        assert!(err.contains("need `batching.pad`"), "{err}");
     }
 
     #[test]

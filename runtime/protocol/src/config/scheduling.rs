@@ -9,10 +9,15 @@ use super::*;
 /// max_batch_size = 32              # rows (dimension 0) per graph run
 /// max_queue_delay_us = 1000        # longest a request waits for others to join its batch
 /// preferred_batch_sizes = [16, 32] # sizes sent at once, without waiting out the delay
+/// # Text models: requests of different lengths share a batch, padded to its longest.
+/// pad = { input_ids = 0, attention_mask = 0, token_type_ids = 0 }
+/// cut = ["last_hidden_state"]      # outputs cut back to each request's own length
+/// max_batch_tokens = 8192          # rows x the longest length, per graph run
 /// ```
 ///
 /// Pre- and post-processing stay per request, in the plugin; only the graph is batched.
-/// Requests join a batch when their graph inputs agree in everything but dimension 0.
+/// Requests join a batch when their graph inputs agree in everything but dimension 0 (and,
+/// for the inputs in `pad`, dimension 1).
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Batching {
@@ -27,6 +32,21 @@ pub struct Batching {
     /// sent. Empty: wait for `max_batch_size` rows or the delay.
     #[serde(default)]
     pub preferred_batch_sizes: Vec<usize>,
+    /// Graph inputs whose dimension 1 is a length (a text's tokens), each with the value
+    /// that pads it: requests of different lengths then share a batch, every request's rows
+    /// padded to the batch's longest. The inputs not named here must still agree in every
+    /// dimension but 0. Empty (the default): no padding.
+    #[serde(default)]
+    pub pad: std::collections::BTreeMap<String, f64>,
+    /// Graph outputs whose dimension 1 is the padded length (a text model's hidden states,
+    /// a token classifier's logits): each request gets them cut back to its own length, as
+    /// if it had run alone. Needs `pad`.
+    #[serde(default)]
+    pub cut: Vec<String>,
+    /// Most tokens in one graph run: its rows times its longest length (a request longer
+    /// than that runs alone). 0 (the default): rows only. Needs `pad`.
+    #[serde(default)]
+    pub max_batch_tokens: usize,
 }
 
 fn default_max_queue_delay_us() -> u64 {
