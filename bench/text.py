@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Real text traffic: one real sentence per request, every request a different length.
+
+The minilm example (all-MiniLM-L6-v2 int8, WordPiece, mean pooling) is served by:
+
+- wasmserve as it ships (no batching);
+- wasmserve with [batching] as it was (requests join only when their graph inputs have the
+  same shape: here, the same token count);
+- wasmserve with [batching] pad: requests of different lengths padded to the batch's longest
+  (`pad`, `cut`, `max_batch_tokens`);
+- Triton (PyTriton's tritonserver, dynamic batching; bench/peers/triton_server.py), which
+  tokenises with Hugging Face `tokenizers` and pads each batch itself.
+
+All batching at most 32 rows, 2 ms delay. The load: `wrk` (Debian), each connection sending
+the sentences of tests/fixtures/text/sentences.txt in turn (358 summaries and first
+sentences of the Python packages installed here: median 10 words, p90 22), one per request,
+at concurrency 1 and 16. Printed: requests/s, p50 and p99 ms, failures, and for wasmserve the
+rows per graph run (its inference_count over inference_exec_count).
+
+    make .venv-bench/installed && apt-get install wrk
+    .venv-bench/bin/python bench/text.py [--duration 10] [--servers ...]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from compare import BINARY, DELAY_US, MAX_BATCH, ROOT, Running, free_port, get, start
+
+SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines()
+PADDED = """
+[batching]
+max_batch_size = {rows}
+max_queue_delay_us = {delay}
+pad = {{ input_ids = 0, attention_mask = 0, token_type_ids = 0 }}
+cut = ["last_hidden_state"]
+max_batch_tokens = 8192
+"""
+SAME_SHAPE = "\n[batching]\nmax_batch_size = {rows}\nmax_queue_delay_us = {delay}\n"
+WASMSERVE = {"wasmserve": "", "wasmserve same-shape batching": SAME_SHAPE, "wasmserve padded batching": PADDED}
+# wrk: each connection walks the bodies in turn, from a different start.
+WRK_SCRIPT = """
+local bodies = {}
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local i = 0
+setup = function(thread) thread:set("i", math.random(#bodies)) end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  local failed = summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %d %d %f %f %d\\n", summary.requests, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, failed))
+end
+"""
+
+
+def wasmserve(name, scratch, delay_us):
+    repo = scratch / name.replace(" ", "_")
+    shutil.copytree(ROOT / "examples/models/minilm", repo / "minilm")
+    with open(repo / "minilm/model.toml", "a") as toml:
+        toml.write(WASMSERVE[name].format(rows=MAX_BATCH, delay=delay_us))
+    ort = subprocess.run([sys.executable, str(ROOT / "tests/onnxruntime_library.py")], capture_output=True, text=True)
+    port = free_port()
+    return Running(name, [str(BINARY), "serve", "-r", str(repo), "--port", str(port)], port,
+                   {"ORT_DYLIB_PATH": ort.stdout.strip(), "RUST_LOG": "warn"}, ready=("/v2/models/minilm/ready",))
+
+
+def load(url, bodies, concurrency, duration):
+    """wrk at `concurrency` for `duration` s: (req/s, p50 ms, p99 ms, failures)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bodies").write_text("\n".join(bodies) + "\n")
+        (Path(tmp) / "walk.lua").write_text(WRK_SCRIPT)
+        out = subprocess.run(["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{duration}s",
+                              "-s", str(Path(tmp) / "walk.lua"), url],
+                             check=True, capture_output=True, text=True, env={**os.environ, "BODIES": str(Path(tmp) / "bodies")}).stdout
+    requests, micros, p50, p99, failed = re.search(r"RESULT (\d+) (\d+) (\S+) (\S+) (\d+)", out).groups()
+    return int(requests) / (int(micros) / 1e6), float(p50), float(p99), int(failed)
+
+
+def counts(base):
+    """wasmserve's rows and graph runs for minilm so far."""
+    values = {}
+    for line in get(f"{base}/metrics")[1].decode().splitlines():
+        if line.startswith(("wasmserve_inference_count_total{", "wasmserve_inference_exec_count_total{")) and "minilm" in line:
+            values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return values.get("wasmserve_inference_count_total", 0), values.get("wasmserve_inference_exec_count_total", 0)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--servers", default=",".join([*WASMSERVE, "triton"]))
+    parser.add_argument("--delay-us", type=int, default=DELAY_US, help="wasmserve's max_queue_delay_us")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk: apt-get install wrk")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.servers.split(","):
+            triton = name == "triton"
+            server = start(name, os.cpu_count(), Path(scratch)) if triton else wasmserve(name, Path(scratch), args.delay_us)
+            shape = [1, 1] if triton else [1]
+            bodies = [json.dumps({"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": [s]}]})
+                      for s in SENTENCES]
+            try:
+                for c in levels:
+                    before = (0, 0) if triton else counts(server.base)
+                    result = load(f"{server.base}/v2/models/minilm/infer", bodies, c, args.duration)
+                    after = (0, 0) if triton else counts(server.base)
+                    runs = after[1] - before[1]
+                    per_run = (after[0] - before[0]) / runs if runs else float("nan")
+                    rows.append((name, c, *result, per_run))
+                    print(f"{name} c={c}: {result}, {per_run:.2f} rows per graph run", file=sys.stderr)
+            finally:
+                server.stop()
+    print(f"\n{'server':32} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5} {'rows/run':>8}")
+    for name, c, rps, p50, p99, failed, per_run in rows:
+        print(f"{name:32} {c:4} {rps:8.1f} {p50:7.1f} {p99:7.1f} {failed:5} {per_run:8.2f}")
+    by = {(r[0], r[1]): r for r in rows}
+    print()
+    for c in levels:
+        base = by.get(("wasmserve", c))
+        for name in ("wasmserve same-shape batching", "wasmserve padded batching", "triton"):
+            if base and (name, c) in by:
+                other = by[(name, c)]
+                print(f"c={c}: {name} / wasmserve as shipped: {other[2] / base[2]:.2f}x req/s, p99 {other[4] / base[4]:.2f}x")
+        padded, triton = by.get(("wasmserve padded batching", c)), by.get(("triton", c))
+        if padded and triton:
+            print(f"c={c}: wasmserve padded batching / triton: {padded[2] / triton[2]:.2f}x req/s")
+
+
+if __name__ == "__main__":
+    main()
