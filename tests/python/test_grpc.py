@@ -356,3 +356,35 @@ def test_a_stream_answers_each_request_as_model_infer_does(grpc_client):
     assert not answer.parameters["triton_final_response"].bool_param
     assert np.array_equal(grpcclient.InferResult(answer).as_numpy("label"), expected)
     assert last.parameters["triton_final_response"].bool_param and not last.outputs
+
+
+def test_a_stream_outlives_the_memory_budget_and_the_body_deadline():
+    """A stream lasts as long as its client: charged per message against
+    --request-memory-mib (not for all it ever sent), and no body deadline between messages."""
+    from conftest import ROOT, Server
+
+    server = Server(ROOT / "tests/models", args=["--request-memory-mib", "1", "--body-timeout-secs", "1"])
+    try:
+        server.wait_ready()
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.address))
+
+        def requests():
+            # Eight messages of 100 KB (each counts 300 KB of the 1 MiB budget; together 2.4 MB),
+            # each the wrong size for the model's input, so each is answered with its error.
+            for i in range(8):
+                big = service_pb2.ModelInferRequest(model_name="faulty", id=f"big-{i}")
+                big.inputs.add(name="x", datatype="FP32", shape=[3, 2])
+                big.raw_input_contents.append(b"\0" * 100_000)
+                yield big
+            time.sleep(1.5)  # longer than the body deadline
+            small = service_pb2.ModelInferRequest(model_name="faulty", id="small")
+            small.inputs.add(name="x", datatype="FP32", shape=[3, 2]).contents.fp32_contents.extend([2.0] * 6)
+            yield small
+
+        answers = list(stub.ModelStreamInfer(requests(), timeout=60))
+        errors = [a.error_message for a in answers if a.error_message]
+        assert len(errors) == 8 and all("x" in e for e in errors), errors
+        [ok] = [a.infer_response for a in answers if not a.error_message]
+        assert ok.id == "small" and len(ok.raw_output_contents[0]) == 24
+    finally:
+        server.stop()

@@ -6,7 +6,9 @@
 //! with a `Content-Length` is charged for all of it before a byte is read; a chunked one (and
 //! gRPC's) as its parts arrive. Past the budget the request is refused at once, 503 with
 //! `Retry-After: 1` (gRPC: UNAVAILABLE), and its body is never read; a body that could never
-//! fit, 413. The charge is given back when the request's answer is ready.
+//! fit, 413. The charge is given back when the request's answer is ready. A stream of gRPC
+//! messages that lasts as long as its client (`ModelStreamInfer`) is charged for the message
+//! arriving, not for all it ever sent: each message's charge replaces the one before.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -69,6 +71,13 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// Charge `bytes` in place of all charged so far (a stream's next message).
+    fn replace(&self, bytes: usize) -> Result<(), Refused> {
+        let held = self.kib.swap(0, Ordering::Relaxed);
+        self.budget.kib.add_permits(held as usize);
+        self.add(bytes)
+    }
+
     /// Charge `bytes` more of body.
     fn add(&self, bytes: usize) -> Result<(), Refused> {
         let cost = bytes.saturating_mul(BODY_COST).div_ceil(1024);
@@ -119,12 +128,52 @@ pub struct Charged<B> {
     charge: Arc<Charge>,
     /// Whether the whole body was charged up front (its `Content-Length`).
     prepaid: bool,
+    /// For a stream of gRPC messages: where the message arriving ends.
+    messages: Option<Messages>,
 }
 
 impl<B> Charged<B> {
     /// `body`, charged to `charge` as it arrives unless `prepaid`.
     pub fn new(body: B, charge: Arc<Charge>, prepaid: bool) -> Self {
-        Self { body, charge, prepaid }
+        Self { body, charge, prepaid, messages: None }
+    }
+
+    /// `body`, a stream of gRPC messages: charged for the message arriving, each new
+    /// message's charge replacing the last.
+    pub fn messages(body: B, charge: Arc<Charge>) -> Self {
+        Self { body, charge, prepaid: false, messages: Some(Messages::default()) }
+    }
+}
+
+/// Where gRPC's length-prefixed messages (a flag byte, a 4-byte big-endian length, the
+/// message) begin in a body read frame by frame.
+#[derive(Default)]
+struct Messages {
+    /// Bytes of the message being read still to come.
+    left: usize,
+    /// The part of the next message's 5-byte prefix read so far.
+    prefix: Vec<u8>,
+}
+
+impl Messages {
+    /// Reads `data` through; whether it began a new message.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        let begins = self.left == 0 && self.prefix.is_empty();
+        while !data.is_empty() {
+            if self.left > 0 {
+                let take = self.left.min(data.len());
+                (self.left, data) = (self.left - take, &data[take..]);
+                continue;
+            }
+            let take = (5 - self.prefix.len()).min(data.len());
+            self.prefix.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if let Ok(prefix) = <[u8; 5]>::try_from(self.prefix.as_slice()) {
+                self.left = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                self.prefix.clear();
+            }
+        }
+        begins
     }
 }
 
@@ -144,10 +193,16 @@ where
         let Poll::Ready(Some(Ok(frame))) = polled else {
             return polled.map(|f| f.map(|f| f.map_err(Into::into)));
         };
-        if !self.prepaid
-            && let Some(data) = frame.data_ref()
-            && let Err(refused) = self.charge.add(data.len())
-        {
+        let this = &mut *self;
+        let charged = match (frame.data_ref(), this.messages.as_mut()) {
+            (Some(data), Some(messages)) => match messages.feed(data) {
+                true => this.charge.replace(data.len()),
+                false => this.charge.add(data.len()),
+            },
+            (Some(data), None) if !this.prepaid => this.charge.add(data.len()),
+            _ => Ok(()),
+        };
+        if let Err(refused) = charged {
             let status = match refused {
                 Refused::Busy(m) => tonic::Status::unavailable(m),
                 Refused::TooLarge(m) => tonic::Status::resource_exhausted(m),
@@ -187,5 +242,24 @@ mod tests {
         assert_eq!(budget.gauge.get(), 0);
         // A body that needs more than the whole budget is too large, not busy.
         assert!(matches!(budget.charge(Some(5 << 20)), Err(Refused::TooLarge(_))));
+        // A stream's next message is charged in place of the last.
+        let stream = budget.charge(None).unwrap();
+        stream.add(3 << 20).unwrap();
+        stream.replace(1 << 20).unwrap();
+        assert_eq!(budget.gauge.get(), 3 << 20);
+    }
+
+    #[test]
+    fn messages_are_found_across_frames() {
+        let mut messages = Messages::default();
+        // A 3-byte message in one frame; a 4-byte one whose prefix is split over two.
+        assert!(messages.feed(&[0, 0, 0, 0, 3, 1, 2, 3]));
+        assert!(messages.feed(&[0, 0, 0]));
+        assert!(!messages.feed(&[0, 4, 1, 2]));
+        assert!(!messages.feed(&[3, 4]));
+        // An empty message, then the start of the next in the same frame.
+        assert!(messages.feed(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1]));
+        assert!(!messages.feed(&[2; 8]));
+        assert!(messages.feed(&[0, 0, 0, 0, 1, 7]));
     }
 }

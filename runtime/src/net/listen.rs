@@ -61,6 +61,10 @@ pub struct Limits {
     pub request_memory: usize,
 }
 
+/// Triton's bidirectional gRPC stream: a call that lasts as long as its client, its body a
+/// message per request. It is charged per message, and has no deadline between messages.
+const STREAM_CALL: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
 /// File descriptors kept for everything but connections (model files, the cache, logs).
 const RESERVED_FILES: u64 = 256;
 
@@ -195,10 +199,17 @@ impl Connection {
                 .headers()
                 .get(hyper::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let stream = request.uri().path() == STREAM_CALL;
             let charged = budget.charge(declared).map(|charge| {
-                request.map(|body| {
-                    let body = Charged::new(body, charge, declared.is_some());
-                    tower_http::timeout::TimeoutBody::new(body_timeout, body)
+                request.map(|body| match stream {
+                    // Its client sends when it has something to send: no deadline between.
+                    true => {
+                        tower_http::timeout::TimeoutBody::new(Duration::MAX, Charged::messages(body, charge))
+                    }
+                    false => {
+                        let body = Charged::new(body, charge, declared.is_some());
+                        tower_http::timeout::TimeoutBody::new(body_timeout, body)
+                    }
                 })
             });
             let (app, metrics) = (app.clone(), metrics.clone());

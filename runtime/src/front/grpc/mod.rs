@@ -7,7 +7,7 @@
 //! `contents`; outputs always leave in `raw_output_contents`, so their bytes are moved into
 //! the response, never re-encoded. Of Triton's additions it serves the model configuration,
 //! the statistics and the model repository's calls (load and unload behind the control
-//! token, where the REST control endpoints are served).
+//! token, where the REST control endpoints are served), and `ModelStreamInfer` ([`stream`]).
 
 mod stream;
 
