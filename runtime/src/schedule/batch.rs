@@ -546,7 +546,7 @@ mod tests {
             preferred_batch_sizes: vec![],
             pad: [("x".to_string(), 0.0)].into(),
             cut: vec![],
-            max_batch_tokens: 12,
+            max_batch_tokens: 40,
         };
         (former.padding, former.max_tokens) = (Padding::new(&batching), batching.max_batch_tokens);
         let padded = |length: usize| Job {
@@ -554,13 +554,14 @@ mod tests {
             length,
             ..job(1)
         };
-        for length in [4, 2, 6] {
+        for length in [9, 20, 10, 5] {
             queue.send(padded(length)).unwrap();
         }
-        // 1 x 3, then 2 x 4 and 3 x 4 tokens fit 12; 4 x 6 would not.
-        let batch = former.form(padded(3));
-        assert_eq!(batch.iter().map(|j| j.length).collect::<Vec<_>>(), vec![3, 4, 2]);
-        assert_eq!(former.pending.len(), 1);
+        // Nearest the oldest's 10 first: 10 and 9 join (29 of 30 tokens real); 5 would leave
+        // 34 of 40 real (under 9/10), 20 would make 80 tokens (over 40).
+        let batch = former.form(padded(10));
+        assert_eq!(batch.iter().map(|j| j.length).collect::<Vec<_>>(), vec![10, 9, 10]);
+        assert_eq!(former.pending.iter().map(|j| j.length).collect::<Vec<_>>(), vec![20, 5]);
         // Unpadded, the same lengths would not have joined at all.
         assert!(!padded(2).fits_with(&padded(3), &Padding::default()));
     }
