@@ -150,6 +150,12 @@ pub fn select(request: &InferRequest, outputs: Vec<Tensor>) -> Result<Vec<(Tenso
         .collect()
 }
 
+/// A tensor's elements as a flat JSON array of numbers or booleans (BYTES elements as text,
+/// lossily: check them first where that matters).
+pub fn elements(tensor: &Tensor) -> Result<serde_json::Value> {
+    serde_json::to_value(Elements(tensor)).map_err(|e| Error::Internal(e.to_string()))
+}
+
 /// A tensor's elements as a flat JSON array, read from its little-endian bytes as written.
 struct Elements<'a>(&'a Tensor);
 

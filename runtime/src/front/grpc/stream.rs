@@ -263,34 +263,9 @@ fn scalar(tensor: &Tensor) -> Result<Value> {
             .map_err(|_| Error::bad_request(format!("input '{name}' must be UTF-8 text")))?;
         return Ok(Value::String(text.to_string()));
     }
-    let data = &tensor.data[..];
-    if tensor.datatype.size() != Some(data.len()) {
-        return Err(one());
-    }
-    let bytes = |n: usize| -> [u8; 8] {
-        let mut b = [0; 8];
-        b[..n].copy_from_slice(&data[..n]);
-        b
-    };
-    let signed = |n: usize| -> i64 {
-        let shift = 64 - 8 * n as u32;
-        (i64::from_le_bytes(bytes(n)) << shift) >> shift
-    };
-    Ok(match tensor.datatype {
-        Datatype::Bool => Value::Bool(data[0] != 0),
-        Datatype::Uint8 | Datatype::Uint16 | Datatype::Uint32 | Datatype::Uint64 => {
-            u64::from_le_bytes(bytes(data.len())).into()
-        }
-        Datatype::Int8 | Datatype::Int16 | Datatype::Int32 | Datatype::Int64 => signed(data.len()).into(),
-        Datatype::Fp32 => f64::from(f32::from_le_bytes(bytes(4)[..4].try_into().expect("4 bytes"))).into(),
-        Datatype::Fp64 => f64::from_le_bytes(bytes(8)).into(),
-        other => {
-            return Err(Error::bad_request(format!(
-                "input '{name}': {} is not a setting's type",
-                other.name()
-            )));
-        }
-    })
+    // Numbers and booleans as the JSON encoder writes outputs.
+    let Value::Array(values) = crate::encode::elements(tensor)? else { unreachable!("a JSON array") };
+    <[Value; 1]>::try_from(values).map(|[value]| value).map_err(|_| one())
 }
 
 #[cfg(test)]
