@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(config.inputs[0].name, "X");
         assert_eq!((config.outputs[0].name.as_str(), &config.outputs[0].shape), ("Y", &vec![3, 2]));
         assert!(
-            config.plugin.file.ends_with("wasm32-wasip2/release/my_model.wasm"),
+            config.plugin.file.as_ref().is_some_and(|f| f.ends_with("wasm32-wasip2/release/my_model.wasm")),
             "{:?}",
             config.plugin.file
         );

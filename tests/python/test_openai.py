@@ -55,7 +55,8 @@ def test_a_single_string_and_the_same_pipeline(oai, client):
 
 
 def test_models_lists_the_embedding_and_generative_models(oai):
-    assert [m.id for m in oai.models.list()] == ["minilm", "smollm2"]
+    # minilm-text: the config-only ([text]) twin of minilm.
+    assert [m.id for m in oai.models.list()] == ["minilm", "minilm-text", "smollm2"]
     assert oai.models.retrieve("minilm").owned_by == "wasmserve"
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("magika")

@@ -2,6 +2,7 @@
 //! for WebAssembly, and the padded id, mask and type-id tensors BERT-style graphs take.
 //! `tokenizers` is re-exported for everything else (`Tokenizer::from_file("/data/tokenizer.json")`).
 
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -26,13 +27,21 @@ pub fn bert_wordpiece(vocab: &[u8], lowercase: bool, max_tokens: usize) -> Resul
         .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
         .with_pre_tokenizer(Some(BertPreTokenizer))
         .with_post_processor(Some(processor))
-        .with_truncation(Some(TruncationParams {
-            max_length: max_tokens,
-            strategy: TruncationStrategy::LongestFirst,
-            ..Default::default()
-        }))
-        .or_internal("truncation")?;
+        .with_decoder(Some(WordPieceDecoder::new("##".into(), true)));
+    truncate(&mut tokenizer, max_tokens)?;
     Ok(tokenizer)
+}
+
+/// Cut every encoding to `max_tokens`, specials included: a pair loses tokens from its
+/// longer text first (what `transformers` does with `truncation=True`).
+pub fn truncate(tokenizer: &mut Tokenizer, max_tokens: usize) -> Result<(), PluginError> {
+    let params = TruncationParams {
+        max_length: max_tokens,
+        strategy: TruncationStrategy::LongestFirst,
+        ..Default::default()
+    };
+    tokenizer.with_truncation(Some(params)).or_internal("truncation")?;
+    Ok(())
 }
 
 /// A batch of encoded texts, padded with 0 to the longest: each `INT64 [n, longest]`.
@@ -47,9 +56,22 @@ pub struct Encoded {
 
 /// Encode `texts` one by one (no threads in a plugin) and pad them into one batch.
 pub fn encode(tokenizer: &Tokenizer, texts: &[&str]) -> Result<Encoded, PluginError> {
-    let encodings = texts
-        .iter()
-        .map(|t| tokenizer.encode(*t, true).or_internal("tokenising"))
+    encode_inputs(tokenizer, texts.iter().copied())
+}
+
+/// Encode pairs of texts (a cross-encoder's query and document: `[CLS] a [SEP] b [SEP]`,
+/// the second text's type ids 1) and pad them into one batch.
+pub fn encode_pairs(tokenizer: &Tokenizer, pairs: &[(&str, &str)]) -> Result<Encoded, PluginError> {
+    encode_inputs(tokenizer, pairs.iter().copied())
+}
+
+/// Encode each input, single text or pair, and pad them into one batch.
+fn encode_inputs<'s, E: Into<tokenizers::EncodeInput<'s>>>(
+    tokenizer: &Tokenizer,
+    inputs: impl Iterator<Item = E>,
+) -> Result<Encoded, PluginError> {
+    let encodings = inputs
+        .map(|input| tokenizer.encode(input, true).or_internal("tokenising"))
         .collect::<Result<Vec<_>, _>>()?;
     let (n, len) = (encodings.len(), encodings.iter().map(|e| e.len()).max().unwrap_or(0));
     let (mut ids, mut mask, mut types) = (vec![0i64; n * len], vec![0i64; n * len], vec![0i64; n * len]);
@@ -87,5 +109,12 @@ mod tests {
         assert_eq!(&mask[5..10], [1, 1, 1, 1, 0]);
         assert!(encoded.token_type_ids.view::<i64>().unwrap().iter().all(|t| t == 0));
         assert!(bert_wordpiece(b"[PAD]\n[UNK]", true, 5).is_err(), "no [CLS] or [SEP]");
+        let pairs =
+            encode_pairs(&tokenizer, &[("hello", "world !"), ("hello", "hello hello hello world")]).unwrap();
+        assert_eq!(pairs.input_ids.shape, [2, 5]);
+        let ids = pairs.input_ids.view::<i64>().unwrap().to_vec();
+        assert_eq!(&ids[..5], [2, 4, 3, 5, 3], "[CLS] a [SEP] b [SEP], '!' truncated away (longest first)");
+        let types = pairs.token_type_ids.view::<i64>().unwrap().to_vec();
+        assert_eq!(&types[..5], [0, 0, 0, 1, 1]);
     }
 }

@@ -159,8 +159,8 @@ pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
     };
     let fetched: Vec<std::path::PathBuf> = config.fetch.iter().map(|f| f.path()).collect();
     let mut problems = Vec::new();
-    let mut named =
-        vec![("graph.file", config.graph.file.as_path()), ("plugin.file", config.plugin.file.as_path())];
+    let mut named = vec![("graph.file", config.graph.file.as_path())];
+    named.extend(config.plugin.file.as_deref().map(|f| ("plugin.file", f)));
     named.extend(config.warmup.iter().filter_map(|w| w.file.as_deref()).map(|f| ("warmup.file", f)));
     for (key, file) in named {
         if !dir.join(file).is_file() && !fetched.iter().any(|f| f == file) {

@@ -326,7 +326,7 @@ fn resolve(config: &mut ModelConfig, view: &Path) {
         }
     };
     pick(&mut config.graph.file);
-    pick(&mut config.plugin.file);
+    config.plugin.file.iter_mut().for_each(pick);
     config.plugin.data.iter_mut().for_each(pick);
     config.warmup.iter_mut().filter_map(|w| w.file.as_mut()).for_each(pick);
 }

@@ -139,8 +139,17 @@ impl PluginHost {
         config: &PluginConfig,
         graphs: Graphs,
     ) -> anyhow::Result<Plugin> {
-        let file = dir.join(&config.file);
-        let bytes = std::fs::read(&file).with_context(|| format!("cannot read plugin {}", file.display()))?;
+        let (file, bytes) = match &config.file {
+            Some(file) => {
+                let file = dir.join(file);
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("cannot read plugin {}", file.display()))?;
+                (file, std::borrow::Cow::Owned(bytes))
+            }
+            None => {
+                (PathBuf::from("(built-in text plugin)"), std::borrow::Cow::Borrowed(super::BUILTIN_TEXT))
+            }
+        };
         use sha2::Digest;
         let key = (config.fuel != 0, sha2::Sha256::digest(&bytes).into());
         let all = || self.compiled.lock().expect("compiled plugins lock");
@@ -182,6 +191,7 @@ impl PluginHost {
             timeout: Duration::from_millis(config.timeout_ms),
             graphs,
             idle: config.reuse_instances.then(|| Mutex::new(Vec::new())),
+            env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
     }
 

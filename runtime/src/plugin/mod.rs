@@ -8,7 +8,7 @@
 //! false` gives every request a fresh instance instead: nothing a request leaves in the
 //! plugin's memory can reach the next one, at the cost of instantiating (and rebuilding
 //! such tables) every time. Models never share instances. An instance sees
-//! only its model's data directory (read-only, at `/data`): no network, no environment,
+//! only its model's data directory (read-only, at `/data`): no network, no environment but its `[plugin] env`,
 //! no arguments. Memory is capped per instance and every call has a wall-clock deadline.
 //! Its clocks tick in whole milliseconds. What it prints (stdout and stderr) goes to the
 //! server's log, a line per event, in the request's span.
@@ -53,6 +53,9 @@ use limits::{
 /// Where a plugin sees its data directory.
 pub const DATA_DIR: &str = "/data";
 
+/// The built-in text plugin (`plugins/text`, built by `build.rs`): it serves `[text]` models.
+pub const BUILTIN_TEXT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/text_plugin.wasm"));
+
 /// What one instance may print; a write past it fails (a Rust plugin's `println!` panics).
 const OUTPUT_LIMIT: usize = 1 << 20;
 
@@ -78,6 +81,8 @@ pub struct Plugin {
     graphs: Graphs,
     /// Instances that finished a request cleanly, when instances are reused.
     idle: Option<Mutex<Vec<Live>>>,
+    /// The environment it sees (`[plugin] env`).
+    env: Vec<(String, String)>,
 }
 
 impl Plugin {
@@ -185,6 +190,7 @@ impl Plugin {
         let output = MemoryOutputPipe::new(OUTPUT_LIMIT);
         wasi.stdout(output.clone()).stderr(output.clone());
         wasi.wall_clock(CoarseWallClock).monotonic_clock(CoarseMonotonicClock(std::time::Instant::now()));
+        wasi.envs(&self.env);
         if let Some(data) = &self.data {
             wasi.preopened_dir(data, DATA_DIR, FsPerms::ReadOnly)
                 .map_err(|e| self.failed(format!("cannot open its data directory: {e:#}")))?;

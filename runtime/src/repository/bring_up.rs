@@ -50,6 +50,7 @@ impl Repository {
             let (name, started) = (item.name.as_str(), Instant::now());
             let graph = config.and_then(|config| {
                 let file = item.version().dir.join(&config.graph.file);
+                let config = text::fit(config, &file)?;
                 let options = loaded.loader.options_for(&config.graph)?;
                 let executions = config.executions();
                 // A model loaded on demand makes its other sessions when its runs need them.

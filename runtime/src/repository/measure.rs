@@ -32,8 +32,11 @@ impl Repository {
         {
             return heap;
         }
-        let files =
-            2 * file_size(&dir.join(&config.graph.file)) + 4 * file_size(&dir.join(&config.plugin.file));
+        let plugin = match &config.plugin.file {
+            Some(file) => file_size(&dir.join(file)),
+            None => crate::plugin::BUILTIN_TEXT.len() as u64,
+        };
+        let files = 2 * file_size(&dir.join(&config.graph.file)) + 4 * plugin;
         let loaded: Vec<u64> =
             self.statuses().iter().map(|s| s.resident_bytes).filter(|&bytes| bytes > 0).collect();
         let mean = loaded.iter().sum::<u64>() / (loaded.len() as u64).max(1);
@@ -73,7 +76,7 @@ pub(super) fn content_key(version: &Version, config: &ModelConfig) -> u64 {
     use std::hash::{Hash, Hasher};
     let (dir, mut hasher) = (&version.dir, std::collections::hash_map::DefaultHasher::new());
     (format!("{config:?}"), version.on_demand()).hash(&mut hasher);
-    let files = [Some(&config.graph.file), Some(&config.plugin.file), config.plugin.data.as_ref()];
+    let files = [Some(&config.graph.file), config.plugin.file.as_ref(), config.plugin.data.as_ref()];
     for file in files.into_iter().flatten().map(|f| dir.join(f)) {
         let real = std::fs::canonicalize(&file).unwrap_or(file);
         let meta = std::fs::metadata(&real).ok();

@@ -49,6 +49,7 @@ mod model;
 mod query;
 pub mod resident;
 mod startup;
+mod text;
 mod version;
 
 pub use loader::Loader;

@@ -39,6 +39,7 @@ mod logger;
 mod plugin;
 mod route;
 mod scheduling;
+mod text;
 mod versions;
 
 pub use embeddings::Embeddings;
@@ -51,6 +52,7 @@ pub use logger::{LogMode, Logger};
 pub use plugin::PluginConfig;
 pub use route::{ROUTE_FILE, RouteConfig, RouteTarget, Variant, target_label};
 pub use scheduling::{Batching, Scheduling};
+pub use text::{Pooling, Rerank, ScoreFunction, Text, TextTask};
 pub use versions::{VERSIONS_FILE, VersionPolicy, Versions};
 
 /// The file name of a model's config inside its directory.
@@ -72,7 +74,9 @@ pub struct ModelConfig {
     pub fetch: Vec<Fetch>,
     /// The graph the model runs.
     pub graph: GraphConfig,
-    /// The plugin that pre- and post-processes.
+    /// The plugin that pre- and post-processes (its file may be left out with `[text]`,
+    /// which serves the model with the built-in text plugin).
+    #[serde(default)]
     pub plugin: PluginConfig,
     /// The tensors a client sends (the plugin's view, not the graph's). A generative model
     /// (`graph.backend = "ggml"`) declares none: it takes text and answers in text.
@@ -107,6 +111,12 @@ pub struct ModelConfig {
     /// A generative model's sequences (see [`Generation`]); defaults when absent.
     #[serde(default)]
     pub generation: Option<Generation>,
+    /// A Hugging Face text model served with no plugin of its own (see [`Text`]).
+    #[serde(default)]
+    pub text: Option<Text>,
+    /// The model answers `POST /v1/rerank` (see [`Rerank`]).
+    #[serde(default)]
+    pub rerank: Option<Rerank>,
 }
 
 /// `[[warmup]]`: one warm-up request, as a file or as inline inputs.
@@ -198,6 +208,7 @@ impl ModelConfig {
             (!self.inputs.is_empty() || !self.outputs.is_empty(), "`inputs` and `outputs`"),
             (self.batching.is_some(), "`[batching]` (its sequences share each step: `[generation] slots`)"),
             (self.embeddings.is_some(), "`[embeddings]`"),
+            (self.rerank.is_some(), "`[rerank]`"),
             (!self.warmup.is_empty(), "`[[warmup]]` requests (the plugin's `warm` export warms it)"),
         ];
         if let Some((_, what)) = refused.iter().find(|(present, _)| *present) {
@@ -216,7 +227,15 @@ impl ModelConfig {
 
     /// Parse and check the text of a `model.toml`.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Self = toml::from_str(text)?;
+        let mut config: Self = toml::from_str(text)?;
+        match config.text.clone() {
+            Some(text) => text.expand(&mut config).context("`[text]`")?,
+            None => anyhow::ensure!(
+                config.plugin.file.is_some(),
+                "`plugin.file`: a model needs a plugin (or `[text]`, for a Hugging Face text model served by the \
+                 built-in one)"
+            ),
+        }
         config.check()?;
         Ok(config)
     }
@@ -283,6 +302,9 @@ impl ModelConfig {
         }
         if let Some(embeddings) = &self.embeddings {
             embeddings.check(&self.inputs, &self.outputs)?;
+        }
+        if let Some(rerank) = &self.rerank {
+            rerank.check(&self.inputs, &self.outputs)?;
         }
         self.logger.check()?;
         Ok(())

@@ -6,8 +6,10 @@ use super::*;
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// The `.wasm` component, relative to the model directory.
-    pub file: PathBuf,
+    /// The `.wasm` component, relative to the model directory. Left out with `[text]`: the
+    /// built-in text plugin serves the model.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
     /// A directory granted read-only at `/data` inside the plugin.
     #[serde(default)]
     pub data: Option<PathBuf>,
@@ -39,6 +41,27 @@ pub struct PluginConfig {
     /// the plugin's memory reaches the next, at the cost of instantiating every time.
     #[serde(default = "yes")]
     pub reuse_instances: bool,
+    /// Environment variables the plugin sees (`std::env::var` in Rust): its settings. It
+    /// sees no other; the server sets `WASMSERVE_TEXT` for the built-in text plugin.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            data: None,
+            memory_limit_mib: default_memory_limit_mib(),
+            max_table_elements: default_max_table_elements(),
+            timeout_ms: default_timeout_ms(),
+            fuel: 0,
+            max_output_mib: default_max_output_mib(),
+            graphs: Vec::new(),
+            reuse_instances: true,
+            env: Default::default(),
+        }
+    }
 }
 
 impl PluginConfig {

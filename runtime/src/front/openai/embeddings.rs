@@ -1,16 +1,15 @@
 //! embeddings: `POST /v1/embeddings`, one OIP inference of a model with `[embeddings]`.
 
-use super::error;
+use super::{OneInference, oip_request, output, serve, texts_tensor, tokens};
 use crate::config::{Embeddings, ModelConfig};
-use crate::decode::{InferRequest, RequestedOutput};
+use crate::decode::InferRequest;
 use crate::error::{Error, Result};
-use crate::front::http::{read_body, request_id};
-use crate::pipeline::{Answer, AppState, Inference, ModelPath, Payload};
-use crate::tensor::{Datatype, Tensor, push_bytes_element};
+use crate::pipeline::AppState;
+use crate::tensor::Tensor;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ const MAX_INPUTS: usize = 2048;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmbeddingsRequest {
+pub(super) struct EmbeddingsRequest {
     input: Input,
     model: String,
     #[serde(default)]
@@ -49,10 +48,10 @@ enum Format {
 }
 
 impl Input {
-    fn texts(self) -> Result<Vec<String>> {
+    fn texts(&self) -> Result<Vec<&str>> {
         let texts = match self {
-            Input::One(text) => vec![text],
-            Input::Many(texts) => texts,
+            Input::One(text) => vec![text.as_str()],
+            Input::Many(texts) => texts.iter().map(String::as_str).collect(),
             Input::Other(_) => {
                 return Err(Error::bad_request(
                     "'input' must be a string or a list of strings: token arrays are not supported, send the text",
@@ -70,7 +69,7 @@ impl Input {
 }
 
 #[derive(Serialize)]
-struct EmbeddingsResponse {
+pub(super) struct EmbeddingsResponse {
     object: &'static str,
     data: Vec<Embedding>,
     model: String,
@@ -99,37 +98,7 @@ struct Usage {
 
 /// `POST /v1/embeddings`.
 pub(super) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let mut logged = None;
-    let answer = async {
-        let body = read_body(state.max_body_bytes(), &headers, body).await?;
-        let EmbeddingsRequest { input, model, encoding_format, dimensions, .. } =
-            serde_json::from_slice(&body)
-                .map_err(|e| Error::bad_request(format!("invalid embeddings request: {e}")))?;
-        let texts = input.texts()?;
-        let path = ModelPath { model, version: None };
-        let requested = path.model.clone();
-        // The request is built from what the model declares (loading nothing), then checked
-        // against the model that answers.
-        let (name, declared) = state.declared(&path)?;
-        let spec = embeddings_of(&name, &declared)?;
-        let payload = Payload::Tensors(Ok(oip_request(spec, &texts)));
-        let id = request_id(None, &headers);
-        let inference = Inference { path, id: &id, headers: &headers, payload, logged_body: Some(body) };
-        let reply = state.infer(inference).await;
-        logged = reply.logged;
-        let Answer { model, outputs, observation, .. } = reply.answer?;
-        let asked = Asked { model: &requested, format: encoding_format, dimensions };
-        let answer =
-            embeddings_of(&model.name, &model.config).and_then(|spec| answer(spec, &outputs, &asked));
-        observation.close(answer.as_ref().map(|_| ()));
-        answer
-    }
-    .await;
-    let response = match answer {
-        Ok(answer) => axum::Json(answer).into_response(),
-        Err(e) => error(e),
-    };
-    crate::observe::payloads::respond(logged, response).await
+    serve::<EmbeddingsRequest>(state, headers, body, "embeddings").await
 }
 
 /// The `[embeddings]` of the model `name` with `config`, or why it does not answer
@@ -142,78 +111,65 @@ fn embeddings_of<'c>(name: &str, config: &'c ModelConfig) -> Result<&'c Embeddin
     })
 }
 
-/// The texts as the OIP request the model takes: one BYTES element each (the pipeline
-/// checks it against the model's inputs and limits as it checks a `/v2` request).
-fn oip_request(spec: &Embeddings, texts: &[String]) -> InferRequest {
-    let mut data = Vec::with_capacity(texts.iter().map(|t| t.len() + 4).sum());
-    texts.iter().for_each(|t| push_bytes_element(&mut data, t.as_bytes()));
-    let inputs = vec![Tensor {
-        name: spec.input.clone(),
-        datatype: Datatype::Bytes,
-        shape: vec![texts.len() as i64],
-        data,
-    }];
-    let outputs = std::iter::once(&spec.output)
-        .chain(&spec.tokens)
-        .map(|name| RequestedOutput { name: name.clone(), binary: None })
-        .collect();
-    InferRequest { id: None, params: Vec::new(), inputs, outputs, binary_outputs: false }
-}
+impl OneInference for EmbeddingsRequest {
+    type Answer = EmbeddingsResponse;
 
-/// How the client wants its answer.
-struct Asked<'a> {
-    /// The model (or route) the request named.
-    model: &'a str,
-    format: Format,
-    dimensions: Option<usize>,
-}
-
-/// The model's outputs as OpenAI's answer.
-fn answer(spec: &Embeddings, outputs: &[Tensor], request: &Asked) -> Result<EmbeddingsResponse> {
-    let output = |name: &str| {
-        outputs.iter().find(|t| t.name == name).ok_or_else(|| Error::Internal(format!("no output '{name}'")))
-    };
-    let vectors = output(&spec.output)?;
-    let &[rows, dims] = vectors.shape.as_slice() else {
-        return Err(Error::Internal(format!("output '{}' has shape {:?}", spec.output, vectors.shape)));
-    };
-    let (rows, dims) = (rows as usize, dims as usize);
-    if let Some(asked) = request.dimensions.filter(|&d| d != dims) {
-        return Err(Error::bad_request(format!(
-            "'dimensions': this model's embeddings have {dims} dimensions, not {asked} (shortening is not supported)"
-        )));
+    fn model(&self) -> &str {
+        &self.model
     }
-    let data = vectors
-        .data
-        .chunks_exact(dims * 4)
-        .take(rows)
-        .enumerate()
-        .map(|(index, bytes)| Embedding {
-            object: "embedding",
-            index,
-            embedding: match request.format {
-                Format::Base64 => Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                Format::Float => Vector::Float(
-                    bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                        .collect(),
-                ),
-            },
-        })
-        .collect();
-    let tokens = match &spec.tokens {
-        Some(name) => output(name)?
+
+    /// The texts as the OIP request the model takes: one BYTES element each (the pipeline
+    /// checks it against the model's inputs and limits as it checks a `/v2` request).
+    fn request(&self, name: &str, config: &ModelConfig) -> Result<InferRequest> {
+        let spec = embeddings_of(name, config)?;
+        let inputs = vec![texts_tensor(&spec.input, &self.input.texts()?)];
+        Ok(oip_request(inputs, std::iter::once(&spec.output).chain(&spec.tokens)))
+    }
+
+    /// The model's outputs as OpenAI's answer.
+    fn answer(
+        self,
+        _id: &str,
+        name: &str,
+        config: &ModelConfig,
+        outputs: &[Tensor],
+    ) -> Result<EmbeddingsResponse> {
+        let spec = embeddings_of(name, config)?;
+        let vectors = output(outputs, &spec.output)?;
+        let &[rows, dims] = vectors.shape.as_slice() else {
+            return Err(Error::Internal(format!("output '{}' has shape {:?}", spec.output, vectors.shape)));
+        };
+        let (rows, dims) = (rows as usize, dims as usize);
+        if let Some(asked) = self.dimensions.filter(|&d| d != dims) {
+            return Err(Error::bad_request(format!(
+                "'dimensions': this model's embeddings have {dims} dimensions, not {asked} (shortening is not supported)"
+            )));
+        }
+        let data = vectors
             .data
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .sum(),
-        None => 0,
-    };
-    Ok(EmbeddingsResponse {
-        object: "list",
-        data,
-        model: request.model.to_string(),
-        usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
-    })
+            .chunks_exact(dims * 4)
+            .take(rows)
+            .enumerate()
+            .map(|(index, bytes)| Embedding {
+                object: "embedding",
+                index,
+                embedding: match self.encoding_format {
+                    Format::Base64 => Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                    Format::Float => Vector::Float(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                            .collect(),
+                    ),
+                },
+            })
+            .collect();
+        let tokens = tokens(outputs, spec.tokens.as_ref())?;
+        Ok(EmbeddingsResponse {
+            object: "list",
+            data,
+            model: self.model,
+            usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
+        })
+    }
 }

@@ -1,0 +1,205 @@
+"""Text models served by configuration alone (`[text]`, the built-in text plugin): the
+minilm example's files as a config-only embedding model against the hand-written minilm
+plugin, and a classifier and a cross-encoder reranker made from the same graph
+(tests/fixtures/text/heads.py) against ONNX Runtime + `tokenizers` on the same files.
+Clients: tritonclient (OIP), the `openai` package (/v1/embeddings), the `cohere` package
+and plain HTTP (/v1/rerank)."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+import cohere
+import numpy as np
+import openai
+import pytest
+import tritonclient.http as http
+
+from conftest import BINARY, ROOT, Server
+
+SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines()[:40] + [
+    "Café naïve — 東京 résumé!",
+    "word " * 400,  # past every model's token limit: cut to it
+]
+
+spec = importlib.util.spec_from_file_location("heads", ROOT / "tests/fixtures/text/heads.py")
+heads = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(heads)
+
+TEXT_MODEL = '[graph]\nfile = "model.onnx"\nbackend = "onnx"\n\n[text]\ntask = "{task}"\n'
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    made = heads.make(tmp_path_factory.mktemp("heads"))
+    repo = tmp_path_factory.mktemp("text")
+    for name in ("minilm", "minilm-text"):
+        shutil.copytree(ROOT / "examples/models" / name, repo / name)
+    # The config-only model again, batching requests of every length: [batching] alone,
+    # `pad` and `cut` left to their defaults for a text model.
+    shutil.copytree(ROOT / "examples/models/minilm-text", repo / "minilm-text-batched")
+    with open(repo / "minilm-text-batched/model.toml", "a") as toml:
+        toml.write("\n[batching]\nmax_batch_size = 16\nmax_queue_delay_us = 20000\n")
+    for name, task in (("classifier", "classify"), ("reranker", "rerank")):
+        shutil.copytree(made / name, repo / name)
+        (repo / name / "model.toml").write_text(TEXT_MODEL.format(task=task))
+    s = Server(repo)
+    s.wait_ready()
+    s.made = made
+    yield s
+    s.stop()
+
+
+def infer(server, model, inputs):
+    client = http.InferenceServerClient(server.address)
+    tensors = []
+    for name, texts in inputs.items():
+        t = http.InferInput(name, [len(texts)], "BYTES")
+        t.set_data_from_numpy(np.array([x.encode() for x in texts], dtype=object))
+        tensors.append(t)
+    return client.infer(model, tensors)
+
+
+def cosines(a, b):
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def post(server, path, body):
+    request = urllib.request.Request(f"http://{server.address}{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_a_config_only_embedding_model_gives_the_hand_written_plugins_embeddings(served):
+    want = infer(served, "minilm", {"text": SENTENCES})
+    got = infer(served, "minilm-text", {"text": SENTENCES})
+    assert got.as_numpy("embedding").shape == (len(SENTENCES), 384)
+    assert (cosines(got.as_numpy("embedding"), want.as_numpy("embedding")) >= 0.9999).all()
+    assert (got.as_numpy("tokens") == want.as_numpy("tokens")).all()
+    assert got.as_numpy("tokens").max() == 256, "the long text was cut to max_tokens"
+    # Through the openai package: [text] task = "embed" answers /v1/embeddings.
+    oai = openai.OpenAI(base_url=f"http://{served.address}/v1", api_key="unused", max_retries=0)
+    answer = oai.embeddings.create(model="minilm-text", input=SENTENCES)
+    vectors = np.array([d.embedding for d in answer.data], dtype=np.float32)
+    assert (cosines(vectors, want.as_numpy("embedding")) >= 0.9999).all()
+    assert answer.usage.prompt_tokens == int(want.as_numpy("tokens").sum())
+    assert "minilm-text" in [m.id for m in oai.models.list().data]
+
+
+def test_batching_with_default_padding_joins_lengths_and_changes_no_answer(served):
+    import concurrent.futures
+
+    alone = infer(served, "minilm-text", {"text": SENTENCES}).as_numpy("embedding")
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        rows = list(pool.map(lambda s: infer(served, "minilm-text-batched", {"text": [s]}).as_numpy("embedding")[0],
+                             SENTENCES))
+    assert np.abs(np.array(rows) - alone).max() <= 1e-4
+    metrics = urllib.request.urlopen(f"http://{served.address}/metrics").read().decode()
+    label = 'model="minilm-text-batched",version="1"'
+    count = next(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith(f"wasmserve_batch_rows_count{{{label}}}"))
+    total = next(float(l.split()[-1]) for l in metrics.splitlines() if l.startswith(f"wasmserve_batch_rows_sum{{{label}}}"))
+    assert total / count > 1.2, "requests of different lengths shared batches"
+    assert f"wasmserve_batch_tokens_count{{{label}}}" in metrics
+
+
+def test_a_classifier_answers_labels_and_probabilities_as_the_reference_does(served):
+    reference = heads.Reference(served.made / "classifier", max_tokens=512)
+    got = infer(served, "classifier", {"text": SENTENCES})
+    scores = got.as_numpy("scores")
+    assert scores.shape == (len(SENTENCES), 3)
+    for i, (logits, tokens) in enumerate(reference.logits(SENTENCES)):
+        want = np.exp(logits - logits.max())
+        want /= want.sum()
+        assert np.abs(scores[i] - want).max() <= 1e-4, i
+        assert got.as_numpy("label")[i].decode() == heads.LABELS[int(want.argmax())]  # from config.json
+        assert abs(got.as_numpy("score")[i] - want.max()) <= 1e-4
+        assert got.as_numpy("tokens")[i] == tokens
+
+
+QUERY = "Which packages read and write data files?"
+DOCUMENTS = SENTENCES[:32]
+
+
+def reference_scores(served, documents):
+    reference = heads.Reference(served.made / "reranker", max_tokens=512)
+    rows = reference.logits([QUERY] * len(documents), pairs=documents)
+    return np.array([1 / (1 + np.exp(-logits[0])) for logits, _ in rows]), sum(t for _, t in rows)
+
+
+def test_rerank_orders_documents_by_the_references_scores(served):
+    want, tokens = reference_scores(served, DOCUMENTS)
+    status, answer = post(served, "/v1/rerank", {"model": "reranker", "query": QUERY, "documents": DOCUMENTS})
+    assert status == 200, answer
+    results = answer["results"]
+    assert [r["index"] for r in results] == list(np.argsort(-want, kind="stable"))
+    for r in results:
+        assert abs(r["relevance_score"] - want[r["index"]]) <= 1e-4
+        assert "document" not in r
+    assert answer["usage"]["total_tokens"] == tokens
+    # top_n, documents as objects, documents returned.
+    objects = [{"text": d} for d in DOCUMENTS]
+    status, top = post(served, "/v1/rerank", {"model": "reranker", "query": QUERY, "documents": objects,
+                                              "top_n": 3, "return_documents": True})
+    assert status == 200 and [r["index"] for r in top["results"]] == [r["index"] for r in results[:3]]
+    assert [r["document"]["text"] for r in top["results"]] == [DOCUMENTS[r["index"]] for r in results[:3]]
+
+
+def test_rerank_through_the_cohere_client(served):
+    want, _ = reference_scores(served, DOCUMENTS)
+    co = cohere.Client(base_url=f"http://{served.address}", api_key="unused")
+    answer = co.rerank(model="reranker", query=QUERY, documents=DOCUMENTS, top_n=5, return_documents=True)
+    assert [r.index for r in answer.results] == list(np.argsort(-want, kind="stable")[:5])
+    assert answer.results[0].document.text == DOCUMENTS[answer.results[0].index]
+    assert abs(answer.results[0].relevance_score - want.max()) <= 1e-4
+
+
+def test_a_hundred_documents_are_one_graph_run(served):
+    def runs():
+        stats = json.load(urllib.request.urlopen(f"http://{served.address}/v2/models/reranker/stats"))
+        return {b["batch_size"]: b["compute_infer"]["count"] for b in stats["model_stats"][0]["batch_stats"]}
+
+    documents = (SENTENCES * 3)[:100]
+    before = runs()
+    status, answer = post(served, "/v1/rerank", {"model": "reranker", "query": QUERY, "documents": documents})
+    assert status == 200 and len(answer["results"]) == 100
+    after = runs()
+    assert after.get(100, 0) == before.get(100, 0) + 1
+    assert sum(after.values()) == sum(before.values()) + 1
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"model": "reranker", "documents": ["a"]}, "'query' is required"),
+    ({"model": "reranker", "query": "q", "documents": []}, "'documents' must hold 1 to 1000"),
+    ({"model": "reranker", "query": "q", "documents": [{"title": "no text"}]}, "documents[0]"),
+    ({"model": "reranker", "query": "q", "documents": ["a"], "rank_fields": ["title"]}, "rank_fields"),
+    ({"model": "minilm-text", "query": "q", "documents": ["a"]}, "is not a reranker"),
+    ({"model": "reranker", "query": "q", "documents": ["a"], "temperature": 1}, "unknown field"),
+])
+def test_bad_rerank_requests_get_400_with_the_reason(served, body, says):
+    status, answer = post(served, "/v1/rerank", body)
+    assert status == 400, answer
+    assert says in answer["error"]["message"]
+    assert answer["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_reranker_is_404(served):
+    status, answer = post(served, "/v1/rerank", {"model": "nope", "query": "q", "documents": ["a"]})
+    assert status == 404 and answer["error"]["code"] == "model_not_found"
+
+
+def test_check_passes_a_text_model_and_explains_a_wrong_one(served, tmp_path):
+    ok = subprocess.run([BINARY, "check", str(served.made / "reranker")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad"
+    shutil.copytree(served.made / "classifier", bad)
+    (bad / "model.toml").write_text(TEXT_MODEL.format(task="classify") + '\n[[inputs]]\nname = "x"\ndatatype = "BYTES"\nshape = [-1]\n')
+    out = subprocess.run([BINARY, "check", str(bad)], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "sets the model's `inputs` and `outputs` from its task" in out.stdout + out.stderr
