@@ -81,7 +81,7 @@ $(PERF_ANALYZER_DIR)/installed: $(VENV)/installed
 
 test: examples venv $(TOOLS)/installed $(PERF_ANALYZER_DIR)/installed
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" cargo test --workspace --release
-	cargo test --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features
+	cargo test --manifest-path plugins/Cargo.toml -p wasmserve-plugin -p text-plugin --all-features
 	ORT_DYLIB_PATH="$$($(VPY) tests/onnxruntime_library.py)" WASMSERVE_BIN=$(RELEASE_BIN) $(VPY) -m pytest tests/python -q
 	$(MAKE) deploy-check
 	$(MAKE) fuzz
@@ -142,7 +142,7 @@ lint: lint-rest
 	cargo clippy --workspace --all-targets --release -- -D warnings
 	cargo clippy --workspace --all-targets --release --no-default-features -- -D warnings
 	cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 -- -D warnings
-	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin --all-features --all-targets -- -D warnings
+	cargo clippy --manifest-path plugins/Cargo.toml -p wasmserve-plugin -p text-plugin --all-features --all-targets -- -D warnings
 	cargo clippy --manifest-path runtime/fuzz/Cargo.toml --all-targets -- -D warnings
 
 # The part of `make lint` that no build of `make test` covers: formatting, and the plugin SDK

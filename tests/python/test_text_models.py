@@ -1,14 +1,16 @@
 """Text models served by configuration alone (`[text]`, the built-in text plugin): the
 minilm example's files as a config-only embedding model against the hand-written minilm
-plugin, and a classifier and a cross-encoder reranker made from the same graph
-(tests/fixtures/text/heads.py) against ONNX Runtime + `tokenizers` on the same files.
-Clients: tritonclient (OIP), the `openai` package (/v1/embeddings), the `cohere` package
-and plain HTTP (/v1/rerank)."""
+plugin; a classifier and a cross-encoder reranker made from the same graph
+(tests/fixtures/text/heads.py) and the rampart example's entities against ONNX Runtime +
+`tokenizers` on the same files (tests/fixtures/text/entities.py). Clients: tritonclient
+(OIP), the `openai` package (/v1/embeddings), the `cohere` package and plain HTTP
+(/v1/rerank)."""
 
-import importlib.util
+import importlib.metadata
 import json
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -25,9 +27,10 @@ SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines(
     "word " * 400,  # past every model's token limit: cut to it
 ]
 
-spec = importlib.util.spec_from_file_location("heads", ROOT / "tests/fixtures/text/heads.py")
-heads = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(heads)
+sys.path.insert(0, str(ROOT / "tests/fixtures/text"))
+import entities  # noqa: E402
+import heads  # noqa: E402
+import wheels  # noqa: E402
 
 TEXT_MODEL = '[graph]\nfile = "model.onnx"\nbackend = "onnx"\n\n[text]\ntask = "{task}"\n'
 
@@ -36,7 +39,7 @@ TEXT_MODEL = '[graph]\nfile = "model.onnx"\nbackend = "onnx"\n\n[text]\ntask = "
 def served(tmp_path_factory):
     made = heads.make(tmp_path_factory.mktemp("heads"))
     repo = tmp_path_factory.mktemp("text")
-    for name in ("minilm", "minilm-text"):
+    for name in ("minilm", "minilm-text", "rampart"):
         shutil.copytree(ROOT / "examples/models" / name, repo / name)
     # The config-only model again, batching requests of every length: [batching] alone,
     # `pad` and `cut` left to their defaults for a text model.
@@ -203,3 +206,46 @@ def test_check_passes_a_text_model_and_explains_a_wrong_one(served, tmp_path):
     out = subprocess.run([BINARY, "check", str(bad)], capture_output=True, text=True)
     assert out.returncode != 0
     assert "sets the model's `inputs` and `outputs` from its task" in out.stdout + out.stderr
+
+
+def personal_lines():
+    """Real text with names, e-mail addresses and URLs in it: the author, maintainer and home
+    page lines of the installed packages' metadata, as their METADATA files have them."""
+    lines = set()
+    for dist in importlib.metadata.distributions():
+        for field in ("Author", "Author-email", "Maintainer-email", "Home-page"):
+            value = dist.metadata.get(field)
+            if value and len(value) < 200:
+                lines.add(f"{field}: {value}")
+    return sorted(lines)[:60]
+
+
+@pytest.mark.parametrize("aggregation", ["first", "simple", "max", "average", "none"])
+def test_entities_equal_the_pipelines_on_real_text(served, aggregation):
+    texts = personal_lines() + SENTENCES[:10]
+    assert sum("@" in t for t in texts) >= 10, "the lines hold e-mail addresses"
+    reference = entities.Entities(wheels.fetched("rampart")["rampart"])
+    client = http.InferenceServerClient(served.address)
+    t = http.InferInput("text", [len(texts)], "BYTES")
+    t.set_data_from_numpy(np.array([x.encode() for x in texts], dtype=object))
+    # The example's default is "first"; the others by the request's parameter.
+    params = {} if aggregation == "first" else {"aggregation": aggregation}
+    answer = client.infer("rampart", [t], parameters=params).as_numpy("entities")
+    found = 0
+    for text, got in zip(texts, answer):
+        got, want = json.loads(got), reference(text, aggregation)
+        key = "entity" if aggregation == "none" else "entity_group"
+        assert [(g[key], g["word"], g["start"], g["end"]) for g in got] == \
+            [(w[key], w["word"], w["start"], w["end"]) for w in want], text
+        assert all(abs(g["score"] - w["score"]) <= 1e-3 for g, w in zip(got, want)), text
+        for g in got:
+            assert g["end"] > g["start"] >= 0 and text[g["start"]:g["end"]].strip()
+        found += len(got)
+    assert found >= 20, "the model found the names, addresses and e-mails"
+
+
+def test_a_bad_aggregation_is_400(served):
+    status, answer = post(served, "/v2/models/rampart/infer", {
+        "parameters": {"aggregation": "loudest"},
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Ada Lovelace"]}]})
+    assert status == 400 and "none, simple, first, average or max" in answer["error"]

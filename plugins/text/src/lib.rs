@@ -9,13 +9,19 @@
 //! - `rerank`: `query` BYTES [1] and `documents` BYTES [n] -> `score` FP32 [n], each
 //!   document's relevance to the query: one cross-encoder row per (query, document) pair.
 //!
+//! - `entities`: `text` BYTES [n] -> `entities` BYTES [n], each text's entities as a JSON
+//!   list, grouped as `transformers`' token-classification pipeline groups them (see
+//!   `entities`; the request's `aggregation` parameter picks another grouping).
+//!
 //! Every task also answers `tokens` INT64 [n]: the tokens each row became, specials included.
 //!
 //! It is an ordinary plugin built with the SDK: to serve something it does not do, copy
 //! `plugins/text` and change it.
 
+mod entities;
 mod settings;
 
+use entities::Aggregation;
 use settings::{Function, Pooling, Settings, Task};
 use std::sync::OnceLock;
 use wasmserve_plugin::classify::softmax;
@@ -45,7 +51,7 @@ impl Guest for Text {
     fn preprocess(inputs: Vec<Tensor>, _params: Params) -> Result<Prepared, PluginError> {
         let s = settings()?;
         let encoded = match s.task {
-            Task::Embed | Task::Classify => encode(&s.tokenizer, &texts(&inputs, "text")?)?,
+            Task::Embed | Task::Classify | Task::Entities => encode(&s.tokenizer, &texts(&inputs, "text")?)?,
             Task::Rerank => {
                 let query = texts(&inputs, "query")?;
                 let [query] = query.as_slice() else {
@@ -59,7 +65,11 @@ impl Guest for Text {
             }
         };
         let Encoded { input_ids, attention_mask, token_type_ids } = encoded;
-        let context = vec![attention_mask.clone()];
+        let mut context = vec![attention_mask.clone()];
+        if s.task == Task::Entities {
+            // Postprocess tokenises the texts again for their offsets.
+            context.push(find(&inputs, "text")?.clone());
+        }
         let graph_inputs = [input_ids, attention_mask, token_type_ids]
             .into_iter()
             .filter(|t| s.graph_inputs.contains(&t.name))
@@ -102,14 +112,7 @@ impl Guest for Text {
                 vec![Tensor::new("embedding", [rows as i64, dim as i64], &embeddings)]
             }
             Task::Classify => {
-                if !s.labels.is_empty() && s.labels.len() != width {
-                    return Err(internal(format!(
-                        "the model has {} labels (config.json id2label, or [text] labels) but graph output '{}' \
-                         gives {width} scores per text",
-                        s.labels.len(),
-                        s.output
-                    )));
-                }
+                check_labels(s, width)?;
                 let scores: Vec<f32> =
                     values.chunks(width).flat_map(|row| activate(s.function, row)).collect();
                 let (mut labels, mut best) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
@@ -124,6 +127,34 @@ impl Guest for Text {
                     Tensor::new("score", [rows as i64], &best),
                     Tensor::new("scores", [rows as i64, width as i64], &scores),
                 ]
+            }
+            Task::Entities => {
+                let aggregation = match param(&params, "aggregation") {
+                    Some(value) => Aggregation::parse(value).ok_or_else(|| {
+                        invalid(format!(
+                            "parameter 'aggregation' is '{value}'; it is none, simple, first, average or max"
+                        ))
+                    })?,
+                    None => s.aggregation,
+                };
+                let labels = output.shape.get(2).copied().unwrap_or(0) as usize;
+                if output.shape.len() != 3 || output.shape[1] as usize != length || labels == 0 {
+                    return Err(internal(format!(
+                        "graph output '{}' has shape {:?}: entities need logits [n, {length}, labels]",
+                        s.output, output.shape
+                    )));
+                }
+                check_labels(s, labels)?;
+                let texts = find(&context, "text")?.texts()?;
+                let mut answers = Vec::with_capacity(rows);
+                for (row, text) in texts.iter().enumerate() {
+                    let encoding = s.tokenizer.encode_char_offsets(*text, true).or_internal("tokenising")?;
+                    let logits = &values[row * length * labels..(row + 1) * length * labels];
+                    let found =
+                        entities::entities(&s.tokenizer, text, &encoding, logits, &s.labels, aggregation);
+                    answers.push(serde_json::to_string(&found).or_internal("entities as JSON")?);
+                }
+                vec![Tensor::bytes("entities", [rows as i64], &answers)]
             }
             Task::Rerank => {
                 // One logit: its sigmoid; more (a relevant / not relevant pair): the last
@@ -181,6 +212,19 @@ fn pool(
         }
     }
     Ok((pooled, dim))
+}
+
+/// The labels, if the model names them, are as many as the graph gives scores for.
+fn check_labels(s: &Settings, scores: usize) -> Result<(), PluginError> {
+    if s.labels.is_empty() || s.labels.len() == scores {
+        return Ok(());
+    }
+    Err(internal(format!(
+        "the model has {} labels (config.json id2label, or [text] labels) but graph output '{}' gives {scores} \
+         scores per token or text",
+        s.labels.len(),
+        s.output
+    )))
 }
 
 /// Scores from one row of logits.

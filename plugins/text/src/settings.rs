@@ -6,14 +6,17 @@
 //! (`do_lower_case`, `model_max_length`), `sentence_bert_config.json` (`max_seq_length`),
 //! `1_Pooling/config.json` (the pooling mode).
 
+use crate::entities::Aggregation;
 use serde::Deserialize;
 use serde_json::Value;
-use wasmserve_plugin::text::tokenizers::{TruncationParams, TruncationStrategy};
-use wasmserve_plugin::text::{Tokenizer, bert_wordpiece};
+use wasmserve_plugin::text::{Tokenizer, bert_wordpiece, truncate};
 use wasmserve_plugin::{OrError, PluginError, internal};
 
 /// Where the model's files are.
 const DATA: &str = "/data";
+
+// These enums are the host's `[text]` (runtime/protocol/src/config/text.rs) as this plugin
+// reads it from WASMSERVE_TEXT: the two sides of one contract, in two workspaces.
 
 /// The task, `[text] task`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -25,6 +28,8 @@ pub enum Task {
     Classify,
     /// A query and documents in, a relevance score per document (a cross-encoder).
     Rerank,
+    /// Sentences in, their entities (labelled tokens grouped) with character offsets.
+    Entities,
 }
 
 /// How token vectors become one sentence vector.
@@ -65,6 +70,7 @@ struct Given {
     normalize: Option<bool>,
     labels: Option<Vec<String>>,
     function: Option<Function>,
+    aggregation: Option<Aggregation>,
     /// The graph inputs the plugin feeds: those of `input_ids`, `attention_mask` and
     /// `token_type_ids` the graph declares.
     graph_inputs: Vec<String>,
@@ -82,6 +88,7 @@ pub struct Settings {
     pub normalize: bool,
     pub labels: Vec<String>,
     pub function: Function,
+    pub aggregation: Aggregation,
     pub graph_inputs: Vec<String>,
     pub output: String,
 }
@@ -137,6 +144,7 @@ impl Settings {
             normalize: given.normalize.unwrap_or(true),
             labels,
             function,
+            aggregation: given.aggregation.unwrap_or(Aggregation::Simple),
             graph_inputs: given.graph_inputs,
             output: given.output,
         })
@@ -173,13 +181,7 @@ fn tokenizer(given: &Given, tokenizer_config: &Value, max_tokens: usize) -> Resu
         let mut tokenizer = Tokenizer::from_bytes(&bytes).or_internal(&file)?;
         // The plugin pads its batch itself; a fixed padding in the file would only add tokens.
         tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: max_tokens,
-                strategy: TruncationStrategy::LongestFirst,
-                ..Default::default()
-            }))
-            .or_internal("truncation")?;
+        truncate(&mut tokenizer, max_tokens)?;
         Ok(tokenizer)
     } else {
         let lowercase = given

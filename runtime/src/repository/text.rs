@@ -33,7 +33,7 @@ pub(super) fn fit(config: Arc<ModelConfig>, graph: &Path) -> anyhow::Result<Arc<
     );
     let preferred: &[&str] = match text.task {
         TextTask::Embed => &["last_hidden_state", "sentence_embedding", "token_embeddings"],
-        TextTask::Classify | TextTask::Rerank => &["logits"],
+        TextTask::Classify | TextTask::Rerank | TextTask::Entities => &["logits"],
     };
     let output = match &text.output {
         Some(name) => outputs.iter().find(|o| &o.name == name).with_context(|| {

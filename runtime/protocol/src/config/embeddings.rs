@@ -26,27 +26,20 @@ pub struct Embeddings {
 impl Embeddings {
     /// The tensors named exist with the datatypes and shapes above.
     pub(super) fn check(&self, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> anyhow::Result<()> {
-        let find = |specs: &[TensorSpec], kind: &str, name: &str| {
-            specs
-                .iter()
-                .find(|s| s.name == name)
-                .cloned()
-                .with_context(|| format!("`embeddings`: the model has no {kind} '{name}'"))
-        };
-        let input = find(inputs, "input", &self.input)?;
+        let input = named("embeddings", inputs, "input", &self.input)?;
         anyhow::ensure!(
             input.datatype == Datatype::Bytes && input.shape.len() == 1 && inputs.len() == 1,
             "`embeddings.input`: '{}' must be the model's only input, BYTES with shape [-1]",
             self.input
         );
-        let output = find(outputs, "output", &self.output)?;
+        let output = named("embeddings", outputs, "output", &self.output)?;
         anyhow::ensure!(
             output.datatype == Datatype::Fp32 && output.shape.len() == 2,
             "`embeddings.output`: '{}' must be FP32 with shape [-1, N]",
             self.output
         );
         if let Some(tokens) = &self.tokens {
-            let tokens = find(outputs, "output", tokens)?;
+            let tokens = named("embeddings", outputs, "output", tokens)?;
             anyhow::ensure!(
                 tokens.datatype == Datatype::Int64 && tokens.shape.len() == 1,
                 "`embeddings.tokens`: '{}' must be INT64 with shape [-1]",

@@ -52,7 +52,7 @@ pub use logger::{LogMode, Logger};
 pub use plugin::PluginConfig;
 pub use route::{ROUTE_FILE, RouteConfig, RouteTarget, Variant, target_label};
 pub use scheduling::{Batching, Scheduling};
-pub use text::{Pooling, Rerank, ScoreFunction, Text, TextTask};
+pub use text::{Aggregation, Pooling, Rerank, ScoreFunction, Text, TextTask};
 pub use versions::{VERSIONS_FILE, VersionPolicy, Versions};
 
 /// The file name of a model's config inside its directory.
@@ -309,6 +309,20 @@ impl ModelConfig {
         self.logger.check()?;
         Ok(())
     }
+}
+
+/// The tensor `name` among `specs` (the model's `kind`s: inputs or outputs), or an error
+/// saying that `section` names one the model lacks.
+fn named<'a>(
+    section: &str,
+    specs: &'a [TensorSpec],
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<&'a TensorSpec> {
+    specs
+        .iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("`{section}`: the model has no {kind} '{name}'"))
 }
 
 /// CPU cores this process may use: what the `0 = per core` defaults mean.

@@ -14,7 +14,7 @@ use super::*;
 /// backend = "onnx"
 ///
 /// [text]
-/// task = "embed"        # or "classify", "rerank"
+/// task = "embed"        # or "classify", "rerank", "entities"
 /// ```
 ///
 /// The task sets the model's tensors:
@@ -26,6 +26,9 @@ use super::*;
 /// - `rerank` (a cross-encoder): `query` BYTES `[1]` and `documents` BYTES `[-1]` in;
 ///   `score` FP32 `[-1]` (each document's relevance) and `tokens` out; it also answers
 ///   `POST /v1/rerank`.
+/// - `entities` (token classification): `text` in; `entities` BYTES `[-1]` (each text's
+///   entities, a JSON list as `transformers`' token-classification pipeline answers:
+///   `entity_group`, `score`, `word`, `start`, `end` in characters) and `tokens` out.
 ///
 /// With `[batching]`, requests of different lengths share a batch: `pad` and `cut` default
 /// to the graph's token inputs and its token-vector output.
@@ -63,6 +66,10 @@ pub struct Text {
     /// `softmax`.
     #[serde(default)]
     pub function: Option<ScoreFunction>,
+    /// `entities`: how labelled tokens become entities, as `transformers`' pipeline's
+    /// `aggregation_strategy` (a request may send `aggregation`). Default `simple`.
+    #[serde(default)]
+    pub aggregation: Option<Aggregation>,
     /// The graph output the plugin reads. Default: `last_hidden_state` (`embed`, falling
     /// back to `sentence_embedding`) or `logits`, else the graph's first output.
     #[serde(default)]
@@ -79,6 +86,24 @@ pub enum TextTask {
     Classify,
     /// A cross-encoder: each document's relevance to a query.
     Rerank,
+    /// Token classification: each text's entities, with character offsets.
+    Entities,
+}
+
+/// `[text] aggregation`: `transformers`' `aggregation_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Every token not labelled `O`, with its label.
+    None,
+    /// Adjacent tokens of one type joined (`B-` starts a new entity).
+    Simple,
+    /// Each word labelled by its first token, then words joined as `simple` joins tokens.
+    First,
+    /// Each word labelled by its tokens' mean probabilities, then joined.
+    Average,
+    /// Each word labelled by its most confident token, then joined.
+    Max,
 }
 
 /// `[text] pooling`.
@@ -133,15 +158,8 @@ pub struct Rerank {
 impl Rerank {
     /// The tensors named exist with the datatypes and shapes above.
     pub(super) fn check(&self, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> anyhow::Result<()> {
-        let spec = |specs: &[TensorSpec], kind: &str, name: &str| {
-            specs
-                .iter()
-                .find(|s| s.name == name)
-                .cloned()
-                .with_context(|| format!("`rerank`: the model has no {kind} '{name}'"))
-        };
         for (key, name) in [("query", &self.query), ("documents", &self.documents)] {
-            let input = spec(inputs, "input", name)?;
+            let input = named("rerank", inputs, "input", name)?;
             anyhow::ensure!(
                 input.datatype == Datatype::Bytes && input.shape.len() == 1,
                 "`rerank.{key}`: '{name}' must be BYTES with shape [-1] or [1]"
@@ -151,14 +169,14 @@ impl Rerank {
             inputs.len() == 2,
             "`rerank`: the model's inputs must be the query and the documents alone"
         );
-        let score = spec(outputs, "output", &self.score)?;
+        let score = named("rerank", outputs, "output", &self.score)?;
         anyhow::ensure!(
             score.datatype == Datatype::Fp32 && score.shape.len() == 1,
             "`rerank.score`: '{}' must be FP32 with shape [-1]",
             self.score
         );
         if let Some(tokens) = &self.tokens {
-            let tokens = spec(outputs, "output", tokens)?;
+            let tokens = named("rerank", outputs, "output", tokens)?;
             anyhow::ensure!(
                 tokens.datatype == Datatype::Int64 && tokens.shape.len() == 1,
                 "`rerank.tokens`: '{}' must be INT64 with shape [-1]",
@@ -215,6 +233,11 @@ impl Text {
                 ];
                 serde_json::json!([{ "name": "text", "datatype": "BYTES", "shape": [1], "data": [WARM_UP] }])
             }
+            TextTask::Entities => {
+                config.inputs = vec![text("text")];
+                config.outputs = vec![text("entities"), tokens];
+                serde_json::json!([{ "name": "text", "datatype": "BYTES", "shape": [1], "data": [WARM_UP] }])
+            }
             TextTask::Rerank => {
                 config.inputs = vec![spec("query", Datatype::Bytes, &[1]), text("documents")];
                 config.outputs = vec![spec("score", Datatype::Fp32, &[-1]), tokens];
@@ -244,3 +267,86 @@ impl Text {
 
 /// The warm-up sentence of a `[text]` model without `[[warmup]]` of its own.
 const WARM_UP: &str = "The model is warming up.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "[graph]\nfile = \"model.onnx\"\nbackend = \"onnx\"\n[text]\n";
+
+    fn parse(task: &str, extra: &str) -> anyhow::Result<ModelConfig> {
+        ModelConfig::parse(&format!("{TEXT}task = \"{task}\"\n{extra}"))
+    }
+
+    fn names(specs: &[TensorSpec]) -> Vec<&str> {
+        specs.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn each_task_sets_its_tensors_endpoint_and_warm_up() {
+        let embed = parse("embed", "").unwrap();
+        assert_eq!(
+            (names(&embed.inputs), names(&embed.outputs)),
+            (vec!["text"], vec!["embedding", "tokens"])
+        );
+        assert_eq!(embed.embeddings.as_ref().map(|e| e.output.as_str()), Some("embedding"));
+        assert_eq!(
+            (embed.plugin.file.as_deref(), embed.plugin.data.as_deref()),
+            (None, Some(Path::new(".")))
+        );
+        assert_eq!(embed.warmup.len(), 1);
+        let rerank = parse("rerank", "").unwrap();
+        assert_eq!(names(&rerank.inputs), ["query", "documents"]);
+        assert_eq!(rerank.rerank.as_ref().map(|r| r.score.as_str()), Some("score"));
+        assert!(rerank.embeddings.is_none());
+        assert_eq!(names(&parse("classify", "").unwrap().outputs), ["label", "score", "scores", "tokens"]);
+        assert_eq!(
+            names(&parse("entities", "aggregation = \"max\"").unwrap().outputs),
+            ["entities", "tokens"]
+        );
+        // A config's own warm-up replaces the default one.
+        let own = parse(
+            "embed",
+            "[[warmup]]\ninputs = [{ name = \"text\", datatype = \"BYTES\", shape = [1], data = [\"x\"] }]\ncount = 2",
+        );
+        assert_eq!(own.unwrap().warmup[0].count, 2);
+    }
+
+    #[test]
+    fn a_text_model_refuses_what_its_task_sets_and_says_why() {
+        let err = |task: &str, extra: &str| format!("{:#}", parse(task, extra).unwrap_err());
+        assert!(err("embed", "[plugin]\nfile = \"p.wasm\"").contains("drop `plugin.file`"));
+        assert!(
+            err("embed", "[[inputs]]\nname = \"x\"\ndatatype = \"BYTES\"\nshape = [-1]")
+                .contains("drop them")
+        );
+        assert!(err("embed", "pooling = \"median\"").contains("unknown variant"));
+        assert!(err("summarise", "").contains("unknown variant"));
+        let ggml =
+            ModelConfig::parse("[graph]\nfile = \"m.gguf\"\nbackend = \"ggml\"\n[text]\ntask = \"embed\"");
+        assert!(format!("{:#}", ggml.unwrap_err()).contains("a GGUF model generates text"));
+        let no_plugin = ModelConfig::parse(
+            "[graph]\nfile = \"m.onnx\"\n[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [1]\n[[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\nshape = [1]",
+        );
+        assert!(format!("{:#}", no_plugin.unwrap_err()).contains("a model needs a plugin (or `[text]`"));
+    }
+
+    #[test]
+    fn rerank_names_tensors_of_the_right_kind() {
+        let model = |rerank: &str| {
+            ModelConfig::parse(&format!(
+                "[graph]\nfile = \"m.onnx\"\n[plugin]\nfile = \"p.wasm\"\n\
+                 [[inputs]]\nname = \"q\"\ndatatype = \"BYTES\"\nshape = [1]\n\
+                 [[inputs]]\nname = \"d\"\ndatatype = \"BYTES\"\nshape = [-1]\n\
+                 [[outputs]]\nname = \"s\"\ndatatype = \"FP32\"\nshape = [-1]\n[rerank]\n{rerank}"
+            ))
+            .map_err(|e| format!("{e:#}"))
+        };
+        assert!(model("query = \"q\"\ndocuments = \"d\"\nscore = \"s\"").is_ok());
+        assert!(
+            model("query = \"q\"\ndocuments = \"d\"\nscore = \"x\"").unwrap_err().contains("no output 'x'")
+        );
+        let wrong = model("query = \"q\"\ndocuments = \"s\"\nscore = \"s\"").unwrap_err();
+        assert!(wrong.contains("no input 's'"), "{wrong}");
+    }
+}

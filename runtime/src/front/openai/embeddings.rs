@@ -1,6 +1,6 @@
 //! embeddings: `POST /v1/embeddings`, one OIP inference of a model with `[embeddings]`.
 
-use super::{OneInference, oip_request, output, serve, texts_tensor, tokens};
+use super::{OneInference, Usage, oip_request, output, serve, texts_tensor, tokens};
 use crate::config::{Embeddings, ModelConfig};
 use crate::decode::InferRequest;
 use crate::error::{Error, Result};
@@ -90,12 +90,6 @@ enum Vector {
     Base64(String),
 }
 
-#[derive(Serialize)]
-struct Usage {
-    prompt_tokens: i64,
-    total_tokens: i64,
-}
-
 /// `POST /v1/embeddings`.
 pub(super) async fn embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     serve::<EmbeddingsRequest>(state, headers, body, "embeddings").await
@@ -165,11 +159,6 @@ impl OneInference for EmbeddingsRequest {
             })
             .collect();
         let tokens = tokens(outputs, spec.tokens.as_ref())?;
-        Ok(EmbeddingsResponse {
-            object: "list",
-            data,
-            model: self.model,
-            usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
-        })
+        Ok(EmbeddingsResponse { object: "list", data, model: self.model, usage: Usage::of(tokens) })
     }
 }

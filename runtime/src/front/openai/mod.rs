@@ -169,6 +169,19 @@ async fn serve<E: OneInference + serde::de::DeserializeOwned>(
     crate::observe::payloads::respond(logged, response).await
 }
 
+/// `usage` of an answer that generates nothing: its input tokens.
+#[derive(serde::Serialize)]
+struct Usage {
+    prompt_tokens: i64,
+    total_tokens: i64,
+}
+
+impl Usage {
+    fn of(tokens: i64) -> Self {
+        Self { prompt_tokens: tokens, total_tokens: tokens }
+    }
+}
+
 /// A BYTES tensor of `texts`, one element each.
 fn texts_tensor(name: &str, texts: &[&str]) -> Tensor {
     let mut data = Vec::with_capacity(texts.iter().map(|t| t.len() + 4).sum());

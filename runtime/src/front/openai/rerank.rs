@@ -9,7 +9,7 @@
 //! Cohere's `rank_fields` may name `text` alone; `max_chunks_per_doc` is refused (documents
 //! are cut to the model's token limit, not split).
 
-use super::{OneInference, oip_request, output, serve, texts_tensor, tokens};
+use super::{OneInference, Usage, oip_request, output, serve, texts_tensor, tokens};
 use crate::config::{ModelConfig, Rerank};
 use crate::decode::InferRequest;
 use crate::error::{Error, Result};
@@ -68,12 +68,6 @@ struct Ranked {
 #[derive(Serialize)]
 struct DocumentText {
     text: String,
-}
-
-#[derive(Serialize)]
-struct Usage {
-    prompt_tokens: i64,
-    total_tokens: i64,
 }
 
 /// `POST /v1/rerank`.
@@ -186,11 +180,6 @@ impl OneInference for RerankRequest {
             })
             .collect();
         let tokens = tokens(outputs, spec.tokens.as_ref())?;
-        Ok(RerankResponse {
-            id: id.to_string(),
-            model: self.model,
-            results,
-            usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
-        })
+        Ok(RerankResponse { id: id.to_string(), model: self.model, results, usage: Usage::of(tokens) })
     }
 }
