@@ -97,21 +97,11 @@ impl Padding {
     }
 }
 
-/// One element of `datatype` holding `value`.
+/// One element of `datatype` holding `value`, checked as a request's JSON data is (the
+/// protocol's encoder of a number into any datatype).
 fn element(datatype: Datatype, value: f64) -> Result<Vec<u8>, String> {
-    let whole =
-        || (value.fract() == 0.0).then_some(value as i64).ok_or(format!("{value} is not a whole number"));
-    Ok(match datatype {
-        Datatype::Bool => vec![u8::from(value != 0.0)],
-        Datatype::Int8 | Datatype::Uint8 => whole()?.to_le_bytes()[..1].to_vec(),
-        Datatype::Int16 | Datatype::Uint16 => whole()?.to_le_bytes()[..2].to_vec(),
-        Datatype::Int32 | Datatype::Uint32 => whole()?.to_le_bytes()[..4].to_vec(),
-        Datatype::Int64 | Datatype::Uint64 => whole()?.to_le_bytes().to_vec(),
-        Datatype::Fp32 => (value as f32).to_le_bytes().to_vec(),
-        Datatype::Fp64 => value.to_le_bytes().to_vec(),
-        Datatype::Fp16 | Datatype::Bf16 if value == 0.0 => vec![0, 0],
-        other => return Err(format!("{} is padded only with 0", other.name())),
-    })
+    crate::decode::number_element(datatype, value)
+        .ok_or_else(|| format!("[batching] pad value {value} does not fit its {} elements", datatype.name()))
 }
 
 #[cfg(test)]
@@ -158,7 +148,13 @@ mod tests {
     fn padding_values_take_the_inputs_type() {
         assert_eq!(element(Datatype::Int32, 1.0).unwrap(), 1i32.to_le_bytes());
         assert_eq!(element(Datatype::Fp32, 0.5).unwrap(), 0.5f32.to_le_bytes());
-        assert!(element(Datatype::Int64, 0.5).unwrap_err().contains("not a whole number"));
+        assert_eq!(element(Datatype::Fp16, 1.0).unwrap(), half::f16::ONE.to_le_bytes());
+        assert_eq!(element(Datatype::Bool, 1.0).unwrap(), [1]);
+        assert!(element(Datatype::Int64, 0.5).unwrap_err().contains("does not fit its INT64 elements"));
+        // Out of range: refused, not wrapped (300 as UINT8 would have been 44).
+        assert!(element(Datatype::Uint8, 300.0).is_err());
+        assert!(element(Datatype::Uint32, -1.0).is_err());
+        assert!(element(Datatype::Bool, 2.0).is_err());
         assert!(element(Datatype::Bytes, 0.0).is_err());
     }
 }

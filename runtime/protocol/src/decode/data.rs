@@ -126,6 +126,21 @@ impl<'de> Visitor<'de> for Nested<'_, '_> {
 
 /// Append one JSON element as `datatype`; `None` if it does not fit. Floats out of range
 /// (1e39 as FP32) are refused like integers out of range: JSON has no infinity to answer with.
+/// One element of `datatype` holding the number `value` (a config's, such as a pad value),
+/// checked as a JSON request's data is: a whole number in range for an integer type, 0 or 1
+/// for BOOL, finite for a float type. `None` where `datatype` cannot hold it.
+pub fn number_element(datatype: Datatype, value: f64) -> Option<Vec<u8>> {
+    let element = match datatype {
+        Datatype::Bool if value == 0.0 || value == 1.0 => Element::Bool(value == 1.0),
+        // Whole numbers as integers, so that an integer type takes them (and checks their range).
+        _ if value.fract() == 0.0 && value.abs() < 9.2e18 => Element::Int(value as i64),
+        _ => Element::Float(value),
+    };
+    let mut out = Vec::new();
+    encode_element(&mut out, datatype, element)?;
+    Some(out)
+}
+
 pub(super) fn encode_element(out: &mut Vec<u8>, datatype: Datatype, v: Element) -> Option<()> {
     fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Element) -> Option<T> {
         match *v {

@@ -25,6 +25,7 @@ mod json;
 use check::check_element;
 pub use check::check_inputs;
 use data::json_data;
+pub use data::number_element;
 use json::from_json;
 pub use json::parameters;
 
