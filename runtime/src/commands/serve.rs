@@ -360,6 +360,7 @@ async fn serve(args: ServeArgs, progress_bars: bool) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         http2_max_streams: args.http2_max_streams,
         request_memory: args.request_memory_mib << 20,
+        streams: &crate::front::grpc::STREAM_PATHS,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {} ({scheme}; gRPC on the same port)", listener.local_addr()?);

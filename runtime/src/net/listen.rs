@@ -59,11 +59,11 @@ pub struct Limits {
     pub http2_max_streams: u32,
     /// What request bodies in flight may hold, all together (see [`crate::net::budget`]).
     pub request_memory: usize,
+    /// The paths of gRPC calls that last as long as their client, their body a message per
+    /// request (the front ends name them): each charged per message against
+    /// `request_memory`, with no deadline between messages.
+    pub streams: &'static [&'static str],
 }
-
-/// Triton's bidirectional gRPC stream: a call that lasts as long as its client, its body a
-/// message per request. It is charged per message, and has no deadline between messages.
-const STREAM_CALL: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// File descriptors kept for everything but connections (model files, the cache, logs).
 const RESERVED_FILES: u64 = 256;
@@ -190,8 +190,8 @@ impl Connection {
     /// Serve requests on `io` until the client closes, a deadline passes, or the server
     /// stops.
     async fn run<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, io: I) {
-        let (app, activity, body_timeout) =
-            (self.app.clone(), self.activity.clone(), self.limits.body_timeout);
+        let (app, activity, body_timeout, streams) =
+            (self.app.clone(), self.activity.clone(), self.limits.body_timeout, self.limits.streams);
         let (budget, metrics) = (self.budget.clone(), self.metrics.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let in_flight = activity.request_started(request.version());
@@ -199,7 +199,7 @@ impl Connection {
                 .headers()
                 .get(hyper::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let stream = request.uri().path() == STREAM_CALL;
+            let stream = streams.contains(&request.uri().path());
             let charged = budget.charge(declared).map(|charge| {
                 request.map(|body| match stream {
                     // Its client sends when it has something to send: no deadline between.

@@ -30,6 +30,11 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// The path prefix gRPC calls arrive under.
 pub const PATH: &str = "/inference.GRPCInferenceService/{*method}";
 
+/// Calls whose body is a stream of messages that lasts as long as the client (Triton's
+/// bidirectional `ModelStreamInfer`): the connection layer charges their bodies per message
+/// and keeps no deadline between messages (see `crate::net::listen::Limits::streams`).
+pub const STREAM_PATHS: [&str; 1] = ["/inference.GRPCInferenceService/ModelStreamInfer"];
+
 /// The repository's control calls, each served where the REST control endpoints are (see
 /// [`crate::front::control_router`]) and behind the same token.
 pub const CONTROL_PATHS: [&str; 2] = [
