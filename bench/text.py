@@ -8,8 +8,16 @@ The minilm example (all-MiniLM-L6-v2 int8, WordPiece, mean pooling) is served by
   same shape: here, the same token count);
 - wasmserve with [batching] pad: requests of different lengths padded to the batch's longest
   (`pad`, `cut`, `max_batch_tokens`);
+- wasmserve config-only: the same files served by `[text] task = "embed"` and the built-in
+  text plugin (examples/models/minilm-text), unbatched and with `[batching]` (its padding
+  left to the defaults a text model gets);
 - Triton (PyTriton's tritonserver, dynamic batching; bench/peers/triton_server.py), which
   tokenises with Hugging Face `tokenizers` and pads each batch itself.
+
+Then rerank: one query with 32 of the sentences as documents per request, POST /v1/rerank,
+to a cross-encoder made from minilm's graph (tests/fixtures/text/heads.py: a test model,
+its scores mean nothing), config-only (`[text] task = "rerank"`): each request is one graph
+run of 32 rows.
 
 All batching at most 32 rows, 2 ms delay. The load: `wrk` (Debian), each connection sending
 the sentences of tests/fixtures/text/sentences.txt in turn (358 summaries and first
@@ -43,7 +51,9 @@ cut = ["last_hidden_state"]
 max_batch_tokens = 8192
 """
 SAME_SHAPE = "\n[batching]\nmax_batch_size = {rows}\nmax_queue_delay_us = {delay}\n"
-WASMSERVE = {"wasmserve": "", "wasmserve same-shape batching": SAME_SHAPE, "wasmserve padded batching": PADDED}
+WASMSERVE = {"wasmserve": "", "wasmserve same-shape batching": SAME_SHAPE, "wasmserve padded batching": PADDED,
+             "wasmserve config-only": "", "wasmserve config-only batched": SAME_SHAPE}
+RERANK = "wasmserve rerank: 1 query x 32 docs"
 # wrk: each connection walks the bodies in turn, from a different start.
 WRK_SCRIPT = """
 local bodies = {}
@@ -63,10 +73,19 @@ end
 
 
 def wasmserve(name, scratch, delay_us):
-    repo = scratch / name.replace(" ", "_")
-    shutil.copytree(ROOT / "examples/models/minilm", repo / "minilm")
-    with open(repo / "minilm/model.toml", "a") as toml:
-        toml.write(WASMSERVE[name].format(rows=MAX_BATCH, delay=delay_us))
+    """wasmserve serving minilm (under that name) as `name` says, or the reranker."""
+    repo = Path(tempfile.mkdtemp(prefix=re.sub(r"\W+", "_", name), dir=scratch))
+    if name == RERANK:
+        sys.path.insert(0, str(ROOT / "tests/fixtures/text"))
+        import heads
+
+        shutil.copytree(heads.make(scratch / "heads") / "reranker", repo / "minilm")
+        (repo / "minilm/model.toml").write_text('[graph]\nfile = "model.onnx"\nbackend = "onnx"\n[text]\ntask = "rerank"\n')
+    else:
+        example = "minilm-text" if "config-only" in name else "minilm"
+        shutil.copytree(ROOT / "examples/models" / example, repo / "minilm")
+        with open(repo / "minilm/model.toml", "a") as toml:
+            toml.write(WASMSERVE[name].format(rows=MAX_BATCH, delay=delay_us))
     ort = subprocess.run([sys.executable, str(ROOT / "tests/onnxruntime_library.py")], capture_output=True, text=True)
     port = free_port()
     return Running(name, [str(BINARY), "serve", "-r", str(repo), "--port", str(port)], port,
@@ -78,7 +97,7 @@ def load(url, bodies, concurrency, duration):
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bodies").write_text("\n".join(bodies) + "\n")
         (Path(tmp) / "walk.lua").write_text(WRK_SCRIPT)
-        out = subprocess.run(["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{duration}s",
+        out = subprocess.run(["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "30s",
                               "-s", str(Path(tmp) / "walk.lua"), url],
                              check=True, capture_output=True, text=True, env={**os.environ, "BODIES": str(Path(tmp) / "bodies")}).stdout
     requests, micros, p50, p99, failed = re.search(r"RESULT (\d+) (\d+) (\S+) (\S+) (\d+)", out).groups()
@@ -98,7 +117,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--servers", default=",".join([*WASMSERVE, "triton"]))
+    parser.add_argument("--servers", default=",".join([*WASMSERVE, "triton", RERANK]))
     parser.add_argument("--delay-us", type=int, default=DELAY_US, help="wasmserve's max_queue_delay_us")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -112,10 +131,16 @@ def main():
             shape = [1, 1] if triton else [1]
             bodies = [json.dumps({"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": [s]}]})
                       for s in SENTENCES]
+            path = "/v2/models/minilm/infer"
+            if name == RERANK:
+                path = "/v1/rerank"
+                bodies = [json.dumps({"model": "minilm", "query": SENTENCES[i], "top_n": 5,
+                                      "documents": [SENTENCES[(i + k) % len(SENTENCES)] for k in range(1, 33)]})
+                          for i in range(len(SENTENCES))]
             try:
                 for c in levels:
                     before = (0, 0) if triton else counts(server.base)
-                    result = load(f"{server.base}/v2/models/minilm/infer", bodies, c, args.duration)
+                    result = load(f"{server.base}{path}", bodies, c, args.duration)
                     after = (0, 0) if triton else counts(server.base)
                     runs = after[1] - before[1]
                     per_run = (after[0] - before[0]) / runs if runs else float("nan")
@@ -126,17 +151,23 @@ def main():
     print(f"\n{'server':32} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5} {'rows/run':>8}")
     for name, c, rps, p50, p99, failed, per_run in rows:
         print(f"{name:32} {c:4} {rps:8.1f} {p50:7.1f} {p99:7.1f} {failed:5} {per_run:8.2f}")
-    by = {(r[0], r[1]): r for r in rows}
+    # A server named more than once (--servers a,b,a,b: alternated, against drift on a shared
+    # machine) counts with the mean of its runs.
+    by = {}
+    for name, c, rps, _, p99, _, _ in rows:
+        by.setdefault((name, c), []).append((rps, p99))
+    mean = {key: tuple(sum(v) / len(v) for v in zip(*runs)) for key, runs in by.items()}
     print()
     for c in levels:
-        base = by.get(("wasmserve", c))
-        for name in ("wasmserve same-shape batching", "wasmserve padded batching", "triton"):
-            if base and (name, c) in by:
-                other = by[(name, c)]
-                print(f"c={c}: {name} / wasmserve as shipped: {other[2] / base[2]:.2f}x req/s, p99 {other[4] / base[4]:.2f}x")
-        padded, triton = by.get(("wasmserve padded batching", c)), by.get(("triton", c))
+        base = mean.get(("wasmserve", c))
+        for name in ("wasmserve same-shape batching", "wasmserve padded batching", "wasmserve config-only",
+                     "wasmserve config-only batched", "triton"):
+            if base and (name, c) in mean:
+                other = mean[(name, c)]
+                print(f"c={c}: {name} / wasmserve as shipped: {other[0] / base[0]:.2f}x req/s, p99 {other[1] / base[1]:.2f}x")
+        padded, triton = mean.get(("wasmserve padded batching", c)), mean.get(("triton", c))
         if padded and triton:
-            print(f"c={c}: wasmserve padded batching / triton: {padded[2] / triton[2]:.2f}x req/s")
+            print(f"c={c}: wasmserve padded batching / triton: {padded[0] / triton[0]:.2f}x req/s")
 
 
 if __name__ == "__main__":

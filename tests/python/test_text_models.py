@@ -206,6 +206,17 @@ def test_check_passes_a_text_model_and_explains_a_wrong_one(served, tmp_path):
     out = subprocess.run([BINARY, "check", str(bad)], capture_output=True, text=True)
     assert out.returncode != 0
     assert "sets the model's `inputs` and `outputs` from its task" in out.stdout + out.stderr
+    # Labels that do not fit the graph, and no tokenizer: found by the check's bring-up
+    # (the plugin's warm-up and the warm-up sentence), each named.
+    (bad / "model.toml").write_text(TEXT_MODEL.format(task="classify"))
+    (bad / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b"}}))
+    shutil.copytree(served.made / "reranker", tmp_path / "untokenized")
+    (tmp_path / "untokenized/vocab.txt").unlink()
+    (tmp_path / "untokenized/model.toml").write_text(TEXT_MODEL.format(task="rerank"))
+    out = subprocess.run([BINARY, "check", str(bad), str(tmp_path / "untokenized")], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "the model has 2 labels (config.json id2label, or [text] labels) but graph output 'logits' gives 3" in out.stdout + out.stderr
+    assert "has neither tokenizer.json nor vocab.txt" in out.stdout + out.stderr
 
 
 def personal_lines():
