@@ -161,6 +161,10 @@ def test_rerank_through_the_cohere_client(served):
     assert [r.index for r in answer.results] == list(np.argsort(-want, kind="stable")[:5])
     assert answer.results[0].document.text == DOCUMENTS[answer.results[0].index]
     assert abs(answer.results[0].relevance_score - want.max()) <= 1e-4
+    # Cohere's v2 client posts to /v2/rerank.
+    v2 = cohere.ClientV2(base_url=f"http://{served.address}", api_key="unused")
+    answer = v2.rerank(model="reranker", query=QUERY, documents=DOCUMENTS, top_n=5)
+    assert [r.index for r in answer.results] == list(np.argsort(-want, kind="stable")[:5])
 
 
 def test_a_hundred_documents_are_one_graph_run(served):
@@ -182,6 +186,7 @@ def test_a_hundred_documents_are_one_graph_run(served):
     ({"model": "reranker", "query": "q", "documents": []}, "'documents' must hold 1 to 1000"),
     ({"model": "reranker", "query": "q", "documents": [{"title": "no text"}]}, "documents[0]"),
     ({"model": "reranker", "query": "q", "documents": ["a"], "rank_fields": ["title"]}, "rank_fields"),
+    ({"model": "reranker", "query": "q", "documents": ["a"], "max_tokens_per_doc": 8}, "'max_tokens_per_doc' is not"),
     ({"model": "minilm-text", "query": "q", "documents": ["a"]}, "is not a reranker"),
     ({"model": "reranker", "query": "q", "documents": ["a"], "temperature": 1}, "unknown field"),
 ])
@@ -213,8 +218,13 @@ def test_check_passes_a_text_model_and_explains_a_wrong_one(served, tmp_path):
     shutil.copytree(served.made / "reranker", tmp_path / "untokenized")
     (tmp_path / "untokenized/vocab.txt").unlink()
     (tmp_path / "untokenized/model.toml").write_text(TEXT_MODEL.format(task="rerank"))
-    out = subprocess.run([BINARY, "check", str(bad), str(tmp_path / "untokenized")], capture_output=True, text=True)
+    # Mean pooling asked of a graph whose output is one vector per text.
+    shutil.copytree(served.made / "reranker", tmp_path / "pooled")
+    (tmp_path / "pooled/model.toml").write_text(TEXT_MODEL.format(task="embed") + 'pooling = "mean"\n')
+    out = subprocess.run([BINARY, "check", str(bad), str(tmp_path / "untokenized"), str(tmp_path / "pooled")],
+                         capture_output=True, text=True)
     assert out.returncode != 0
+    assert "pooling = \"mean\" does not fit graph output 'logits' of rank 2" in out.stdout + out.stderr
     assert "the model has 2 labels (config.json id2label, or [text] labels) but graph output 'logits' gives 3" in out.stdout + out.stderr
     assert "has neither tokenizer.json nor vocab.txt" in out.stdout + out.stderr
 

@@ -120,10 +120,18 @@ impl Settings {
             (None, 2) => Pooling::None,
             (None, _) => pooling_of_the_model()?,
         };
-        if pooling != Pooling::None && given.task == Task::Embed && given.output_rank != 3 {
+        // Token vectors [n, len, dim] are pooled; one vector per text [n, dim] is taken as it is.
+        let fits = match pooling {
+            Pooling::None => given.output_rank == 2,
+            _ => given.output_rank == 3,
+        };
+        if given.task == Task::Embed && !fits {
             return Err(internal(format!(
-                "[text] pooling = {pooling:?} needs token vectors [n, len, dim], but graph output '{}' has rank {}",
-                given.output, given.output_rank
+                "[text] pooling = \"{}\" does not fit graph output '{}' of rank {}: token vectors [n, len, dim] take \
+                 mean, cls or last; one vector per text [n, dim] takes none",
+                format!("{pooling:?}").to_lowercase(),
+                given.output,
+                given.output_rank
             )));
         }
         let labels = match given.labels {

@@ -6,7 +6,7 @@
 //! | POST | `/v1/chat/completions` | a chat answer from a generative model, whole or streamed (server-sent events) |
 //! | POST | `/v1/completions` | a text's continuation from a generative model, whole or streamed |
 //! | POST | `/v1/embeddings` | the vectors of `input` (a string or a list of strings) from the model `model` names |
-//! | POST | `/v1/rerank` | `documents` ordered by their relevance to `query` (Cohere's and Jina's shape) |
+//! | POST | `/v1/rerank` | `documents` ordered by their relevance to `query` (Cohere's and Jina's shape); also at `/v2/rerank`, Cohere's v2 path |
 //! | GET | `/v1/models` | the models that answer them (generative ones, and those with `[embeddings]` or `[rerank]`) |
 //! | GET | `/v1/models/{m}` | one of them |
 //!
@@ -53,6 +53,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/rerank", post(rerank::rerank))
+        // Cohere's v2 path (cohere.ClientV2), the same request less what v2 dropped.
+        .route("/v2/rerank", post(rerank::rerank))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
 }

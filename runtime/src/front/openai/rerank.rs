@@ -1,13 +1,15 @@
 //! rerank: `POST /v1/rerank`, in the shape Cohere's and Jina's rerank APIs share (what
-//! LangChain's and LlamaIndex's rerankers and the `cohere` package send): one OIP inference
-//! of a model with `[rerank]`, the query and all the documents at once.
+//! LangChain's and LlamaIndex's rerankers and the `cohere` package send), and `POST
+//! /v2/rerank`, Cohere's v2 path (`cohere.ClientV2`): one OIP inference of a model with
+//! `[rerank]`, the query and all the documents at once.
 //!
 //! Request: `model`, `query`, `documents` (strings, or objects whose `text` is ranked),
 //! `top_n` (default: every document), `return_documents` (default false). Answer:
 //! `results` of `index`, `relevance_score` and, when asked, `document` (`{"text": ...}`),
 //! most relevant first; `usage` counts the tokens of every (query, document) row.
-//! Cohere's `rank_fields` may name `text` alone; `max_chunks_per_doc` is refused (documents
-//! are cut to the model's token limit, not split).
+//! Cohere's `rank_fields` may name `text` alone; `max_chunks_per_doc` and `max_tokens_per_doc`
+//! are refused (documents are cut to the model's token limit, not split or cut shorter);
+//! `priority` is accepted and ignored.
 
 use super::{OneInference, Usage, oip_request, output, serve, texts_tensor, tokens};
 use crate::config::{ModelConfig, Rerank};
@@ -36,8 +38,13 @@ pub(super) struct RerankRequest {
     return_documents: Option<bool>,
     /// Cohere's: which fields of an object document are ranked (only `text` here).
     rank_fields: Option<Vec<String>>,
-    /// Cohere's: refused unless null.
+    /// Cohere's v1: refused unless null.
     max_chunks_per_doc: Option<usize>,
+    /// Cohere's v2: refused unless null.
+    max_tokens_per_doc: Option<usize>,
+    /// Cohere's v2: accepted and ignored (requests run in the order they come).
+    #[serde(rename = "priority")]
+    _priority: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -103,10 +110,15 @@ impl RerankRequest {
                 "'rank_fields': only \"text\" is ranked here, not {fields:?}"
             )));
         }
-        if self.max_chunks_per_doc.is_some() {
-            return Err(Error::bad_request(
-                "'max_chunks_per_doc' is not supported: each document is cut to the model's token limit, not split",
-            ));
+        for (field, given) in
+            [("max_chunks_per_doc", self.max_chunks_per_doc), ("max_tokens_per_doc", self.max_tokens_per_doc)]
+        {
+            if given.is_some() {
+                return Err(Error::bad_request(format!(
+                    "'{field}' is not supported: each document is cut to the model's token limit, no shorter, \
+                     and not split"
+                )));
+            }
         }
         let documents = self
             .documents
