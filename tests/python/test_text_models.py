@@ -225,6 +225,14 @@ def test_check_passes_a_text_model_and_explains_a_wrong_one(served, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert "pooling = \"mean\" does not fit graph output 'logits' of rank 2" in out.stdout + out.stderr
+    # A directory as Hugging Face tools leave it (the graph under onnx/), model.toml naming
+    # model.onnx: the check says where the ONNX file is.
+    shutil.copytree(served.made / "reranker", tmp_path / "hub")
+    (tmp_path / "hub/onnx").mkdir()
+    (tmp_path / "hub/model.onnx").rename(tmp_path / "hub/onnx/model.onnx")
+    (tmp_path / "hub/model.toml").write_text(TEXT_MODEL.format(task="rerank"))
+    hub = subprocess.run([BINARY, "check", str(tmp_path / "hub")], capture_output=True, text=True)
+    assert hub.returncode != 0 and "(the ONNX files there: onnx/model.onnx)" in hub.stdout + hub.stderr
     assert "the model has 2 labels (config.json id2label, or [text] labels) but graph output 'logits' gives 3" in out.stdout + out.stderr
     assert "has neither tokenizer.json nor vocab.txt" in out.stdout + out.stderr
 

@@ -164,9 +164,18 @@ pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
     named.extend(config.warmup.iter().filter_map(|w| w.file.as_deref()).map(|f| ("warmup.file", f)));
     for (key, file) in named {
         if !dir.join(file).is_file() && !fetched.iter().any(|f| f == file) {
+            // A model directory as Hugging Face tools leave it keeps its graph under onnx/.
+            let found = match key {
+                "graph.file" => onnx_files(dir),
+                _ => Vec::new(),
+            };
+            let found = match found.is_empty() {
+                true => String::new(),
+                false => format!(" (the ONNX files there: {})", found.join(", ")),
+            };
             problems.push(problem(
-                format!("`{key}` names {}, which is not in {}", file.display(), dir.display()),
-                "put the file there, or list it under [[fetch]] with its URL and sha256",
+                format!("`{key}` names {}, which is not in {}{found}", file.display(), dir.display()),
+                "put the file there, point the key at the file, or list it under [[fetch]] with its URL and sha256",
             ));
         }
     }
@@ -252,4 +261,18 @@ pub fn layout(dir: &Path) -> anyhow::Result<(std::path::PathBuf, Vec<String>)> {
         .ok_or_else(|| anyhow::anyhow!("{} has no name", dir.display()))?;
     let parent = dir.parent().ok_or_else(|| anyhow::anyhow!("{} has no parent", dir.display()))?;
     Ok((parent.to_path_buf(), vec![name.to_string()]))
+}
+
+/// The `.onnx` files in `dir` and its direct subdirectories, relative to it.
+fn onnx_files(dir: &std::path::Path) -> Vec<String> {
+    let entries = |d: &std::path::Path| {
+        std::fs::read_dir(d).into_iter().flatten().filter_map(|e| e.ok()).map(|e| e.path())
+    };
+    let mut found: Vec<String> = entries(dir)
+        .flat_map(|p| if p.is_dir() { entries(&p).collect() } else { vec![p] })
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .filter_map(|p| Some(p.strip_prefix(dir).ok()?.display().to_string()))
+        .collect();
+    found.sort();
+    found
 }
