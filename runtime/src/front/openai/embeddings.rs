@@ -1,6 +1,6 @@
 //! embeddings: `POST /v1/embeddings`, one OIP inference of a model with `[embeddings]`.
 
-use super::{OneInference, Usage, oip_request, output, serve, texts_tensor, tokens};
+use super::{OneInference, Usage, fp32s, oip_request, output, serve, texts_tensor, tokens};
 use crate::config::{Embeddings, ModelConfig};
 use crate::decode::InferRequest;
 use crate::error::{Error, Result};
@@ -149,12 +149,7 @@ impl OneInference for EmbeddingsRequest {
                 index,
                 embedding: match self.encoding_format {
                     Format::Base64 => Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                    Format::Float => Vector::Float(
-                        bytes
-                            .chunks_exact(4)
-                            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                            .collect(),
-                    ),
+                    Format::Float => Vector::Float(fp32s(bytes)),
                 },
             })
             .collect();

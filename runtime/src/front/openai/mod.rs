@@ -203,6 +203,11 @@ fn output<'a>(outputs: &'a [Tensor], name: &str) -> Result<&'a Tensor> {
     outputs.iter().find(|t| t.name == name).ok_or_else(|| Error::Internal(format!("no output '{name}'")))
 }
 
+/// FP32 elements out of a tensor's little-endian data (vectors, scores).
+fn fp32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
+}
+
 /// The tokens the model's INT64 output `name` counts, all rows together (0 without one):
 /// what `usage` reports.
 fn tokens(outputs: &[Tensor], name: Option<&String>) -> Result<i64> {

@@ -11,7 +11,7 @@
 //! are refused (documents are cut to the model's token limit, not split or cut shorter);
 //! `priority` is accepted and ignored.
 
-use super::{OneInference, Usage, oip_request, output, serve, texts_tensor, tokens};
+use super::{OneInference, Usage, fp32s, oip_request, output, serve, texts_tensor, tokens};
 use crate::config::{ModelConfig, Rerank};
 use crate::decode::InferRequest;
 use crate::error::{Error, Result};
@@ -158,8 +158,7 @@ impl OneInference for RerankRequest {
     ) -> Result<RerankResponse> {
         let spec = rerank_of(name, config)?;
         let scores = output(outputs, &spec.score)?;
-        let scores: Vec<f32> =
-            scores.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        let scores = fp32s(&scores.data);
         if scores.len() != self.documents.len() {
             return Err(Error::Internal(format!(
                 "output '{}' holds {} scores for {} documents",
