@@ -124,6 +124,17 @@ def test_a_classifier_answers_labels_and_probabilities_as_the_reference_does(ser
         assert got.as_numpy("label")[i].decode() == heads.LABELS[int(want.argmax())]  # from config.json
         assert abs(got.as_numpy("score")[i] - want.max()) <= 1e-4
         assert got.as_numpy("tokens")[i] == tokens
+    # top_k: each text's labels best first, as many as asked (all 3 at most).
+    client = http.InferenceServerClient(served.address)
+    text = http.InferInput("text", [len(SENTENCES)], "BYTES")
+    text.set_data_from_numpy(np.array([x.encode() for x in SENTENCES], dtype=object))
+    for k, width in ((2, 2), (5, 3)):
+        top = client.infer("classifier", [text], parameters={"top_k": k})
+        assert top.as_numpy("label").shape == top.as_numpy("score").shape == (len(SENTENCES), width)
+        for i, row in enumerate(scores):
+            order = np.argsort(-row, kind="stable")[:width]
+            assert [x.decode() for x in top.as_numpy("label")[i]] == [heads.LABELS[j] for j in order]
+            assert np.abs(top.as_numpy("score")[i] - row[order]).max() <= 1e-6
 
 
 QUERY = "Which packages read and write data files?"
@@ -273,8 +284,20 @@ def test_entities_equal_the_pipelines_on_real_text(served, aggregation):
     assert found >= 20, "the model found the names, addresses and e-mails"
 
 
-def test_a_bad_aggregation_is_400(served):
-    status, answer = post(served, "/v2/models/rampart/infer", {
-        "parameters": {"aggregation": "loudest"},
+@pytest.mark.parametrize("model, parameters, says", [
+    ("rampart", {"aggregation": "loudest"}, "none, simple, first, average or max"),
+    ("classifier", {"top_k": 0}, "at least 1"),
+    ("classifier", {"top_k": "two"}, "parameter 'top_k' is 'two'"),
+])
+def test_a_bad_parameter_is_400_before_the_graph_runs(served, model, parameters, says):
+    def runs():
+        metrics = urllib.request.urlopen(f"http://{served.address}/metrics").read().decode()
+        line = f'wasmserve_inference_exec_count_total{{model="{model}",version="1"}} '
+        return next((float(l.split()[-1]) for l in metrics.splitlines() if l.startswith(line)), 0.0)
+
+    before = runs()
+    status, answer = post(served, f"/v2/models/{model}/infer", {
+        "parameters": parameters,
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Ada Lovelace"]}]})
-    assert status == 400 and "none, simple, first, average or max" in answer["error"]
+    assert status == 400 and says in answer["error"], answer
+    assert runs() == before

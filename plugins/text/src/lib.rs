@@ -5,7 +5,9 @@
 //! - `embed`: `text` BYTES [n] -> `embedding` FP32 [n, dim] (pooled: mean, CLS or last
 //!   token; L2-normalised unless `normalize` is off, or the request says `normalize=false`).
 //! - `classify`: `text` BYTES [n] -> `label` BYTES [n] (the best), `score` FP32 [n] (its
-//!   probability), `scores` FP32 [n, labels] (every label's, in `id2label` order).
+//!   probability), `scores` FP32 [n, labels] (every label's, in `id2label` order). A request
+//!   with parameter `top_k` = k gets `label` and `score` as [n, k]: each text's k most
+//!   probable labels, best first.
 //! - `rerank`: `query` BYTES [1] and `documents` BYTES [n] -> `score` FP32 [n], each
 //!   document's relevance to the query: one cross-encoder row per (query, document) pair.
 //!
@@ -48,8 +50,14 @@ fn texts<'a>(inputs: &'a [Tensor], name: &str) -> Result<Vec<&'a str>, PluginErr
 struct Text;
 
 impl Guest for Text {
-    fn preprocess(inputs: Vec<Tensor>, _params: Params) -> Result<Prepared, PluginError> {
+    fn preprocess(inputs: Vec<Tensor>, params: Params) -> Result<Prepared, PluginError> {
         let s = settings()?;
+        // A bad parameter fails before the graph runs.
+        match s.task {
+            Task::Classify => drop(top_k(&params)?),
+            Task::Entities => drop(aggregation(s, &params)?),
+            Task::Embed | Task::Rerank => {}
+        }
         let encoded = match s.task {
             Task::Embed | Task::Classify | Task::Entities => encode(&s.tokenizer, &texts(&inputs, "text")?)?,
             Task::Rerank => {
@@ -115,28 +123,27 @@ impl Guest for Text {
                 check_labels(s, width)?;
                 let scores: Vec<f32> =
                     values.chunks(width).flat_map(|row| activate(s.function, row)).collect();
+                let k = top_k(&params)?;
                 let (mut labels, mut best) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
                 for row in scores.chunks(width) {
-                    let (i, score) =
-                        wasmserve_plugin::classify::argmax(row).or_internal("a classifier with no labels")?;
-                    labels.push(s.labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")));
-                    best.push(score);
+                    let top = wasmserve_plugin::classify::top_k(row, k.unwrap_or(1).min(width));
+                    for (i, score) in top {
+                        labels.push(s.labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")));
+                        best.push(score);
+                    }
                 }
+                let shape = match k {
+                    Some(k) => vec![rows as i64, k.min(width) as i64],
+                    None => vec![rows as i64],
+                };
                 vec![
-                    Tensor::bytes("label", [rows as i64], &labels),
-                    Tensor::new("score", [rows as i64], &best),
+                    Tensor::bytes("label", shape.clone(), &labels),
+                    Tensor::new("score", shape, &best),
                     Tensor::new("scores", [rows as i64, width as i64], &scores),
                 ]
             }
             Task::Entities => {
-                let aggregation = match param(&params, "aggregation") {
-                    Some(value) => Aggregation::parse(value).ok_or_else(|| {
-                        invalid(format!(
-                            "parameter 'aggregation' is '{value}'; it is none, simple, first, average or max"
-                        ))
-                    })?,
-                    None => s.aggregation,
-                };
+                let aggregation = aggregation(s, &params)?;
                 let labels = output.shape.get(2).copied().unwrap_or(0) as usize;
                 if output.shape.len() != 3 || output.shape[1] as usize != length || labels == 0 {
                     return Err(internal(format!(
@@ -212,6 +219,30 @@ fn pool(
         }
     }
     Ok((pooled, dim))
+}
+
+/// Request parameter `top_k` (`classify`): how many labels each text gets, if the request
+/// asks for a number (more than the model has gives them all).
+fn top_k(params: &Params) -> Result<Option<usize>, PluginError> {
+    let Some(value) = param(params, "top_k") else { return Ok(None) };
+    match value.parse::<usize>() {
+        Ok(k) if k > 0 => Ok(Some(k)),
+        _ => Err(invalid(format!(
+            "parameter 'top_k' is '{value}'; it is a whole number of labels, at least 1"
+        ))),
+    }
+}
+
+/// The grouping of entities: request parameter `aggregation`, else the model's.
+fn aggregation(s: &Settings, params: &Params) -> Result<Aggregation, PluginError> {
+    match param(params, "aggregation") {
+        Some(value) => Aggregation::parse(value).ok_or_else(|| {
+            invalid(format!(
+                "parameter 'aggregation' is '{value}'; it is none, simple, first, average or max"
+            ))
+        }),
+        None => Ok(s.aggregation),
+    }
 }
 
 /// The labels, if the model names them, are as many as the graph gives scores for.
