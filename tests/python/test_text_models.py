@@ -46,7 +46,8 @@ def served(tmp_path_factory):
     shutil.copytree(ROOT / "examples/models/minilm-text", repo / "minilm-text-batched")
     with open(repo / "minilm-text-batched/model.toml", "a") as toml:
         toml.write("\n[batching]\nmax_batch_size = 16\nmax_queue_delay_us = 20000\n")
-    for name, task in (("classifier", "classify"), ("reranker", "rerank")):
+    for name, task in (("classifier", "classify"), ("classifier-bpe", "classify"), ("classifier-unigram", "classify"),
+                       ("reranker", "rerank")):
         shutil.copytree(made / name, repo / name)
         (repo / name / "model.toml").write_text(TEXT_MODEL.format(task=task))
     s = Server(repo)
@@ -112,9 +113,12 @@ def test_batching_with_default_padding_joins_lengths_and_changes_no_answer(serve
     assert f"wasmserve_batch_tokens_count{{{label}}}" in metrics
 
 
-def test_a_classifier_answers_labels_and_probabilities_as_the_reference_does(served):
-    reference = heads.Reference(served.made / "classifier", max_tokens=512)
-    got = infer(served, "classifier", {"text": SENTENCES})
+# The tokenizer.json of each kind: WordPiece (BERT), byte-level BPE (GPT-2, RoBERTa), Unigram
+# (SentencePiece: T5, XLM-R).
+@pytest.mark.parametrize("model", ["classifier", "classifier-bpe", "classifier-unigram"])
+def test_a_classifier_answers_labels_and_probabilities_as_the_reference_does(served, model):
+    reference = heads.Reference(served.made / model, max_tokens=512)
+    got = infer(served, model, {"text": SENTENCES})
     scores = got.as_numpy("scores")
     assert scores.shape == (len(SENTENCES), 3)
     for i, (logits, tokens) in enumerate(reference.logits(SENTENCES)):
@@ -124,7 +128,10 @@ def test_a_classifier_answers_labels_and_probabilities_as_the_reference_does(ser
         assert got.as_numpy("label")[i].decode() == heads.LABELS[int(want.argmax())]  # from config.json
         assert abs(got.as_numpy("score")[i] - want.max()) <= 1e-4
         assert got.as_numpy("tokens")[i] == tokens
-    # top_k: each text's labels best first, as many as asked (all 3 at most).
+
+
+def test_top_k_gives_each_texts_most_probable_labels_best_first(served):
+    scores = infer(served, "classifier", {"text": SENTENCES}).as_numpy("scores")
     client = http.InferenceServerClient(served.address)
     text = http.InferInput("text", [len(SENTENCES)], "BYTES")
     text.set_data_from_numpy(np.array([x.encode() for x in SENTENCES], dtype=object))
