@@ -160,6 +160,10 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/installed: bench/requirements.txt
 	$(make-venv)
 
+# The Infinity peer of bench/text.py (not part of `make bench`: 7.4 GB).
+.venv-infinity/installed: bench/peers/infinity-requirements.txt
+	$(make-venv)
+
 $(TOOLS)/oha/bin/oha:
 	cargo install oha --version 1.16.0 --locked --root $(TOOLS)/oha
 

@@ -12,12 +12,23 @@ The minilm example (all-MiniLM-L6-v2 int8, WordPiece, mean pooling) is served by
   text plugin (examples/models/minilm-text), unbatched and with `[batching]` (its padding
   left to the defaults a text model gets);
 - Triton (PyTriton's tritonserver, dynamic batching; bench/peers/triton_server.py), which
-  tokenises with Hugging Face `tokenizers` and pads each batch itself.
+  tokenises with Hugging Face `tokenizers` and pads each batch itself;
+- Infinity (`infinity-emb` 0.0.78, its optimum engine: ONNX Runtime, dynamic batching, POST
+  /embeddings) on minilm's own ONNX file ("infinity"; "infinity optimized" lets it rewrite
+  the graph with ONNX Runtime's transformer optimiser first, as it does by default). It needs
+  `make .venv-infinity/installed` (7.4 GB: every Infinity engine imports torch, and PyPI's
+  Linux torch is the CUDA build) and a config.json beside the graph, which minilm's wheel
+  does not ship: the Hub model's own values are written there.
 
 Then rerank: one query with 32 of the sentences as documents per request, POST /v1/rerank,
 to a cross-encoder made from minilm's graph (tests/fixtures/text/heads.py: a test model,
 its scores mean nothing), config-only (`[text] task = "rerank"`): each request is one graph
 run of 32 rows.
+
+Then the graph's ceiling: ONNX Runtime alone on the same graph with one thread (what each of
+wasmserve's two executions has), the same sentences tokenised by `tokenizers`: milliseconds
+per sentence one at a time, in batches sorted by length (the least padding a batcher could
+reach) and in batches as they come. No batcher can gain more than the sorted batches do.
 
 All batching at most 32 rows, 2 ms delay. The load: `wrk` (Debian), each connection sending
 the sentences of tests/fixtures/text/sentences.txt in turn (358 summaries and first
@@ -39,7 +50,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compare import BINARY, DELAY_US, MAX_BATCH, ROOT, Running, free_port, get, start
+from compare import BINARY, DELAY_US, MAX_BATCH, ROOT, Running, free_port, get, minilm_dir, start
 
 SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines()
 PADDED = """
@@ -54,6 +65,13 @@ SAME_SHAPE = "\n[batching]\nmax_batch_size = {rows}\nmax_queue_delay_us = {delay
 WASMSERVE = {"wasmserve": "", "wasmserve same-shape batching": SAME_SHAPE, "wasmserve padded batching": PADDED,
              "wasmserve config-only": "", "wasmserve config-only batched": SAME_SHAPE}
 RERANK = "wasmserve rerank: 1 query x 32 docs"
+INFINITY = ("infinity", "infinity optimized")
+CEILING = "graph ceiling"
+# all-MiniLM-L6-v2's config.json on the Hub: Infinity's optimum engine loads one beside the
+# graph (minilm's wheel ships only model.onnx and vocab.txt).
+MINILM_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6,
+                 "num_attention_heads": 12, "intermediate_size": 1536, "hidden_act": "gelu", "vocab_size": 30522,
+                 "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0}
 # wrk: each connection walks the bodies in turn, from a different start.
 WRK_SCRIPT = """
 local bodies = {}
@@ -92,6 +110,81 @@ def wasmserve(name, scratch, delay_us):
                    {"ORT_DYLIB_PATH": ort.stdout.strip(), "RUST_LOG": "warn"}, ready=("/v2/models/minilm/ready",))
 
 
+def infinity(name, scratch):
+    """Infinity serving minilm's own files (as `minilm`) through its optimum engine."""
+    program = ROOT / ".venv-infinity/bin/infinity_emb"
+    if not program.exists():
+        sys.exit(f"{name} needs `make .venv-infinity/installed` (about 7.4 GB)")
+    files, model = Path(minilm_dir()), scratch / re.sub(r"\W+", "_", name)
+    model.mkdir()
+    shutil.copy(files / "model.onnx", model / "model.onnx")
+    shutil.copy(files / "data/vocab.txt", model / "vocab.txt")
+    (model / "config.json").write_text(json.dumps(MINILM_CONFIG))
+    (model / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 256}))
+    port = free_port()
+    cmd = [str(program), "v2", "--model-id", str(model), "--served-model-name", "minilm", "--engine", "optimum",
+           "--device", "cpu", "--pooling-method", "mean", "--batch-size", str(MAX_BATCH), "--port", str(port)]
+    if name == "infinity":
+        cmd.append("--onnx-disable-optimize")
+    # Offline, no usage reports; its optimised graph goes to the scratch directory.
+    env = {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
+           "HF_HOME": str(scratch / "hf")}
+    return Running(name, cmd, port, env, ready=("/health",))
+
+
+def ceiling():
+    """ONNX Runtime alone on minilm's graph, one thread: ms per sentence one at a time, and in
+    batches of 4 and 8 sorted by length and as they come. Returns printable lines."""
+    import random
+    import time
+
+    import numpy as np
+    import onnxruntime
+    from tokenizers import BertWordPieceTokenizer
+
+    files = Path(minilm_dir())
+    tokenizer = BertWordPieceTokenizer(str(files / "data/vocab.txt"), lowercase=True)
+    tokenizer.enable_truncation(256)
+    encoded = [e.ids for e in tokenizer.encode_batch(SENTENCES)]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(files / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+
+    def per_sentence(batches):
+        def run(batch):
+            ids = np.zeros((len(batch), max(map(len, batch))), np.int64)
+            for row, tokens in enumerate(batch):
+                ids[row, :len(tokens)] = tokens
+            feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": ids * 0}
+            session.run(None, {k: v for k, v in feed.items() if k in names})
+        for batch in batches[:5]:
+            run(batch)
+        started = time.perf_counter()
+        for batch in batches:
+            run(batch)
+        return (time.perf_counter() - started) * 1000 / len(encoded)
+
+    shuffled = encoded[:]
+    random.Random(1).shuffle(shuffled)
+    layouts = {"one at a time": [[e] for e in encoded]}
+    for rows in (4, 8):
+        for how, order in (("sorted by length", sorted(encoded, key=len)), ("as they come", shuffled)):
+            layouts[f"batches of {rows}, {how}"] = [order[i:i + rows] for i in range(0, len(order), rows)]
+    # Alternated, three rounds, the best of each: what another process takes from the machine
+    # only ever slows a round down.
+    best = {}
+    for _ in range(3):
+        for name, batches in layouts.items():
+            best[name] = min(best.get(name, float("inf")), per_sentence(batches))
+    alone = best.pop("one at a time")
+    lines = [f"{CEILING} (ONNX Runtime alone, 1 thread, {len(encoded)} sentences): one at a time {alone:.2f} ms/sentence"]
+    for name, ms in best.items():
+        lines.append(f"  {name}: {ms:.2f} ms/sentence, {alone / ms:.2f}x one at a time")
+    return lines
+
+
 def load(url, bodies, concurrency, duration):
     """wrk at `concurrency` for `duration` s: (req/s, p50 ms, p99 ms, failures)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,31 +210,44 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--servers", default=",".join([*WASMSERVE, "triton", RERANK]))
+    parser.add_argument("--servers", default=",".join([*WASMSERVE, "triton", "infinity", RERANK, CEILING]),
+                        help="also: 'infinity optimized'")
     parser.add_argument("--delay-us", type=int, default=DELAY_US, help="wasmserve's max_queue_delay_us")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install wrk")
     levels = [int(c) for c in args.concurrency.split(",")]
-    rows = []
+    rows, ceiling_lines = [], []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.servers.split(","):
-            triton = name == "triton"
-            server = start(name, os.cpu_count(), Path(scratch)) if triton else wasmserve(name, Path(scratch), args.delay_us)
+            if name == CEILING:
+                ceiling_lines = ceiling()
+                print("\n".join(ceiling_lines), file=sys.stderr)
+                continue
+            triton, peer = name == "triton", name == "triton" or name in INFINITY
+            if triton:
+                server = start(name, os.cpu_count(), Path(scratch))
+            elif name in INFINITY:
+                server = infinity(name, Path(scratch))
+            else:
+                server = wasmserve(name, Path(scratch), args.delay_us)
             shape = [1, 1] if triton else [1]
             bodies = [json.dumps({"inputs": [{"name": "text", "shape": shape, "datatype": "BYTES", "data": [s]}]})
                       for s in SENTENCES]
             path = "/v2/models/minilm/infer"
+            if name in INFINITY:
+                path, bodies = "/embeddings", [json.dumps({"model": "minilm", "input": [s]}) for s in SENTENCES]
             if name == RERANK:
                 path = "/v1/rerank"
                 bodies = [json.dumps({"model": "minilm", "query": SENTENCES[i], "top_n": 5,
                                       "documents": [SENTENCES[(i + k) % len(SENTENCES)] for k in range(1, 33)]})
                           for i in range(len(SENTENCES))]
             try:
+                load(f"{server.base}{path}", bodies, 4, 2)  # warm: a peer's first requests may compile or allocate
                 for c in levels:
-                    before = (0, 0) if triton else counts(server.base)
+                    before = (0, 0) if peer else counts(server.base)
                     result = load(f"{server.base}{path}", bodies, c, args.duration)
-                    after = (0, 0) if triton else counts(server.base)
+                    after = (0, 0) if peer else counts(server.base)
                     runs = after[1] - before[1]
                     per_run = (after[0] - before[0]) / runs if runs else float("nan")
                     rows.append((name, c, *result, per_run))
@@ -161,13 +267,17 @@ def main():
     for c in levels:
         base = mean.get(("wasmserve", c))
         for name in ("wasmserve same-shape batching", "wasmserve padded batching", "wasmserve config-only",
-                     "wasmserve config-only batched", "triton"):
+                     "wasmserve config-only batched", "triton", *INFINITY):
             if base and (name, c) in mean:
                 other = mean[(name, c)]
                 print(f"c={c}: {name} / wasmserve as shipped: {other[0] / base[0]:.2f}x req/s, p99 {other[1] / base[1]:.2f}x")
-        padded, triton = mean.get(("wasmserve padded batching", c)), mean.get(("triton", c))
-        if padded and triton:
-            print(f"c={c}: wasmserve padded batching / triton: {padded[0] / triton[0]:.2f}x req/s")
+        padded = mean.get(("wasmserve padded batching", c))
+        for peer in ("triton", *INFINITY):
+            if padded and (peer, c) in mean:
+                print(f"c={c}: wasmserve padded batching / {peer}: {padded[0] / mean[(peer, c)][0]:.2f}x req/s")
+    if ceiling_lines:
+        print()
+        print("\n".join(ceiling_lines))
 
 
 if __name__ == "__main__":
