@@ -3,14 +3,14 @@
 
 The minilm example (all-MiniLM-L6-v2 int8, WordPiece, mean pooling) is served by:
 
-- wasmserve as it ships (no batching);
-- wasmserve with [batching] as it was (requests join only when their graph inputs have the
-  same shape: here, the same token count);
-- wasmserve with [batching] pad: requests of different lengths padded to the batch's longest
-  (`pad`, `cut`, `max_batch_tokens`);
+- wasmserve as it ships: [batching] with `pad` (requests of different lengths padded to the
+  batch's longest, the padding cut off each answer), at most 8 rows, no delay;
+- wasmserve unbatched: the example without its [batching];
+- wasmserve with same-shape batching (requests join only when their graph inputs have the
+  same shape: here, the same token count), at most 32 rows, --delay-us;
 - wasmserve config-only: the same files served by `[text] task = "embed"` and the built-in
-  text plugin (examples/models/minilm-text), unbatched and with `[batching]` (its padding
-  left to the defaults a text model gets);
+  text plugin (examples/models/minilm-text), as it ships (its [batching] padding left to the
+  defaults a text model gets) and unbatched;
 - Triton (PyTriton's tritonserver, dynamic batching; bench/peers/triton_server.py), which
   tokenises with Hugging Face `tokenizers` and pads each batch itself;
 - Infinity (`infinity-emb` 0.0.78, its optimum engine: ONNX Runtime, dynamic batching, POST
@@ -30,7 +30,7 @@ wasmserve's two executions has), the same sentences tokenised by `tokenizers`: m
 per sentence one at a time, in batches sorted by length (the least padding a batcher could
 reach) and in batches as they come. No batcher can gain more than the sorted batches do.
 
-All batching at most 32 rows, 2 ms delay. The load: `wrk` (Debian), each connection sending
+The peers batch at most 32 rows, with a 2 ms delay. The load: `wrk` (Debian), each connection sending
 the sentences of tests/fixtures/text/sentences.txt in turn (358 summaries and first
 sentences of the Python packages installed here: median 10 words, p90 22), one per request,
 at concurrency 1 and 16. Printed: requests/s, p50 and p99 ms, failures, and for wasmserve the
@@ -50,20 +50,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compare import BINARY, DELAY_US, MAX_BATCH, ROOT, Running, free_port, get, minilm_dir, start
+from compare import BINARY, DELAY_US, MAX_BATCH, ROOT, Running, free_port, get, minilm_dir, start, unbatched
 
 SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines()
-PADDED = """
-[batching]
-max_batch_size = {rows}
-max_queue_delay_us = {delay}
-pad = {{ input_ids = 0, attention_mask = 0, token_type_ids = 0 }}
-cut = ["last_hidden_state"]
-max_batch_tokens = 8192
-"""
 SAME_SHAPE = "\n[batching]\nmax_batch_size = {rows}\nmax_queue_delay_us = {delay}\n"
-WASMSERVE = {"wasmserve": "", "wasmserve same-shape batching": SAME_SHAPE, "wasmserve padded batching": PADDED,
-             "wasmserve config-only": "", "wasmserve config-only batched": SAME_SHAPE}
+# wasmserve's cells: the example served, and the [batching] written in place of its own (None:
+# its own, as it ships).
+WASMSERVE = {"wasmserve": ("minilm", None), "wasmserve unbatched": ("minilm", ""),
+             "wasmserve same-shape batching": ("minilm", SAME_SHAPE),
+             "wasmserve config-only": ("minilm-text", None), "wasmserve config-only unbatched": ("minilm-text", "")}
+# The ratios printed: (numerator, denominator).
+RATIOS = [("wasmserve", "wasmserve unbatched"), ("wasmserve same-shape batching", "wasmserve unbatched"),
+          ("wasmserve config-only", "wasmserve"), ("wasmserve config-only unbatched", "wasmserve unbatched"),
+          ("wasmserve", "triton"), ("wasmserve", "infinity"), ("wasmserve", "infinity optimized")]
 RERANK = "wasmserve rerank: 1 query x 32 docs"
 INFINITY = ("infinity", "infinity optimized")
 CEILING = "graph ceiling"
@@ -100,10 +99,11 @@ def wasmserve(name, scratch, delay_us):
         shutil.copytree(heads.make(scratch / "heads") / "reranker", repo / "minilm")
         (repo / "minilm/model.toml").write_text('[graph]\nfile = "model.onnx"\nbackend = "onnx"\n[text]\ntask = "rerank"\n')
     else:
-        example = "minilm-text" if "config-only" in name else "minilm"
+        example, batching = WASMSERVE[name]
         shutil.copytree(ROOT / "examples/models" / example, repo / "minilm")
-        with open(repo / "minilm/model.toml", "a") as toml:
-            toml.write(WASMSERVE[name].format(rows=MAX_BATCH, delay=delay_us))
+        if batching is not None:
+            toml = unbatched((repo / "minilm/model.toml").read_text())
+            (repo / "minilm/model.toml").write_text(toml + batching.format(rows=MAX_BATCH, delay=delay_us))
     ort = subprocess.run([sys.executable, str(ROOT / "tests/onnxruntime_library.py")], capture_output=True, text=True)
     port = free_port()
     return Running(name, [str(BINARY), "serve", "-r", str(repo), "--port", str(port)], port,
@@ -265,16 +265,10 @@ def main():
     mean = {key: tuple(sum(v) / len(v) for v in zip(*runs)) for key, runs in by.items()}
     print()
     for c in levels:
-        base = mean.get(("wasmserve", c))
-        for name in ("wasmserve same-shape batching", "wasmserve padded batching", "wasmserve config-only",
-                     "wasmserve config-only batched", "triton", *INFINITY):
-            if base and (name, c) in mean:
-                other = mean[(name, c)]
-                print(f"c={c}: {name} / wasmserve as shipped: {other[0] / base[0]:.2f}x req/s, p99 {other[1] / base[1]:.2f}x")
-        padded = mean.get(("wasmserve padded batching", c))
-        for peer in ("triton", *INFINITY):
-            if padded and (peer, c) in mean:
-                print(f"c={c}: wasmserve padded batching / {peer}: {padded[0] / mean[(peer, c)][0]:.2f}x req/s")
+        for a, b in RATIOS:
+            if (a, c) in mean and (b, c) in mean:
+                (rps_a, p99_a), (rps_b, p99_b) = mean[(a, c)], mean[(b, c)]
+                print(f"c={c}: {a} / {b}: {rps_a / rps_b:.2f}x req/s, p99 {p99_a / p99_b:.2f}x")
     if ceiling_lines:
         print()
         print("\n".join(ceiling_lines))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
-from conftest import ROOT, Server
+from conftest import ROOT, Server, unbatched
 
 SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines()[:48]
 BUDGET = 256
@@ -28,9 +28,10 @@ max_batch_tokens = {BUDGET}
 def served(tmp_path_factory):
     repo = tmp_path_factory.mktemp("padded")
     for name, extra in (("alone", ""), ("padded", PADDED)):
+        # The example without the [batching] it ships with, then with this test's.
         shutil.copytree(ROOT / "examples/models/minilm", repo / name)
-        with open(repo / name / "model.toml", "a") as toml:
-            toml.write(extra)
+        toml = repo / name / "model.toml"
+        toml.write_text(unbatched(toml.read_text()) + extra)
     s = Server(repo)
     s.wait_ready()
     yield s

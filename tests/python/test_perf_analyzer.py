@@ -83,7 +83,8 @@ def test_perf_analyzer_runs_clean_with_the_server_side_breakdown(server, client,
     assert server, out
     inferences, executions, successes = map(int, server.groups())
     assert client_count > 0 and abs(successes - client_count) <= CONCURRENCY, out
-    assert inferences == successes and executions == successes, out  # one row each, no batching
+    # One row each; minilm batches them (it ships with [batching]), magika runs each alone.
+    assert inferences == successes and (executions <= successes if model == "minilm" else executions == successes), out
     assert re.search(r"compute infer [1-9]\d* usec", out), out
     # Nothing failed, and the server counted at least what the client measured.
     after = server_counts(client, model)

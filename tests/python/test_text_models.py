@@ -20,7 +20,7 @@ import openai
 import pytest
 import tritonclient.http as http
 
-from conftest import BINARY, ROOT, Server
+from conftest import BINARY, ROOT, Server, unbatched
 
 SENTENCES = (ROOT / "tests/fixtures/text/sentences.txt").read_text().splitlines()[:40] + [
     "Café naïve — 東京 résumé!",
@@ -41,11 +41,14 @@ def served(tmp_path_factory):
     repo = tmp_path_factory.mktemp("text")
     for name in ("minilm", "minilm-text", "rampart"):
         shutil.copytree(ROOT / "examples/models" / name, repo / name)
-    # The config-only model again, batching requests of every length: [batching] alone,
-    # `pad` and `cut` left to their defaults for a text model.
-    shutil.copytree(ROOT / "examples/models/minilm-text", repo / "minilm-text-batched")
-    with open(repo / "minilm-text-batched/model.toml", "a") as toml:
-        toml.write("\n[batching]\nmax_batch_size = 16\nmax_queue_delay_us = 20000\n")
+    # The config-only model again, unbatched, and batching requests of every length with a
+    # delay that lets batches form however slow the machine: [batching] alone, `pad` and
+    # `cut` left to their defaults for a text model.
+    for name, batching in (("minilm-text-unbatched", ""),
+                           ("minilm-text-batched", "\n[batching]\nmax_batch_size = 16\nmax_queue_delay_us = 20000\n")):
+        shutil.copytree(ROOT / "examples/models/minilm-text", repo / name)
+        toml = repo / name / "model.toml"
+        toml.write_text(unbatched(toml.read_text()) + batching)
     for name, task in (("classifier", "classify"), ("classifier-bpe", "classify"), ("classifier-unigram", "classify"),
                        ("reranker", "rerank")):
         shutil.copytree(made / name, repo / name)
@@ -100,7 +103,7 @@ def test_a_config_only_embedding_model_gives_the_hand_written_plugins_embeddings
 def test_batching_with_default_padding_joins_lengths_and_changes_no_answer(served):
     import concurrent.futures
 
-    alone = infer(served, "minilm-text", {"text": SENTENCES}).as_numpy("embedding")
+    alone = infer(served, "minilm-text-unbatched", {"text": SENTENCES}).as_numpy("embedding")
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         rows = list(pool.map(lambda s: infer(served, "minilm-text-batched", {"text": [s]}).as_numpy("embedding")[0],
                              SENTENCES))
