@@ -292,8 +292,9 @@ impl ModelConfig {
                     b.max_batch_size
                 );
             }
+            // A `[text]` model's `pad` defaults to its graph's token inputs, at load.
             anyhow::ensure!(
-                !b.pad.is_empty() || (b.cut.is_empty() && b.max_batch_tokens == 0),
+                !b.pad.is_empty() || self.text.is_some() || (b.cut.is_empty() && b.max_batch_tokens == 0),
                 "`batching.cut` and `batching.max_batch_tokens` need `batching.pad`: the graph inputs whose dimension 1 is a length"
             );
         }

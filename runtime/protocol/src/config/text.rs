@@ -310,6 +310,9 @@ mod tests {
             "[[warmup]]\ninputs = [{ name = \"text\", datatype = \"BYTES\", shape = [1], data = [\"x\"] }]\ncount = 2",
         );
         assert_eq!(own.unwrap().warmup[0].count, 2);
+        // `pad` is left to the load (the graph's token inputs), so a token budget needs none.
+        let batched = parse("embed", "[batching]\nmax_batch_size = 8\nmax_batch_tokens = 256").unwrap();
+        assert_eq!(batched.batching.map(|b| (b.pad.len(), b.max_batch_tokens)), Some((0, 256)));
     }
 
     #[test]
