@@ -95,6 +95,14 @@ fn check_passes_a_good_model_and_names_each_broken_one_with_a_hint() {
 }
 
 #[test]
+fn check_passes_a_model_whose_graph_comes_in_a_fetched_directory() {
+    // rampart fetches a wheel's model directory whole; its graph.file is inside it.
+    let (ok, out) = check(&examples().join("rampart"));
+    assert!(ok, "{out}");
+    assert!(out.contains("ok      rampart version 1: ready"), "{out}");
+}
+
+#[test]
 fn check_of_one_model_brings_up_the_models_its_plugin_runs() {
     // The page ensemble runs orientation's classifier: checked alone, it comes up with it.
     let (ok, out) = check(&examples().join("page"));

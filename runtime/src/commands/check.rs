@@ -163,7 +163,9 @@ pub fn files(model: &str, dir: &Path) -> Vec<Problem> {
     named.extend(config.plugin.file.as_deref().map(|f| ("plugin.file", f)));
     named.extend(config.warmup.iter().filter_map(|w| w.file.as_deref()).map(|f| ("warmup.file", f)));
     for (key, file) in named {
-        if !dir.join(file).is_file() && !fetched.iter().any(|f| f == file) {
+        // A fetch may bring a directory (an archive's member, or the whole archive: an empty
+        // path), whose files are known only once fetched: loading the model checks them.
+        if !dir.join(file).is_file() && !fetched.iter().any(|f| file.starts_with(f)) {
             // A model directory as Hugging Face tools leave it keeps its graph under onnx/.
             let found = match key {
                 "graph.file" => onnx_files(dir),
