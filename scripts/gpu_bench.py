@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests/fixtures/text"))
+from examples import unbatched  # noqa: E402
 from gpu_check import start  # noqa: E402
 
 CONFIGS = [  # (label, [batching] or None, executions)
@@ -107,7 +109,9 @@ def main():
             repo = Path(tmp) / re.sub(r"\W+", "_", label)
             dst = repo / "minilm"
             shutil.copytree(ROOT / "examples/models/minilm", dst, symlinks=True)
-            toml = re.sub(r'backend = "\w+".*', f'backend = "onnx"\ntarget = "{args.target}"', (dst / "model.toml").read_text())
+            # The example without the [batching] it ships with: each configuration sets its own.
+            toml = unbatched((dst / "model.toml").read_text())
+            toml = re.sub(r'backend = "\w+".*', f'backend = "onnx"\ntarget = "{args.target}"', toml)
             toml += f"\n[scheduling]\nexecutions = {executions}\nmax_in_flight = 128\nmax_queue = 256\n"
             if batching:
                 toml += f"\n[batching]\n{batching}\n"
