@@ -348,9 +348,15 @@ fn concurrent_large_bodies_are_held_to_the_request_memory_budget() {
         .collect();
     let answers: Vec<(u16, String)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     let grew = peak_rss(&server, false).saturating_sub(before);
-    // The allocator's heaps are trimmed within 2 s of the burst.
+    // The allocator's heaps are trimmed within 2 s of the burst: on a machine busy with other
+    // tests, wait up to 10 s for the trim before calling the memory kept.
+    let settled = std::time::Instant::now() + std::time::Duration::from_secs(10);
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let after = memory(&server, "VmRSS:");
+    let mut after = memory(&server, "VmRSS:");
+    while after >= resident + resident / 5 && std::time::Instant::now() < settled {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        after = memory(&server, "VmRSS:");
+    }
     let count = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
     eprintln!(
         "100 bodies of 16 MiB: {} admitted (400), {} refused (503); peak RSS grew {} MiB; resident {} MiB before, {} after",
