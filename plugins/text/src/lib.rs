@@ -123,17 +123,19 @@ impl Guest for Text {
                 check_labels(s, width)?;
                 let scores: Vec<f32> =
                     values.chunks(width).flat_map(|row| activate(s.function, row)).collect();
+                // Without `top_k`, the best label alone, one per row: [n], not [n, 1].
                 let k = top_k(&params)?;
-                let (mut labels, mut best) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+                let take = k.unwrap_or(1).min(width);
+                let (mut labels, mut best) =
+                    (Vec::with_capacity(rows * take), Vec::with_capacity(rows * take));
                 for row in scores.chunks(width) {
-                    let top = wasmserve_plugin::classify::top_k(row, k.unwrap_or(1).min(width));
-                    for (i, score) in top {
+                    for (i, score) in wasmserve_plugin::classify::top_k(row, take) {
                         labels.push(s.labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")));
                         best.push(score);
                     }
                 }
                 let shape = match k {
-                    Some(k) => vec![rows as i64, k.min(width) as i64],
+                    Some(_) => vec![rows as i64, take as i64],
                     None => vec![rows as i64],
                 };
                 vec![
